@@ -1,0 +1,130 @@
+"""Labels → calibrated probabilities → decisions.
+
+A :class:`LabelClassifier` scores inputs against label descriptions with any
+scorer. For N inputs and M labels it makes M scorer calls (the description is
+the query, the inputs are the documents), never N × M.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from zerank_core.errors import ConfigurationError
+from zerank_core.scorers.base import Scorer
+
+__all__ = ["Classification", "LabelClassifier"]
+
+
+@dataclass(frozen=True)
+class Classification:
+    """One input's result.
+
+    ``probabilities`` holds every label's calibrated probability, in the order
+    the labels were given. ``labels`` are the chosen labels, best first: one at
+    most for single-label classification, any number for multi-label.
+    ``label`` is the best chosen label (``None`` when nothing passed and no
+    default is set); ``is_default`` tells whether it is the fallback.
+    """
+
+    probabilities: Mapping[str, float]
+    labels: tuple[str, ...]
+    is_default: bool = False
+
+    @property
+    def label(self) -> str | None:
+        return self.labels[0] if self.labels else None
+
+
+class LabelClassifier:
+    """Route inputs on calibrated label probabilities.
+
+    ``labels`` maps a label name to its description (what the scorer reads as
+    the query). ``threshold`` is one floor for all labels or one per label
+    (labels missing from the mapping use 0.5). With ``multi_label=False`` the
+    best label at or above its floor wins; otherwise every such label is
+    chosen. When nothing passes, ``default`` (if set) is chosen.
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        labels: Mapping[str, str],
+        *,
+        threshold: float | Mapping[str, float] = 0.5,
+        multi_label: bool = False,
+        default: str | None = None,
+        instruction: str | None = None,
+    ) -> None:
+        if not labels:
+            raise ConfigurationError("labels must name at least one label")
+        for name, description in labels.items():
+            if not isinstance(description, str) or not description.strip():
+                raise ConfigurationError(f"label {name!r} needs a non-empty description")
+        if isinstance(threshold, Mapping):
+            unknown = sorted(set(threshold) - set(labels))
+            if unknown:
+                raise ConfigurationError(f"threshold names unknown labels: {unknown}")
+            thresholds = {name: float(threshold.get(name, 0.5)) for name in labels}
+        else:
+            thresholds = dict.fromkeys(labels, float(threshold))
+        for name, value in thresholds.items():
+            if math.isnan(value) or not 0.0 <= value <= 1.0:
+                raise ConfigurationError(f"threshold for {name!r} must be in [0, 1], got {value}")
+        self.scorer = scorer
+        self.labels = MappingProxyType(dict(labels))
+        self.thresholds = MappingProxyType(thresholds)
+        self.multi_label = multi_label
+        self.default = default
+        self.instruction = instruction
+
+    def classify(self, texts: Sequence[str]) -> list[Classification]:
+        """Classify each text; one scorer call per label."""
+        texts = list(texts)
+        if not texts:
+            return []
+        columns = {
+            name: self.scorer.score(description, texts, instruction=self.instruction)
+            for name, description in self.labels.items()
+        }
+        return self._decide(columns, len(texts))
+
+    async def aclassify(self, texts: Sequence[str]) -> list[Classification]:
+        """Async :meth:`classify`; the per-label calls run concurrently."""
+        texts = list(texts)
+        if not texts:
+            return []
+        names = list(self.labels)
+        results = await asyncio.gather(
+            *(
+                self.scorer.ascore(self.labels[name], texts, instruction=self.instruction)
+                for name in names
+            )
+        )
+        return self._decide(dict(zip(names, results, strict=True)), len(texts))
+
+    def decide(self, probabilities: Mapping[str, float]) -> Classification:
+        """Turn one input's label probabilities into a :class:`Classification`."""
+        passing = [name for name in self.labels if probabilities[name] >= self.thresholds[name]]
+        passing.sort(key=lambda name: -probabilities[name])
+        if not self.multi_label:
+            passing = passing[:1]
+        is_default = False
+        if not passing and self.default is not None:
+            passing, is_default = [self.default], True
+        return Classification(
+            probabilities=MappingProxyType({n: probabilities[n] for n in self.labels}),
+            labels=tuple(passing),
+            is_default=is_default,
+        )
+
+    def _decide(self, columns: Mapping[str, list[float]], n: int) -> list[Classification]:
+        for name, column in columns.items():
+            if len(column) != n:
+                raise ConfigurationError(
+                    f"scorer returned {len(column)} scores for {n} texts (label {name!r})"
+                )
+        return [self.decide({name: columns[name][i] for name in columns}) for i in range(n)]

@@ -1,0 +1,209 @@
+"""Self-hosted rerank servers over HTTP (vLLM, llama.cpp, Infinity, TEI).
+
+Two request shapes cover them: ``api="rerank"`` is the Cohere/Jina-style
+``{model, query, documents, top_n}`` → ``results[{index, relevance_score}]``
+served by vLLM, llama.cpp ``llama-server --reranking`` and Infinity;
+``api="tei"`` is Text Embeddings Inference's ``{query, texts, raw_scores}`` →
+``[{index, score}]``. ``scale`` says what the server's numbers are, and the
+base class converts them to zerank's calibrated probability.
+
+HTTP servers have no SDK retrying for us, so 429 and 503 answers (honouring
+``Retry-After``) and connection errors are retried up to ``max_retries`` times;
+other errors raise ``httpx.HTTPStatusError`` unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import httpx
+from pydantic import SecretStr
+
+from zerank_core.errors import ConfigurationError
+from zerank_core.scorers.base import BatchedScorer, BatchResult, MalformedResponse, Scale
+
+__all__ = ["RerankServerScorer"]
+
+RETRY_STATUSES = frozenset({429, 503})
+MAX_RETRY_AFTER_S = 30.0
+
+
+class RerankServerScorer(BatchedScorer):
+    """Score with a rerank server you run yourself.
+
+    ``url`` is the full endpoint, e.g. ``http://localhost:8000/v1/rerank``
+    (default ``ZERANK_SERVER_URL``). ``scale`` is what the server returns
+    (default ``ZERANK_SERVER_SCALE`` or ``"probability"``): see the README's
+    table for which fits which server. ``api_key`` is sent as a bearer token
+    (default ``ZERANK_SERVER_API_KEY``); ``headers`` and ``extra_body`` are
+    added to every request (e.g. ``{"raw_scores": True}`` for Infinity).
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        model: str | None = None,
+        scale: Scale | str | None = None,
+        api: Literal["rerank", "tei"] = "rerank",
+        api_key: str | SecretStr | None = None,
+        headers: Mapping[str, str] | None = None,
+        extra_body: Mapping[str, Any] | None = None,
+        max_batch_size: int = 32,
+        max_concurrency: int = 4,
+        timeout: float = 60.0,
+        max_retries: int = 2,
+    ) -> None:
+        super().__init__()
+        url = url or os.environ.get("ZERANK_SERVER_URL")
+        if not url:
+            raise ConfigurationError("no rerank server URL: pass url=... or set ZERANK_SERVER_URL")
+        if not url.startswith(("http://", "https://")):
+            raise ConfigurationError(f"url must start with http:// or https://, got {url!r}")
+        scale = scale or os.environ.get("ZERANK_SERVER_SCALE") or Scale.PROBABILITY
+        try:
+            self.backend_scale = Scale(scale)
+        except ValueError:
+            choices = ", ".join(s.value for s in Scale)
+            raise ConfigurationError(f"scale must be one of {choices}; got {scale!r}") from None
+        if api not in ("rerank", "tei"):
+            raise ConfigurationError(f"api must be 'rerank' or 'tei', got {api!r}")
+        if max_batch_size < 1:
+            raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if max_concurrency < 1:
+            raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        if max_retries < 0:
+            raise ConfigurationError(f"max_retries must be >= 0, got {max_retries}")
+        if isinstance(api_key, str):
+            api_key = SecretStr(api_key)
+        if api_key is None and os.environ.get("ZERANK_SERVER_API_KEY"):
+            api_key = SecretStr(os.environ["ZERANK_SERVER_API_KEY"])
+        self.url = url
+        self.model = model or os.environ.get("ZERANK_SERVER_MODEL") or "zerank-2"
+        self.api = api
+        self.max_batch_size = max_batch_size
+        self.max_concurrency = max_concurrency
+        self.timeout = timeout
+        self.max_retries = max_retries
+        self._api_key = api_key
+        self._headers = dict(headers or {})
+        self._extra_body = dict(extra_body or {})
+        self._lock = threading.Lock()
+        self._client: httpx.Client | None = None
+        self._async_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(url={self.url!r}, model={self.model!r}, "
+            f"scale={self.backend_scale.value!r}, api={self.api!r})"
+        )
+
+    def _all_headers(self) -> dict[str, str]:
+        headers = dict(self._headers)
+        if self._api_key is not None:
+            headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
+        return headers
+
+    @property
+    def client(self) -> httpx.Client:
+        with self._lock:
+            if self._client is None:
+                self._client = httpx.Client(headers=self._all_headers(), timeout=self.timeout)
+            return self._client
+
+    def _async_client(self) -> httpx.AsyncClient:
+        # One client per event loop: an httpx.AsyncClient cannot outlive its loop.
+        loop = asyncio.get_running_loop()
+        client = self._async_clients.get(loop)
+        if client is None:
+            for old in [old for old in self._async_clients if old.is_closed()]:
+                del self._async_clients[old]
+            client = httpx.AsyncClient(headers=self._all_headers(), timeout=self.timeout)
+            self._async_clients[loop] = client
+        return client
+
+    def close(self) -> None:
+        """Close the sync HTTP client (async clients close with their loop)."""
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _body(self, query: str, texts: list[str]) -> dict[str, Any]:
+        if self.api == "tei":
+            body: dict[str, Any] = {"query": query, "texts": texts}
+        else:
+            body = {"model": self.model, "query": query, "documents": texts, "top_n": len(texts)}
+        body.update(self._extra_body)
+        return body
+
+    def _request(self, query: str, texts: list[str]) -> BatchResult:
+        body = self._body(query, texts)
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = self.client.post(self.url, json=body)
+            except httpx.TransportError:
+                if attempt == self.max_retries:
+                    raise
+                time.sleep(_backoff(attempt, None))
+                continue
+            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
+                time.sleep(_backoff(attempt, response))
+                continue
+            response.raise_for_status()
+            return self._parse(response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _arequest(self, query: str, texts: list[str]) -> BatchResult:
+        body = self._body(query, texts)
+        client = self._async_client()
+        for attempt in range(self.max_retries + 1):
+            try:
+                response = await client.post(self.url, json=body)
+            except httpx.TransportError:
+                if attempt == self.max_retries:
+                    raise
+                await asyncio.sleep(_backoff(attempt, None))
+                continue
+            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
+                await asyncio.sleep(_backoff(attempt, response))
+                continue
+            response.raise_for_status()
+            return self._parse(response)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _parse(self, response: httpx.Response) -> BatchResult:
+        try:
+            payload = response.json()
+        except ValueError as exc:
+            raise MalformedResponse(f"{self.url} returned a body that is not JSON: {exc}") from exc
+        if self.api == "tei":
+            items, key = payload, "score"
+        else:
+            items = payload.get("results") if isinstance(payload, dict) else None
+            key = "relevance_score"
+        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+            raise MalformedResponse(f"{self.url} returned an unexpected body shape")
+        tokens = None
+        if isinstance(payload, dict):
+            usage = payload.get("usage") or payload.get("meta", {}).get("billed_units") or {}
+            tokens = usage.get("total_tokens") if isinstance(usage, dict) else None
+        return BatchResult(
+            scores=[(item.get("index"), item.get(key)) for item in items],
+            total_tokens=tokens if isinstance(tokens, int) else None,
+        )
+
+
+def _backoff(attempt: int, response: httpx.Response | None) -> float:
+    if response is not None:
+        retry_after = response.headers.get("retry-after")
+        if retry_after is not None:
+            try:
+                return float(min(max(float(retry_after), 0.0), MAX_RETRY_AFTER_S))
+            except ValueError:
+                pass
+    return min(0.5 * 2**attempt, 8.0)
