@@ -39,12 +39,14 @@ def _local_choice(model: str | None) -> BackendChoice | None:
     return BackendChoice("local", LocalScorer(wanted), f"open weights in-process ({wanted})")
 
 
-def scorer_from_env(backend: str | None = None) -> BackendChoice:
+def scorer_from_env(backend: str | None = None, *, allow_lexical: bool = True) -> BackendChoice:
     """Build the first available backend, or the one named by ``backend``.
 
     ``backend`` is one of ``hosted``, ``server``, ``local``, ``lexical`` (default
     ``ZERANK_BACKEND``, then automatic). Naming a backend whose settings are
-    missing is an error that says what to set.
+    missing is an error that says what to set. With ``allow_lexical=False``
+    (what the framework adapters use) the automatic choice never falls back
+    to BM25: when no model is configured it raises an error naming the options.
     """
     backend = backend or os.environ.get("ZERANK_BACKEND") or None
     if backend is not None and backend not in BACKENDS:
@@ -74,6 +76,15 @@ def scorer_from_env(backend: str | None = None) -> BackendChoice:
                 "pip install 'zerank-gate[local]' and set ZERANK_LOCAL_MODEL to a model "
                 "id or folder"
             )
+
+    if backend is None and not allow_lexical:
+        raise ConfigurationError(
+            "no zerank backend is configured. Pass scorer=..., or set one of: "
+            "ZEROENTROPY_API_KEY (hosted API), ZERANK_SERVER_URL (a rerank server such "
+            "as vLLM or llama.cpp), ZERANK_LOCAL_MODEL (open weights in-process, needs "
+            "pip install 'zerank-gate[local]'), or ZERANK_BACKEND=lexical for the "
+            "uncalibrated BM25 baseline"
+        )
 
     from zerank_core.scorers.lexical import BM25Scorer
 
