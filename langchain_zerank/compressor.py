@@ -1,0 +1,132 @@
+"""A LangChain document compressor that keeps only the documents worth reading.
+
+:class:`ZeRankCompressor` scores each document against the query with a
+calibrated zerank scorer and keeps what the core's
+:class:`~zerank_core.select.SelectionPolicy` selects. It translates
+``Document`` ↔ text and nothing more: scoring, batching and selection live in
+``zerank_core``.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from langchain_core.callbacks import Callbacks
+from langchain_core.documents import BaseDocumentCompressor, Document
+from pydantic import PrivateAttr
+
+from langchain_zerank._scorer import DeferredScorer, ScorerSettings
+from zerank_core.errors import ConfigurationError
+from zerank_core.select import SelectionPolicy
+
+__all__ = ["ZeRankCompressor"]
+
+
+class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
+    """Keep the retrieved documents that pass a selection policy on zerank scores.
+
+    Returns copies of the kept documents (ids kept, metadata deep-copied) with
+    ``metadata["relevance_score"]`` set; the input is never modified. With no
+    selection option set, every document is returned, best first.
+
+    Example:
+        .. code-block:: python
+
+            from langchain_classic.retrievers import ContextualCompressionRetriever
+            from langchain_zerank import ZeRankCompressor
+
+            compressor = ZeRankCompressor(threshold=0.5, top_k=5)
+            retriever = ContextualCompressionRetriever(
+                base_compressor=compressor, base_retriever=vector_store.as_retriever(k=30)
+            )
+    """
+
+    threshold: float | None = None
+    """Keep documents whose score is at least this probability, in [0, 1]."""
+
+    top_k: int | None = None
+    """Keep at most this many documents (with ``threshold``: top-K with a floor)."""
+
+    max_chars: int | None = None
+    """Character budget: best documents first, skipping any that would overflow it."""
+
+    max_tokens: int | None = None
+    """Token budget, estimated at four characters a token."""
+
+    min_keep: int = 0
+    """Never return fewer than this many documents (the best ones), whatever
+    the threshold and budgets say."""
+
+    order: Literal["score", "original"] = "score"
+    """``"score"``: best first. ``"original"``: the retriever's order, which is
+    what an LLM should read when the documents are pages of one document."""
+
+    neighbors: int = 0
+    """Also keep the documents up to this many positions before and after each
+    selected one (context around a hit, e.g. adjacent pages)."""
+
+    instruction: str | None = None
+    """Instruction appended to the query by zerank's convention, e.g. "prefer
+    primary sources". Lexical scorers ignore it."""
+
+    _policy: SelectionPolicy = PrivateAttr()
+    _scorer: DeferredScorer = PrivateAttr()
+
+    def model_post_init(self, context: Any, /) -> None:
+        super().model_post_init(context)
+        self._policy = SelectionPolicy(
+            threshold=self.threshold,
+            top_k=self.top_k,
+            max_chars=self.max_chars,
+            max_tokens=self.max_tokens,
+            min_keep=self.min_keep,
+            order=self.order,
+            neighbors=self.neighbors,
+        )
+        self._scorer = self._deferred_scorer()
+
+    def compress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Score ``documents`` against ``query`` and return the selected copies."""
+        documents = list(documents)
+        if not documents:
+            return []
+        texts = [document.page_content for document in documents]
+        scores = self._scorer.score(query, texts, instruction=self.instruction)
+        return self._select(documents, scores)
+
+    async def acompress_documents(
+        self,
+        documents: Sequence[Document],
+        query: str,
+        callbacks: Callbacks | None = None,
+    ) -> Sequence[Document]:
+        """Async :meth:`compress_documents`, through the scorer's own ``ascore``."""
+        documents = list(documents)
+        if not documents:
+            return []
+        texts = [document.page_content for document in documents]
+        scores = await self._scorer.ascore(query, texts, instruction=self.instruction)
+        return self._select(documents, scores)
+
+    def _select(self, documents: list[Document], scores: list[float]) -> list[Document]:
+        if len(scores) != len(documents):
+            raise ConfigurationError(
+                f"scorer returned {len(scores)} scores for {len(documents)} documents"
+            )
+        selection = self._policy.select(
+            scores, lengths=[len(document.page_content) for document in documents]
+        )
+        return [_scored_copy(documents[i], scores[i]) for i in selection.indices]
+
+
+def _scored_copy(document: Document, score: float) -> Document:
+    metadata = copy.deepcopy(document.metadata)
+    metadata["relevance_score"] = score
+    return document.model_copy(update={"metadata": metadata})
