@@ -1,0 +1,500 @@
+"""Choose thresholds on purpose and check that scores read as probabilities.
+
+Three tools, for zerank or any other scorer, fitted on your own labelled data:
+
+- thresholds for a recall target: :func:`empirical_threshold` (the highest
+  threshold whose mean recall on the labelled queries reaches the target) and
+  :func:`conformal_threshold` (conformal risk control, Angelopoulos et al.,
+  2024: a finite-sample guarantee on the expected recall of a new query);
+- calibration diagnostics: :func:`reliability_bins` and
+  :func:`expected_calibration_error`;
+- recalibration: :class:`PlattCalibrator` and :class:`IsotonicCalibrator`
+  (scikit-learn contract), and :class:`CalibratedScorer`, which wraps any
+  scorer with a fitted calibrator and meets the scorer contract.
+
+scikit-learn is needed only for the calibrators (``pip install
+'zerank-gate[eval]'``); it is imported when one is fitted.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, Self
+
+import numpy as np
+
+from zerank_core.errors import ConfigurationError, MissingDependencyError
+from zerank_core.evaluate import LabelledQuery
+from zerank_core.scorers.base import Scale, Scorer, Usage
+from zerank_core.select import SelectionPolicy
+
+__all__ = [
+    "CalibratedScorer",
+    "Calibrator",
+    "IsotonicCalibrator",
+    "PlattCalibrator",
+    "ReliabilityBins",
+    "ThresholdFit",
+    "conformal_threshold",
+    "empirical_threshold",
+    "expected_calibration_error",
+    "reliability_bins",
+]
+
+# Mean recalls are sums of fractions 1 / (n * m); a risk that equals the
+# target level exactly must not fail the comparison through rounding.
+_TOLERANCE = 1e-9
+
+
+# --- thresholds for a recall target -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ThresholdFit:
+    """A threshold fitted for a recall target, and what it did on the fitting set.
+
+    ``n_queries`` counts the queries that have at least one relevant unit:
+    only they carry a loss (the share of their relevant units missed), so
+    queries with nothing relevant are left out of the fit. ``recall`` is the
+    mean recall at ``threshold`` on those queries and ``corrected_risk`` the
+    conformal bound ``(n * (1 - recall) + 1) / (n + 1)``.
+    """
+
+    method: Literal["empirical", "conformal"]
+    target: float
+    threshold: float
+    n_queries: int
+    recall: float
+    corrected_risk: float
+
+    def policy(self, **options: Any) -> SelectionPolicy:
+        """A :class:`SelectionPolicy` keeping scores >= this threshold (plus ``options``)."""
+        return SelectionPolicy(threshold=self.threshold, **options)
+
+
+def empirical_threshold(
+    queries: Sequence[LabelledQuery],
+    target: float,
+    *,
+    candidates: Sequence[float] | None = None,
+) -> ThresholdFit:
+    """The highest threshold whose mean recall on ``queries`` is >= ``target``.
+
+    Recall is per query (share of its relevant units with score >= threshold),
+    averaged over the queries that have relevant units. ``candidates``
+    restricts the answer to given values (for instance a grid of round
+    numbers); by default it is one of the relevant units' scores, where mean
+    recall changes. It meets the target on the fitting set only: for a
+    guarantee on new queries use :func:`conformal_threshold`.
+    """
+    return _fit("empirical", queries, target, candidates)
+
+
+def conformal_threshold(
+    queries: Sequence[LabelledQuery],
+    target: float,
+    *,
+    candidates: Sequence[float] | None = None,
+) -> ThresholdFit:
+    """Conformal risk control: the highest ``t`` with ``(n·R̂(t) + 1)/(n + 1) <= 1 - target``.
+
+    The loss of a query is the share of its relevant units scored below
+    ``t`` (bounded by B = 1); ``R̂(t)`` is its mean over the ``n`` queries that
+    have relevant units. If the queries are exchangeable with a new one that
+    has relevant units, that query's expected recall at the returned
+    threshold is at least ``target`` (Angelopoulos et al., "Conformal Risk
+    Control", ICLR 2024). It is never higher than :func:`empirical_threshold`.
+    With fewer than ``1 / (1 - target) - 1`` such queries no threshold
+    qualifies and :class:`ConfigurationError` says how many are needed.
+    """
+    return _fit("conformal", queries, target, candidates)
+
+
+def _fit(
+    method: Literal["empirical", "conformal"],
+    queries: Sequence[LabelledQuery],
+    target: float,
+    candidates: Sequence[float] | None,
+) -> ThresholdFit:
+    if (
+        isinstance(target, bool)
+        or not isinstance(target, int | float)
+        or math.isnan(target)
+        or not 0.0 < target <= 1.0
+    ):
+        raise ConfigurationError(f"target must be a recall in (0, 1], got {target!r}")
+    alpha = 1.0 - float(target)
+    used = [q for q in queries if q.relevant]
+    if not used:
+        raise ConfigurationError("no query has a relevant unit: cannot fit a recall threshold")
+    n = len(used)
+    # Mean recall at t is a weighted count of relevant units scored >= t, each
+    # weighing 1 / (n * its query's number of relevant units).
+    scores = np.array([q.scores[i] for q in used for i in sorted(q.relevant)], dtype=float)
+    weights = np.array([1.0 / (n * len(q.relevant)) for q in used for _ in q.relevant])
+    order = np.argsort(scores, kind="stable")
+    ascending = scores[order]
+    missed_below = np.concatenate([[0.0], np.cumsum(weights[order])])
+
+    if candidates is None:
+        grid = np.unique(scores)
+    else:
+        grid = _finite_array(candidates, "candidates")
+        if grid.size == 0:
+            raise ConfigurationError("candidates is empty")
+        grid = np.unique(grid)
+    risk = missed_below[np.searchsorted(ascending, grid, side="left")]
+    corrected = (n * risk + 1.0) / (n + 1.0)
+    criterion = risk if method == "empirical" else corrected
+    ok = criterion <= alpha + _TOLERANCE
+    if not ok.any():
+        if method == "conformal" and 1.0 / (n + 1.0) > alpha + _TOLERANCE:
+            needed = math.ceil(1.0 / alpha - 1.0 - _TOLERANCE) if alpha > 0 else None
+            if needed is None:
+                raise ConfigurationError(
+                    "conformal risk control cannot guarantee a recall of 1.0; lower the target"
+                )
+            raise ConfigurationError(
+                f"conformal risk control for target {target} needs at least {needed} "
+                f"queries with relevant units, got {n}"
+            )
+        raise ConfigurationError(
+            f"no candidate threshold reaches a recall of {target}: the lowest, "
+            f"{grid[0]!r}, gives {1.0 - risk[0]:.4f} ({method})"
+        )
+    best = int(np.flatnonzero(ok)[-1])
+    return ThresholdFit(
+        method=method,
+        target=float(target),
+        threshold=float(grid[best]),
+        n_queries=n,
+        recall=float(1.0 - risk[best]),
+        corrected_risk=float(corrected[best]),
+    )
+
+
+# --- calibration diagnostics -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ReliabilityBins:
+    """Predicted probability against observed frequency, bin by bin.
+
+    ``edges`` has one more entry than the other fields. A bin holds the
+    probabilities in ``(edges[i], edges[i + 1]]`` (the first also holds its
+    lower edge), as scikit-learn's ``calibration_curve`` bins them.
+    ``mean_predicted`` and ``observed`` are ``None`` for an empty bin.
+    """
+
+    edges: tuple[float, ...]
+    counts: tuple[int, ...]
+    mean_predicted: tuple[float | None, ...]
+    observed: tuple[float | None, ...]
+
+    @property
+    def ece(self) -> float:
+        """Expected calibration error: ``sum(count / n * |observed - predicted|)``."""
+        total = sum(self.counts)
+        return float(
+            sum(
+                c / total * abs(o - p)
+                for c, p, o in zip(self.counts, self.mean_predicted, self.observed, strict=True)
+                if c and p is not None and o is not None
+            )
+        )
+
+
+def reliability_bins(
+    probabilities: Sequence[float],
+    labels: Sequence[int | bool],
+    *,
+    n_bins: int = 10,
+    strategy: Literal["uniform", "quantile"] = "uniform",
+) -> ReliabilityBins:
+    """Bin probabilities and compare each bin's mean with its share of positives.
+
+    ``strategy="uniform"`` uses equal-width bins on [0, 1]; ``"quantile"``
+    puts about the same number of predictions in each bin.
+    """
+    p = _finite_array(probabilities, "probabilities")
+    y = _binary_labels(labels, len(p))
+    if p.size == 0:
+        raise ConfigurationError("probabilities is empty")
+    outside = np.flatnonzero((p < 0.0) | (p > 1.0))
+    if outside.size:
+        i = int(outside[0])
+        raise ConfigurationError(
+            f"probabilities[{i}] is {p[i]}, outside [0, 1]: calibrate the scores first"
+        )
+    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
+        raise ConfigurationError(f"n_bins must be an integer >= 1, got {n_bins!r}")
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+    elif strategy == "quantile":
+        edges = np.percentile(p, np.linspace(0.0, 100.0, n_bins + 1))
+    else:
+        raise ConfigurationError(f"strategy must be 'uniform' or 'quantile', got {strategy!r}")
+    ids = np.searchsorted(edges[1:-1], p, side="left")
+    counts = np.bincount(ids, minlength=n_bins)
+    sum_p = np.bincount(ids, weights=p, minlength=n_bins)
+    sum_y = np.bincount(ids, weights=y, minlength=n_bins)
+    return ReliabilityBins(
+        edges=tuple(float(e) for e in edges),
+        counts=tuple(int(c) for c in counts),
+        mean_predicted=tuple(
+            float(s / c) if c else None for s, c in zip(sum_p, counts, strict=True)
+        ),
+        observed=tuple(float(s / c) if c else None for s, c in zip(sum_y, counts, strict=True)),
+    )
+
+
+def expected_calibration_error(
+    probabilities: Sequence[float],
+    labels: Sequence[int | bool],
+    *,
+    n_bins: int = 10,
+    strategy: Literal["uniform", "quantile"] = "uniform",
+) -> float:
+    """ECE: the count-weighted mean gap between predicted and observed, over bins."""
+    return reliability_bins(probabilities, labels, n_bins=n_bins, strategy=strategy).ece
+
+
+# --- recalibration -----------------------------------------------------------------
+
+
+class Calibrator(Protocol):
+    """Maps raw scores to probabilities; fitted on (score, relevant?) pairs."""
+
+    def fit(self, scores: Sequence[float], labels: Sequence[int | bool]) -> Self: ...
+
+    def predict_proba(self, scores: Sequence[float]) -> np.ndarray: ...
+
+
+class _CalibratorBase:
+    """Shared scikit-learn plumbing: parameters, fitted check, probability columns."""
+
+    classes_: np.ndarray
+
+    def get_params(self, deep: bool = True) -> dict[str, Any]:
+        """The constructor's parameters (what ``sklearn.base.clone`` copies)."""
+        return {name: getattr(self, name) for name in self._param_names()}
+
+    def set_params(self, **params: Any) -> Self:
+        """Set constructor parameters by name."""
+        valid = self._param_names()
+        for name, value in params.items():
+            if name not in valid:
+                raise ConfigurationError(f"{type(self).__name__} has no parameter {name!r}")
+            setattr(self, name, value)
+        return self
+
+    def _param_names(self) -> tuple[str, ...]:
+        return ()
+
+    def __repr__(self) -> str:
+        params = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items())
+        return f"{type(self).__name__}({params})"
+
+    def _positive(self, scores: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def predict_proba(self, scores: Sequence[float]) -> np.ndarray:
+        """Shape ``(n, 2)``: probability of not relevant, then of relevant."""
+        if not _is_fitted(self):
+            raise ConfigurationError(f"{type(self).__name__} is not fitted: call fit() first")
+        positive = np.clip(self._positive(_finite_array(scores, "scores")), 0.0, 1.0)
+        return np.column_stack([1.0 - positive, positive])
+
+    def predict(self, scores: Sequence[float]) -> np.ndarray:
+        """1 where the probability of relevance is at least 0.5, else 0."""
+        return (self.predict_proba(scores)[:, 1] >= 0.5).astype(int)
+
+
+class PlattCalibrator(_CalibratorBase):
+    """Platt scaling: ``p = sigmoid(a * score + b)``, fitted by maximum likelihood.
+
+    As in Platt (1999), the targets are smoothed to ``(N+ + 1) / (N+ + 2)``
+    and ``1 / (N- + 2)``, which keeps ``a`` finite on separable data; the
+    logistic fit itself is scikit-learn's unpenalised ``LogisticRegression``
+    (the smoothed targets enter as sample weights). Learned: ``coef_`` (a),
+    ``intercept_`` (b), ``classes_``.
+    """
+
+    coef_: float
+    intercept_: float
+
+    def __init__(self, *, max_iter: int = 1000) -> None:
+        self.max_iter = max_iter
+
+    def _param_names(self) -> tuple[str, ...]:
+        return ("max_iter",)
+
+    def fit(self, scores: Sequence[float], labels: Sequence[int | bool]) -> Self:
+        """Fit on raw scores and 0/1 relevance labels; returns ``self``."""
+        linear_model = _sklearn("linear_model")
+        x = _finite_array(scores, "scores")
+        y = _binary_labels(labels, len(x))
+        _both_classes(y)
+        positives = int(y.sum())
+        negatives = len(y) - positives
+        soft = np.where(y == 1, (positives + 1.0) / (positives + 2.0), 1.0 / (negatives + 2.0))
+        features = np.concatenate([x, x]).reshape(-1, 1)
+        targets = np.concatenate([np.ones(len(x)), np.zeros(len(x))])
+        weights = np.concatenate([soft, 1.0 - soft])
+        model = linear_model.LogisticRegression(C=np.inf, max_iter=self.max_iter)
+        model.fit(features, targets, sample_weight=weights)
+        self.coef_ = float(model.coef_[0, 0])
+        self.intercept_ = float(model.intercept_[0])
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def _positive(self, scores: np.ndarray) -> np.ndarray:
+        z = self.coef_ * scores + self.intercept_
+        return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)))
+
+
+class IsotonicCalibrator(_CalibratorBase):
+    """Isotonic recalibration: the best non-decreasing step map from score to frequency.
+
+    scikit-learn's ``IsotonicRegression`` (bounded to [0, 1], clipped outside
+    the fitted range). More flexible than Platt, needs more data, and turns
+    score ranges into ties. Learned: ``isotonic_`` (the fitted regressor),
+    ``classes_``.
+    """
+
+    isotonic_: Any
+
+    def _param_names(self) -> tuple[str, ...]:
+        return ()
+
+    def fit(self, scores: Sequence[float], labels: Sequence[int | bool]) -> Self:
+        """Fit on raw scores and 0/1 relevance labels; returns ``self``."""
+        isotonic = _sklearn("isotonic")
+        x = _finite_array(scores, "scores")
+        y = _binary_labels(labels, len(x))
+        _both_classes(y)
+        model = isotonic.IsotonicRegression(
+            y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip"
+        )
+        self.isotonic_ = model.fit(x, y.astype(float))
+        self.classes_ = np.array([0, 1])
+        return self
+
+    def _positive(self, scores: np.ndarray) -> np.ndarray:
+        return np.asarray(self.isotonic_.predict(scores), dtype=float)
+
+
+class CalibratedScorer:
+    """A scorer whose scores pass through a fitted calibrator: probabilities.
+
+    Meets the :class:`~zerank_core.scorers.base.Scorer` contract, so it plugs
+    into every adapter and selection policy. ``model`` and ``usage`` are the
+    wrapped scorer's. If you cache scores, cache the wrapped scorer: refitting
+    the calibrator changes these outputs under the same model name.
+    """
+
+    def __init__(self, scorer: Scorer, calibrator: Calibrator) -> None:
+        if not isinstance(scorer, Scorer):
+            raise ConfigurationError(
+                f"scorer must have score() and ascore(), got {type(scorer).__name__}"
+            )
+        if not callable(getattr(calibrator, "predict_proba", None)):
+            raise ConfigurationError(
+                f"calibrator must have predict_proba(), got {type(calibrator).__name__}"
+            )
+        if not _is_fitted(calibrator):
+            raise ConfigurationError(
+                f"calibrator {type(calibrator).__name__} is not fitted: call fit() first"
+            )
+        self.scorer = scorer
+        self.calibrator = calibrator
+
+    @property
+    def scale(self) -> Scale:
+        return Scale.PROBABILITY
+
+    @property
+    def model(self) -> str:
+        return str(getattr(self.scorer, "model", type(self.scorer).__name__))
+
+    @property
+    def usage(self) -> Usage:
+        usage = getattr(self.scorer, "usage", None)
+        if not isinstance(usage, Usage):
+            raise AttributeError(f"{type(self.scorer).__name__} does not report usage")
+        return usage
+
+    def __repr__(self) -> str:
+        return f"CalibratedScorer({self.scorer!r}, {self.calibrator!r})"
+
+    def score(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        """Calibrated probabilities of the wrapped scorer's scores, in input order."""
+        return self._calibrate(self.scorer.score(query, texts, instruction=instruction))
+
+    async def ascore(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        """Async :meth:`score`."""
+        return self._calibrate(await self.scorer.ascore(query, texts, instruction=instruction))
+
+    def _calibrate(self, raw: list[float]) -> list[float]:
+        if not raw:
+            return []
+        probabilities = np.asarray(self.calibrator.predict_proba(raw), dtype=float)
+        return [float(p) for p in probabilities[:, 1]]
+
+
+# --- helpers ------------------------------------------------------------------------
+
+
+def _sklearn(module: str) -> Any:
+    try:
+        if module == "linear_model":
+            import sklearn.linear_model as found
+        else:
+            import sklearn.isotonic as found
+    except ImportError as exc:
+        raise MissingDependencyError("scikit-learn", "eval") from exc
+    return found
+
+
+def _is_fitted(estimator: object) -> bool:
+    return any(name.endswith("_") and not name.startswith("__") for name in vars(estimator))
+
+
+def _finite_array(values: Sequence[float], name: str) -> np.ndarray:
+    if isinstance(values, str):
+        raise ConfigurationError(f"{name} must be a sequence of numbers, got a str")
+    try:
+        out = np.array(values, dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise ConfigurationError(f"{name} must be a sequence of numbers: {exc}") from exc
+    if out.ndim != 1:
+        raise ConfigurationError(f"{name} must be one-dimensional, got shape {out.shape}")
+    bad = np.flatnonzero(~np.isfinite(out))
+    if bad.size:
+        i = int(bad[0])
+        raise ConfigurationError(f"{name}[{i}] must be a finite number, got {out[i]}")
+    return out
+
+
+def _binary_labels(labels: Sequence[int | bool], n: int) -> np.ndarray:
+    values = list(labels)
+    if len(values) != n:
+        raise ConfigurationError(f"labels has {len(values)} entries for {n} scores")
+    for index, value in enumerate(values):
+        if value not in (0, 1) or not isinstance(value, int | bool | np.integer | np.bool_):
+            raise ConfigurationError(f"labels[{index}] must be 0 or 1, got {value!r}")
+    return np.array(values, dtype=int)
+
+
+def _both_classes(y: np.ndarray) -> None:
+    present = set(int(v) for v in np.unique(y))
+    if present != {0, 1}:
+        raise ConfigurationError(
+            f"labels must contain both relevant (1) and irrelevant (0) examples, got only {present}"
+        )
