@@ -61,6 +61,8 @@ class FakeRerankServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as real servers do
+
             def log_message(self, *args: Any) -> None:
                 pass
 

@@ -163,3 +163,10 @@ def test_declares_model_and_scale(fake_server: FakeRerankServer) -> None:
     scorer = make_scorer(fake_server, model="zerank-1-small")
     assert scorer.model == "zerank-1-small"
     assert scorer.scale == "probability"
+
+
+def test_async_clients_follow_the_event_loop(fake_server: FakeRerankServer) -> None:
+    """asyncio.run twice with one scorer: a client bound to a closed loop would fail."""
+    scorer = make_scorer(fake_server)
+    first = asyncio.run(scorer.ascore(QUERY, ["notice", "x"]))
+    assert asyncio.run(scorer.ascore(QUERY, ["notice", "x"])) == first

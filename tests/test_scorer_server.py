@@ -146,3 +146,12 @@ def test_missing_url_is_a_clear_error() -> None:
 )
 def test_the_one_place_scales_are_converted(value: float, scale: Scale, expected: float) -> None:
     assert to_probability(value, scale) == pytest.approx(expected, abs=1e-4)
+
+
+def test_async_clients_follow_the_event_loop(fake_server: FakeRerankServer) -> None:
+    """asyncio.run twice with one scorer: a client bound to a closed loop would fail."""
+    import asyncio
+
+    scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank")
+    first = asyncio.run(scorer.ascore(QUERY, TEXTS))
+    assert asyncio.run(scorer.ascore(QUERY, TEXTS)) == first

@@ -13,18 +13,21 @@ import asyncio
 import math
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol, runtime_checkable
+from typing import Generic, Protocol, TypeVar, runtime_checkable
 
 from zerank_core.errors import ConfigurationError, InvalidResponseError
+
+T = TypeVar("T")
 
 __all__ = [
     "BatchResult",
     "BatchedScorer",
     "MalformedResponse",
+    "PerLoop",
     "Scale",
     "Scorer",
     "Usage",
@@ -260,6 +263,30 @@ def validate_batch(result: BatchResult, *, batch: int, size: int, scale: Scale) 
             batch_size=size,
         )
     return [to_probability(v, scale) for v in values if v is not None]
+
+
+class PerLoop(Generic[T]):
+    """One lazily created object per running event loop.
+
+    Async HTTP clients hold connections bound to the loop that opened them;
+    reusing one from another loop (``asyncio.run`` twice, notebooks, worker
+    threads) fails. Entries of closed loops are dropped.
+    """
+
+    def __init__(self, factory: Callable[[], T]) -> None:
+        self._factory = factory
+        self._items: dict[asyncio.AbstractEventLoop, T] = {}
+        self._lock = threading.Lock()
+
+    def get(self) -> T:
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            item = self._items.get(loop)
+            if item is None:
+                for old in [old for old in self._items if old.is_closed()]:
+                    del self._items[old]
+                item = self._items[loop] = self._factory()
+            return item
 
 
 class MalformedResponse(Exception):

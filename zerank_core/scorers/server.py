@@ -25,7 +25,13 @@ import httpx
 from pydantic import SecretStr
 
 from zerank_core.errors import ConfigurationError
-from zerank_core.scorers.base import BatchedScorer, BatchResult, MalformedResponse, Scale
+from zerank_core.scorers.base import (
+    BatchedScorer,
+    BatchResult,
+    MalformedResponse,
+    PerLoop,
+    Scale,
+)
 
 __all__ = ["RerankServerScorer"]
 
@@ -95,7 +101,9 @@ class RerankServerScorer(BatchedScorer):
         self._extra_body = dict(extra_body or {})
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
-        self._async_clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
+        self._async_clients = PerLoop(
+            lambda: httpx.AsyncClient(headers=self._all_headers(), timeout=self.timeout)
+        )
 
     def __repr__(self) -> str:
         return (
@@ -115,17 +123,6 @@ class RerankServerScorer(BatchedScorer):
             if self._client is None:
                 self._client = httpx.Client(headers=self._all_headers(), timeout=self.timeout)
             return self._client
-
-    def _async_client(self) -> httpx.AsyncClient:
-        # One client per event loop: an httpx.AsyncClient cannot outlive its loop.
-        loop = asyncio.get_running_loop()
-        client = self._async_clients.get(loop)
-        if client is None:
-            for old in [old for old in self._async_clients if old.is_closed()]:
-                del self._async_clients[old]
-            client = httpx.AsyncClient(headers=self._all_headers(), timeout=self.timeout)
-            self._async_clients[loop] = client
-        return client
 
     def close(self) -> None:
         """Close the sync HTTP client (async clients close with their loop)."""
@@ -160,7 +157,7 @@ class RerankServerScorer(BatchedScorer):
 
     async def _arequest(self, query: str, texts: list[str]) -> BatchResult:
         body = self._body(query, texts)
-        client = self._async_client()
+        client = self._async_clients.get()
         for attempt in range(self.max_retries + 1):
             try:
                 response = await client.post(self.url, json=body)
@@ -206,4 +203,4 @@ def _backoff(attempt: int, response: httpx.Response | None) -> float:
                 return float(min(max(float(retry_after), 0.0), MAX_RETRY_AFTER_S))
             except ValueError:
                 pass
-    return min(0.5 * 2**attempt, 8.0)
+    return min(0.5 * 2.0**attempt, 8.0)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import SecretStr
 
 from zerank_core.errors import ConfigurationError, MissingDependencyError
-from zerank_core.scorers.base import BatchedScorer, BatchResult, Scale
+from zerank_core.scorers.base import BatchedScorer, BatchResult, PerLoop, Scale
 
 if TYPE_CHECKING:
     from zeroentropy import AsyncZeroEntropy, ZeroEntropy
@@ -79,7 +79,8 @@ class ZeroEntropyScorer(BatchedScorer):
         self._timeout = timeout
         self._max_retries = max_retries
         self._client = client
-        self._async_client = async_client
+        self._user_async_client = async_client
+        self._async_clients: PerLoop[AsyncZeroEntropy] = PerLoop(self._new_async_client)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, base_url={self._base_url!r})"
@@ -107,14 +108,17 @@ class ZeroEntropyScorer(BatchedScorer):
 
     @property
     def async_client(self) -> AsyncZeroEntropy:
-        """The async SDK client, created on first use."""
-        if self._async_client is None:
-            try:
-                from zeroentropy import AsyncZeroEntropy
-            except ImportError as exc:  # pragma: no cover
-                raise MissingDependencyError("zeroentropy", "all") from exc
-            self._async_client = AsyncZeroEntropy(**self._client_options())
-        return self._async_client
+        """The async SDK client: the one passed in, else one per event loop."""
+        if self._user_async_client is not None:
+            return self._user_async_client
+        return self._async_clients.get()
+
+    def _new_async_client(self) -> AsyncZeroEntropy:
+        try:
+            from zeroentropy import AsyncZeroEntropy
+        except ImportError as exc:  # pragma: no cover
+            raise MissingDependencyError("zeroentropy", "all") from exc
+        return AsyncZeroEntropy(**self._client_options())
 
     def _params(self, query: str, texts: list[str]) -> dict[str, Any]:
         params: dict[str, Any] = {"model": self.model, "query": query, "documents": texts}
