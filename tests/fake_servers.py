@@ -9,7 +9,8 @@ One ``ThreadingHTTPServer`` answers:
 
 Scores are deterministic (:func:`reference_probability`); ``returns`` sets
 the scale the Cohere-style route reports (probability, logit or sigmoid).
-Faults are queued and consumed one per request: ``"429"``, ``"500"``,
+``latency_s`` delays every answer and ``max_in_flight`` records the most
+requests served at once. Faults are queued and consumed one per request: ``"429"``, ``"500"``,
 ``"malformed"``, ``"missing"``, ``"duplicate"``, ``"nan"``,
 ``"out_of_range"``, ``"wrong_shape"``.
 """
@@ -55,9 +56,11 @@ class FakeRerankServer:
     latency_s: float = 0.0
     faults: deque[str] = field(default_factory=deque)
     requests: list[Recorded] = field(default_factory=list)
+    max_in_flight: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._in_flight = 0
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -69,7 +72,11 @@ class FakeRerankServer:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 raw = self.rfile.read(length)
-                server._handle(self, raw)
+                server._enter()
+                try:
+                    server._handle(self, raw)
+                finally:
+                    server._leave()
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self._thread = threading.Thread(
@@ -85,6 +92,15 @@ class FakeRerankServer:
     def close(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
+
+    def _enter(self) -> None:
+        with self._lock:
+            self._in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self._in_flight)
+
+    def _leave(self) -> None:
+        with self._lock:
+            self._in_flight -= 1
 
     def _next_fault(self) -> str | None:
         with self._lock:

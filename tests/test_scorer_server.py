@@ -155,3 +155,14 @@ def test_async_clients_follow_the_event_loop(fake_server: FakeRerankServer) -> N
     scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank")
     first = asyncio.run(scorer.ascore(QUERY, TEXTS))
     assert asyncio.run(scorer.ascore(QUERY, TEXTS)) == first
+
+
+async def test_concurrency_is_bounded_sync_and_async(fake_server: FakeRerankServer) -> None:
+    fake_server.latency_s = 0.05
+    texts = [f"MRI {i}" for i in range(24)]
+    scorer = RerankServerScorer(f"{fake_server.url}/rerank", max_batch_size=2, max_concurrency=3)
+    await scorer.ascore(QUERY, texts)
+    assert 1 < fake_server.max_in_flight <= 3
+    fake_server.max_in_flight = 0
+    scorer.score(QUERY, texts)
+    assert 1 < fake_server.max_in_flight <= 3
