@@ -16,7 +16,7 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableSerializable
-from pydantic import PrivateAttr
+from pydantic import ConfigDict, PrivateAttr
 
 from langchain_zerank._scorer import DeferredScorer, ScorerSettings
 from zerank_core.classify import Classification, LabelClassifier
@@ -46,6 +46,8 @@ class ZeRankClassifier(ScorerSettings, RunnableSerializable[Any, Classification]
             classifier.invoke("I was charged twice").label  # "billing"
             graph.add_conditional_edges("triage", classifier.as_router(), {...})
     """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     labels: dict[str, str]
     """Label name → description. The description is what the scorer reads as

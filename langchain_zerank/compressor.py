@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import PrivateAttr
+from pydantic import ConfigDict, PrivateAttr
 
 from langchain_zerank._scorer import DeferredScorer, ScorerSettings
 from zerank_core.errors import ConfigurationError
@@ -42,6 +42,8 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
                 base_compressor=compressor, base_retriever=vector_store.as_retriever(k=30)
             )
     """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     threshold: float | None = None
     """Keep documents whose score is at least this probability, in [0, 1]."""
