@@ -1,0 +1,319 @@
+"""A persistent score cache, so rerunning a long document costs no model calls.
+
+:class:`CachedScorer` wraps any scorer and stores each score in SQLite under
+a SHA-256 key of (model, scale, instruction, query, text). Only the key and
+the number are written: no document or query text ever reaches the file. WAL
+mode and a busy timeout make one file safe to share between threads and
+processes. The library never caches unless asked; the command line does by
+default (:func:`default_cache_path`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import math
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from zerank_core.errors import ConfigurationError, InvalidResponseError
+from zerank_core.scorers.base import Scale, Scorer, Usage, check_texts
+
+__all__ = [
+    "CacheInfo",
+    "CacheStats",
+    "CachedScorer",
+    "ScoreStore",
+    "default_cache_path",
+    "score_key",
+]
+
+CACHE_ENV = "ZERANK_CACHE"
+# SQLite allows 32766 host parameters; stay far below for old builds (999).
+_LOOKUP_CHUNK = 500
+
+
+def default_cache_path() -> Path:
+    """``$ZERANK_CACHE``, else ``$XDG_CACHE_HOME/zerank-gate/scores.sqlite3``.
+
+    ``XDG_CACHE_HOME`` defaults to ``~/.cache``.
+    """
+    override = os.environ.get(CACHE_ENV)
+    if override:
+        return Path(override).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "zerank-gate" / "scores.sqlite3"
+
+
+def score_key(
+    model: str, scale: str, instruction: str | None, query: str, text: str, context: str = ""
+) -> bytes:
+    """The cache key of one score: SHA-256 over its inputs, unambiguously framed.
+
+    ``context`` is empty for scorers whose score depends on the pair alone; for
+    the others it is a digest of the whole call (see :class:`CachedScorer`).
+    """
+    framed = json.dumps([model, scale, instruction, query, text, context], ensure_ascii=False)
+    return hashlib.sha256(framed.encode("utf-8")).digest()
+
+
+@dataclass(frozen=True)
+class CacheStats:
+    """Lookups answered from the cache (``hits``) and sent to the scorer (``misses``)."""
+
+    hits: int = 0
+    misses: int = 0
+
+    def __sub__(self, other: CacheStats) -> CacheStats:
+        return CacheStats(hits=self.hits - other.hits, misses=self.misses - other.misses)
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What is in a cache file: its path, number of scores and size on disk."""
+
+    path: Path
+    entries: int
+    size_bytes: int
+
+
+class ScoreStore:
+    """The SQLite file behind :class:`CachedScorer`: keys to scores, nothing else.
+
+    Usable on its own to inspect or clear a cache (``zerank cache info``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
+        self.path = Path(path).expanduser()
+        self._lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, timeout=timeout, check_same_thread=False, isolation_level=None
+            )
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS scores "
+                "(key BLOB PRIMARY KEY, score REAL NOT NULL, created REAL NOT NULL) WITHOUT ROWID"
+            )
+        except (OSError, sqlite3.DatabaseError) as exc:
+            raise ConfigurationError(f"cannot use {self.path} as a score cache: {exc}") from exc
+
+    def __repr__(self) -> str:
+        return f"ScoreStore({str(self.path)!r})"
+
+    def lookup(self, keys: Sequence[bytes]) -> dict[bytes, float]:
+        """The stored scores of those ``keys`` that are present."""
+        unique = list(dict.fromkeys(keys))
+        found: dict[bytes, float] = {}
+        with self._lock:
+            for start in range(0, len(unique), _LOOKUP_CHUNK):
+                chunk = unique[start : start + _LOOKUP_CHUNK]
+                marks = ",".join("?" * len(chunk))
+                rows = self._db.execute(
+                    f"SELECT key, score FROM scores WHERE key IN ({marks})", chunk
+                )
+                found.update((bytes(k), float(s)) for k, s in rows)
+        return found
+
+    def store(self, pairs: Sequence[tuple[bytes, float]]) -> None:
+        """Write ``(key, score)`` pairs in one transaction."""
+        now = time.time()
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO scores (key, score, created) VALUES (?, ?, ?)",
+                    [(k, s, now) for k, s in pairs],
+                )
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def info(self) -> CacheInfo:
+        """Number of stored scores and the file's size."""
+        with self._lock:
+            (entries,) = self._db.execute("SELECT COUNT(*) FROM scores").fetchone()
+        size = sum(p.stat().st_size for p in (self.path, Path(f"{self.path}-wal")) if p.exists())
+        return CacheInfo(path=self.path, entries=int(entries), size_bytes=size)
+
+    def clear(self) -> int:
+        """Delete every stored score (of every model); return how many there were."""
+        with self._lock:
+            cursor = self._db.execute("DELETE FROM scores")
+            removed = int(cursor.rowcount)
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._db.execute("VACUUM")
+            return removed
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+
+class CachedScorer:
+    """A :class:`~zerank_core.scorers.base.Scorer` that remembers scores on disk.
+
+    ``scorer`` does the work on a miss; misses of one call go to it in one
+    call, so its own batching and concurrency still apply. ``model`` names the
+    model in the key (default ``scorer.model``: a scorer without one needs it).
+    Different deployments of one model (hosted, server, in-process) share
+    entries, as they should give the same scores.
+
+    ``pairwise`` says whether a score depends on the (query, text) pair alone,
+    as zerank's does. The lexical baseline's does not (IDF and max scaling come
+    from the whole call), so by default uncalibrated scorers are keyed also by
+    a digest of the call's full text list and rescored whole on any miss: a
+    rerun of the same call hits, a different page set never gets scores
+    computed against another corpus.
+    """
+
+    def __init__(
+        self,
+        scorer: Scorer,
+        path: str | os.PathLike[str],
+        *,
+        model: str | None = None,
+        pairwise: bool | None = None,
+        timeout: float = 30.0,
+    ) -> None:
+        model = model or getattr(scorer, "model", None)
+        if not isinstance(model, str) or not model:
+            raise ConfigurationError(
+                f"{scorer!r} has no 'model' attribute: pass model=... to name it in the cache key"
+            )
+        self.scorer = scorer
+        self.model = model
+        self.scale = Scale(getattr(scorer, "scale", Scale.PROBABILITY))
+        self.pairwise = self.scale is not Scale.UNCALIBRATED if pairwise is None else pairwise
+        self.store = ScoreStore(path, timeout=timeout)
+        self._lock = threading.Lock()
+        self._hits = 0
+        self._misses = 0
+
+    def __repr__(self) -> str:
+        return f"CachedScorer({self.scorer!r}, path={str(self.path)!r})"
+
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+    @property
+    def usage(self) -> Usage:
+        """The wrapped scorer's usage: what the misses cost."""
+        usage = getattr(self.scorer, "usage", None)
+        return usage if isinstance(usage, Usage) else Usage()
+
+    @property
+    def stats(self) -> CacheStats:
+        """Hits and misses since this wrapper was created."""
+        with self._lock:
+            return CacheStats(hits=self._hits, misses=self._misses)
+
+    def info(self) -> CacheInfo:
+        """Number of stored scores and the file's size."""
+        return self.store.info()
+
+    def clear(self) -> int:
+        """Delete every stored score in the file; return how many there were."""
+        return self.store.clear()
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self) -> CachedScorer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def _keys(self, query: str, texts: list[str], instruction: str | None) -> list[bytes]:
+        context = ""
+        if not self.pairwise:
+            framed = json.dumps(texts, ensure_ascii=False).encode("utf-8")
+            context = hashlib.sha256(framed).hexdigest()
+        return [
+            score_key(self.model, self.scale.value, instruction, query, text, context)
+            for text in texts
+        ]
+
+    def _plan(
+        self, query: str, texts: Sequence[str], instruction: str | None
+    ) -> tuple[list[bytes], dict[bytes, float], list[bytes], list[str]]:
+        checked = check_texts(texts)
+        keys = self._keys(query, checked, instruction)
+        found = self.store.lookup(keys)
+        if not self.pairwise:
+            # The scores depend on the whole call: any miss means rescoring all of it.
+            if len(found) == len(set(keys)):
+                return keys, found, [], []
+            return keys, {}, keys, checked
+        missing: dict[bytes, str] = {}
+        for key, text in zip(keys, checked, strict=True):
+            if key not in found:
+                missing.setdefault(key, text)
+        return keys, found, list(missing), list(missing.values())
+
+    def _merge(
+        self,
+        keys: list[bytes],
+        found: dict[bytes, float],
+        missing_keys: list[bytes],
+        fresh: Sequence[float],
+    ) -> list[float]:
+        if len(fresh) != len(missing_keys):
+            raise InvalidResponseError(
+                f"{self.scorer!r} returned {len(fresh)} scores for {len(missing_keys)} texts",
+                batch=0,
+                batch_size=len(missing_keys),
+            )
+        new: list[tuple[bytes, float]] = []
+        for position, (key, value) in enumerate(zip(missing_keys, fresh, strict=True)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidResponseError(
+                    f"score {position} is not a number: {value!r}",
+                    batch=0,
+                    batch_size=len(missing_keys),
+                )
+            if not math.isfinite(value):
+                raise InvalidResponseError(
+                    f"score {position} is not finite: {value}", batch=0, batch_size=len(fresh)
+                )
+            new.append((key, float(value)))
+        if new:
+            self.store.store(new)
+        scores = dict(found)
+        scores.update(new)
+        with self._lock:
+            self._misses += len(missing_keys)
+            self._hits += max(len(keys) - len(missing_keys), 0)
+        return [scores[key] for key in keys]
+
+    def score(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        """Scores from the cache where stored; the rest from the scorer, then stored."""
+        keys, found, missing_keys, missing_texts = self._plan(query, texts, instruction)
+        fresh: list[float] = []
+        if missing_texts:
+            fresh = self.scorer.score(query, missing_texts, instruction=instruction)
+        return self._merge(keys, found, missing_keys, fresh)
+
+    async def ascore(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        """Async :meth:`score`; the database work runs in a worker thread."""
+        keys, found, missing_keys, missing_texts = await asyncio.to_thread(
+            self._plan, query, texts, instruction
+        )
+        fresh: list[float] = []
+        if missing_texts:
+            fresh = await self.scorer.ascore(query, missing_texts, instruction=instruction)
+        return await asyncio.to_thread(self._merge, keys, found, missing_keys, fresh)
