@@ -1,0 +1,496 @@
+"""zerank's open weights in-process, through sentence-transformers' ``CrossEncoder``.
+
+The model is loaded the way its card documents (``CrossEncoder(model_id)``:
+a causal LM, the chat template with the query as system turn and the document
+as user turn, and a ``LogitScore`` head that reads the logit of "Yes"). This
+module adds what a context gate needs around it: device and dtype selection,
+batches filled to a token budget from length-sorted inputs, windows for texts
+longer than the model's context, and zerank's calibration ``sigmoid(logit / 5)``.
+
+Needs the ``local`` extra (``pip install 'zerank-gate[local]'``); torch,
+transformers and sentence-transformers are imported only when a scorer is built.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from zerank_core.errors import ConfigurationError, InvalidResponseError, MissingDependencyError
+from zerank_core.scorers.base import (
+    Scale,
+    Usage,
+    UsageMeter,
+    check_texts,
+    query_with_instruction,
+    to_probability,
+)
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "LocalScorer",
+    "LocalScores",
+    "plan_token_batches",
+    "select_device",
+    "weights_available",
+]
+
+DEFAULT_MODEL = "zeroentropy/zerank-2-reranker"
+
+#: The token whose logit zerank's calibration is defined on.
+YES_TOKEN = "Yes"
+
+_DTYPE_NAMES = {
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+}
+
+# Tokens kept free between the measured prompt length and max_length: a window
+# is cut from the document's own tokenization, and re-tokenizing it inside the
+# template can merge or split a token at its edges.
+_EDGE_MARGIN = 4
+
+
+def weights_available(model: str, *, cache_dir: str | Path | None = None) -> bool:
+    """Whether ``model`` can be loaded without downloading anything.
+
+    True for a local folder holding a ``config.json``, or for a Hugging Face
+    model id whose configuration and weight files (every shard of a sharded
+    checkpoint) are already in the local Hugging Face cache (``cache_dir``,
+    default ``HF_HUB_CACHE``). Makes no network call.
+    """
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return (folder / "config.json").is_file()
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return False
+
+    def cached(filename: str) -> str | None:
+        try:
+            found = try_to_load_from_cache(model, filename, cache_dir=cache_dir)
+        except ValueError:  # not a valid repo id
+            return None
+        return found if isinstance(found, str) else None
+
+    if cached("config.json") is None:
+        return False
+    if cached("model.safetensors") is not None:
+        return True
+    index = cached("model.safetensors.index.json")
+    if index is None:
+        return False
+    try:
+        shards = set(json.loads(Path(index).read_text(encoding="utf-8"))["weight_map"].values())
+    except (OSError, ValueError, KeyError, AttributeError):
+        return False
+    return bool(shards) and all(cached(shard) is not None for shard in shards)
+
+
+def select_device(device: str | None = None) -> str:
+    """The device to run on: ``device`` if given (checked), else CUDA, Apple MPS, then CPU."""
+    torch = _import_torch()
+    if device is None:
+        if torch.cuda.is_available():
+            return "cuda"
+        mps = getattr(torch.backends, "mps", None)
+        if mps is not None and mps.is_available():
+            return "mps"
+        return "cpu"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError):
+        raise ConfigurationError(
+            "device must be a torch device such as 'cuda', 'cuda:1', 'mps' or 'cpu'; "
+            f"got {device!r}"
+        ) from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise ConfigurationError(f"device {device!r} requested, but torch sees no CUDA device")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise ConfigurationError(f"device {device!r} requested, but Apple MPS is not available")
+    return str(device)
+
+
+def _select_dtype(dtype: Any, device: str) -> Any:
+    """bf16 on CUDA (fp16 where bf16 is unsupported), fp16 on MPS, fp32 on CPU."""
+    torch = _import_torch()
+    if dtype is None:
+        kind = torch.device(device).type
+        if kind == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if kind == "mps":
+            return torch.float16
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if not dtype.is_floating_point:
+            raise ConfigurationError(f"dtype must be a floating-point type, got {dtype}")
+        return dtype
+    name = _DTYPE_NAMES.get(str(dtype).lower()) if isinstance(dtype, str) else None
+    if name is None:
+        raise ConfigurationError(
+            f"dtype must be one of {', '.join(sorted(_DTYPE_NAMES))} or a torch.dtype; "
+            f"got {dtype!r}"
+        )
+    return getattr(torch, name)
+
+
+def _import_torch() -> Any:
+    try:
+        import torch
+    except ImportError as exc:
+        raise MissingDependencyError("torch", "local") from exc
+    return torch
+
+
+def _import_sentence_transformers() -> tuple[Any, Any]:
+    """``(CrossEncoder, LogitScore)``; LogitScore exists from sentence-transformers 5.4 on."""
+    try:
+        from sentence_transformers import CrossEncoder
+        from sentence_transformers.cross_encoder.modules import LogitScore
+    except ImportError as exc:
+        raise MissingDependencyError("sentence-transformers>=5.4", "local") from exc
+    return CrossEncoder, LogitScore
+
+
+def plan_token_batches(
+    lengths: Sequence[int], *, batch_tokens: int, max_batch_size: int, overhead: int = 0
+) -> list[list[int]]:
+    """Group item indices into batches, longest first, within a padded-token budget.
+
+    Items are sorted by length (descending; ties keep input order) and a batch
+    grows while ``len(batch) * (longest + overhead)`` — the tokens a padded
+    batch really computes — stays within ``batch_tokens`` and the batch has at
+    most ``max_batch_size`` items. An item over the budget on its own gets a
+    batch of one. Callers put results back by the returned indices.
+    """
+    if batch_tokens < 1:
+        raise ConfigurationError(f"batch_tokens must be >= 1, got {batch_tokens}")
+    if max_batch_size < 1:
+        raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    for index in order:
+        if current and (
+            len(current) >= max_batch_size or (len(current) + 1) * width > batch_tokens
+        ):
+            batches.append(current)
+            current = []
+        if not current:
+            width = lengths[index] + overhead
+        current.append(index)
+    if current:
+        batches.append(current)
+    return batches
+
+
+def _window_starts(n_tokens: int, window: int, overlap: int) -> list[int]:
+    """Starts of ``window``-token windows sharing ``overlap`` tokens; the last ends at the end."""
+    if n_tokens <= window:
+        return [0]
+    step = window - overlap
+    starts = list(range(0, n_tokens - window + 1, step))
+    if starts[-1] + window < n_tokens:
+        starts.append(n_tokens - window)
+    return starts
+
+
+@dataclass(frozen=True)
+class LocalScores:
+    """What one :meth:`LocalScorer.score_detailed` call computed, in input order.
+
+    ``probabilities`` are zerank's calibrated scores; ``logits`` the raw
+    "Yes" logits they come from (the highest over windows); ``windows`` how
+    many windows each text was split into (1 when it fit the context).
+    """
+
+    probabilities: tuple[float, ...]
+    logits: tuple[float, ...]
+    windows: tuple[int, ...]
+
+
+class LocalScorer:
+    """Score with zerank's open weights in this process.
+
+    ``model`` is a Hugging Face id or a local folder; it must load as a
+    sentence-transformers ``CrossEncoder`` with a "Yes" ``LogitScore`` head and
+    the generation prompt, as ``zeroentropy/zerank-2-reranker`` (default, 4B,
+    32k context) and ``zeroentropy/zerank-1-small`` (1.7B) do. Licences
+    differ: zerank-2-reranker is CC-BY-NC-4.0 (non-commercial; ZeroEntropy
+    sells commercial licences), zerank-1-small is Apache-2.0.
+
+    ``device`` defaults to CUDA, then Apple MPS, then CPU; ``dtype`` to
+    bfloat16 on CUDA (float16 where unsupported), float16 on MPS, float32 on
+    CPU. ``max_length`` caps the tokens of one prompt (default: the model's
+    own limit). Texts are sorted by token count and grouped so that each
+    padded batch holds at most ``batch_tokens`` tokens and ``max_batch_size``
+    texts; scores come back in input order.
+
+    A text too long for ``max_length`` once the query and template are counted
+    is split into windows of whole tokens that share ``window_overlap`` tokens;
+    each window is scored and the text gets the highest score (a relevant
+    passage anywhere makes the text relevant). :meth:`score_detailed` reports
+    the window count per text.
+
+    ``local_files_only`` (default: True when :func:`weights_available`) stops
+    sentence-transformers from contacting the Hub. The model is used under a
+    lock, so one scorer can be shared by threads; :meth:`ascore` runs in a
+    worker thread and does not block the event loop.
+    """
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        device: str | None = None,
+        dtype: Any = None,
+        max_length: int | None = None,
+        batch_tokens: int = 16_384,
+        max_batch_size: int = 256,
+        window_overlap: int = 64,
+        local_files_only: bool | None = None,
+        revision: str | None = None,
+        cache_folder: str | None = None,
+    ) -> None:
+        if not isinstance(model, str) or not model:
+            raise ConfigurationError(f"model must be a model id or a folder, got {model!r}")
+        if batch_tokens < 1:
+            raise ConfigurationError(f"batch_tokens must be >= 1, got {batch_tokens}")
+        if max_batch_size < 1:
+            raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if window_overlap < 0:
+            raise ConfigurationError(f"window_overlap must be >= 0, got {window_overlap}")
+        if max_length is not None and max_length < 1:
+            raise ConfigurationError(f"max_length must be >= 1, got {max_length}")
+        if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
+            raise ConfigurationError(f"model folder {model!r} does not exist")
+
+        cross_encoder_cls, logit_score_cls = _import_sentence_transformers()
+        torch = _import_torch()
+        self.model = model
+        self.device = select_device(device)
+        self.dtype = _select_dtype(dtype, self.device)
+        self.batch_tokens = batch_tokens
+        self.max_batch_size = max_batch_size
+        self.window_overlap = window_overlap
+        if local_files_only is None:
+            local_files_only = weights_available(model, cache_dir=cache_folder)
+        try:
+            self._cross_encoder = cross_encoder_cls(
+                model,
+                device=self.device,
+                model_kwargs={"dtype": self.dtype},
+                activation_fn=torch.nn.Identity(),  # raw logit; calibrated below
+                local_files_only=local_files_only,
+                revision=revision,
+                cache_folder=cache_folder,
+            )
+        except OSError as exc:
+            where = "on this machine" if local_files_only else "on this machine or downloadable"
+            raise ConfigurationError(
+                f"cannot load {model!r}: its weights are not {where} ({exc}). "
+                f"Download them with `hf download {model}`, or pass a local folder"
+            ) from exc
+        self._check_head(logit_score_cls)
+
+        limit = self._cross_encoder.max_seq_length
+        if max_length is not None:
+            if limit is not None and max_length > limit:
+                raise ConfigurationError(
+                    f"max_length must be <= {limit}, the limit of {model!r}; got {max_length}"
+                )
+            self._cross_encoder.max_seq_length = max_length
+            limit = max_length
+        if limit is None:
+            raise ConfigurationError(f"{model!r} declares no maximum length; pass max_length=...")
+        self.max_length: int = int(limit)
+        self._tokenizer = self._cross_encoder.tokenizer
+        self._identity = torch.nn.Identity()
+        self._lock = threading.Lock()
+        self._meter = UsageMeter()
+
+    def _check_head(self, logit_score_cls: Any) -> None:
+        """Refuse a folder that loads as some other scorer: its scores would look plausible."""
+        modules = list(self._cross_encoder)
+        transformer, head = modules[0], modules[-1]
+        problems = []
+        if getattr(transformer, "transformer_task", None) != "text-generation":
+            problems.append("it is not a causal language model")
+        if not isinstance(head, logit_score_cls) or head.false_token_id is not None:
+            problems.append(f"its head is {head!r}, not a LogitScore on {YES_TOKEN!r} alone")
+        else:
+            token = self._cross_encoder.tokenizer.convert_ids_to_tokens(head.true_token_id)
+            if token != YES_TOKEN:
+                problems.append(f"its LogitScore reads token {token!r}, not {YES_TOKEN!r}")
+        chat = (getattr(transformer, "processing_kwargs", None) or {}).get("chat_template", {})
+        if not chat.get("add_generation_prompt"):
+            problems.append("its chat template is not rendered with the generation prompt")
+        if problems:
+            raise ConfigurationError(
+                f"{self.model!r} does not load as a zerank reranker: {'; '.join(problems)}. "
+                "It needs the sentence-transformers configuration zerank's repositories ship "
+                "(modules.json, sentence_bert_config.json, 1_LogitScore); update the download"
+            )
+
+    @property
+    def scale(self) -> Scale:
+        """Scores are zerank's calibrated probabilities."""
+        return Scale.PROBABILITY
+
+    @property
+    def usage(self) -> Usage:
+        """Calls, texts and prompt tokens (template, query and text; windows counted) so far."""
+        return self._meter.usage
+
+    @property
+    def cross_encoder(self) -> Any:
+        """The underlying sentence-transformers ``CrossEncoder`` (returns raw logits)."""
+        return self._cross_encoder
+
+    def __repr__(self) -> str:
+        dtype = str(self.dtype).removeprefix("torch.")
+        return f"LocalScorer(model={self.model!r}, device={self.device!r}, dtype={dtype!r})"
+
+    def score(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        """One calibrated probability per text, in input order; see :class:`LocalScorer`."""
+        return list(self.score_detailed(query, texts, instruction=instruction).probabilities)
+
+    async def ascore(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        """Async :meth:`score`, run in a worker thread."""
+        return await asyncio.to_thread(self.score, query, texts, instruction=instruction)
+
+    def score_detailed(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> LocalScores:
+        """Probabilities, raw logits and window counts per text, in input order."""
+        if not isinstance(query, str):
+            raise ConfigurationError(f"query must be a str, got {type(query).__name__}")
+        texts = check_texts(texts)
+        if not texts:
+            return LocalScores((), (), ())
+        full_query = query_with_instruction(query, instruction)
+        with self._lock:
+            return self._score_locked(full_query, texts)
+
+    def windows(self, query: str, text: str, *, instruction: str | None = None) -> list[str]:
+        """The pieces ``text`` is scored as with this query: ``[text]`` when it fits.
+
+        Longer texts become windows of whole tokens, ``window_overlap`` tokens
+        shared between neighbours, the last one ending at the text's end.
+        """
+        if not isinstance(text, str):
+            raise ConfigurationError(f"text must be a str, got {type(text).__name__}")
+        full_query = query_with_instruction(query, instruction)
+        with self._lock:
+            return self._split(full_query, [text])[1]
+
+    def _split(self, query: str, texts: list[str]) -> tuple[int, list[str], list[int], list[int]]:
+        """``(prompt overhead, pieces, piece token counts, owning text of each piece)``."""
+        overhead = self._prompt_tokens(query, "")
+        window = self.max_length - overhead - _EDGE_MARGIN
+        if window < 1:
+            raise ConfigurationError(
+                f"the query takes {overhead} tokens with the chat template, which leaves no room "
+                f"for a text within max_length={self.max_length}; shorten the query or instruction"
+            )
+        if self.window_overlap >= window:
+            raise ConfigurationError(
+                f"window_overlap must be smaller than the {window}-token text window left by "
+                f"max_length={self.max_length} and this query; got {self.window_overlap}"
+            )
+        # One tokenization measures every text and gives the character offsets
+        # that windows are cut at.
+        encoded = self._tokenizer(
+            texts,
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            verbose=False,
+        )
+        pieces: list[str] = []
+        lengths: list[int] = []
+        owners: list[int] = []
+        for index, (text, ids, offsets) in enumerate(
+            zip(texts, encoded["input_ids"], encoded["offset_mapping"], strict=True)
+        ):
+            n = len(ids)
+            if n <= window:
+                pieces.append(text)
+                lengths.append(n)
+                owners.append(index)
+                continue
+            for start in _window_starts(n, window, self.window_overlap):
+                end = start + window
+                pieces.append(text[offsets[start][0] : offsets[end - 1][1]])
+                lengths.append(window)
+                owners.append(index)
+        return overhead, pieces, lengths, owners
+
+    def _score_locked(self, query: str, texts: list[str]) -> LocalScores:
+        overhead, pieces, lengths, owners = self._split(query, texts)
+        windows = [0] * len(texts)
+        for owner in owners:
+            windows[owner] += 1
+        batches = plan_token_batches(
+            lengths,
+            batch_tokens=self.batch_tokens,
+            max_batch_size=self.max_batch_size,
+            overhead=overhead,
+        )
+        # Max-pooling over windows; every text has at least one piece, so no
+        # -inf survives.
+        logits = [-math.inf] * len(texts)
+        for number, batch in enumerate(batches):
+            values = self._cross_encoder.predict(
+                [(query, pieces[i]) for i in batch],
+                batch_size=len(batch),
+                activation_fn=self._identity,
+                show_progress_bar=False,
+                convert_to_numpy=True,
+            )
+            if len(values) != len(batch):
+                raise InvalidResponseError(
+                    f"the model returned {len(values)} scores", batch=number, batch_size=len(batch)
+                )
+            for piece, raw in zip(batch, values.tolist(), strict=True):
+                value = float(raw)
+                owner = owners[piece]
+                if not math.isfinite(value):
+                    raise InvalidResponseError(
+                        f"logit for text {owner} is {value} "
+                        "(numeric overflow? try dtype='float32')",
+                        batch=number,
+                        batch_size=len(batch),
+                    )
+                logits[owner] = max(logits[owner], value)
+
+        # zerank's calibration, in its one place: p = sigmoid(logit / 5).
+        probabilities = tuple(to_probability(x, Scale.LOGIT) for x in logits)
+        self._meter.add(
+            texts=len(texts),
+            total_tokens=sum(lengths) + overhead * len(pieces),
+        )
+        return LocalScores(probabilities, tuple(logits), tuple(windows))
+
+    def _prompt_tokens(self, query: str, text: str) -> int:
+        """Tokens of the full prompt for one pair, as the model will see it."""
+        features = self._cross_encoder.preprocess([(query, text)])
+        return int(features["input_ids"].shape[-1])
