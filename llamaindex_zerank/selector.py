@@ -18,7 +18,7 @@ from pydantic import SecretStr
 
 from llamaindex_zerank._backend import as_secret, check_scorer_arg, model_name, resolve_scorer
 from zerank_core.errors import ConfigurationError
-from zerank_core.scorers.base import Scorer
+from zerank_core.scorers.base import Scale, Scorer
 from zerank_core.select import SelectionPolicy
 
 __all__ = ["ZeRankSelector"]
@@ -36,7 +36,8 @@ class ZeRankSelector(BaseSelector):
     to ``default`` (a choice's index or tool name) if set, else to the best
     choice; in single mode the same fallback applies when the best choice is
     below ``threshold`` and a ``default`` is set. Every selection's ``reason``
-    states its probability.
+    states its probability (or, for an uncalibrated scorer such as BM25, says
+    that the number is an uncalibrated score).
 
     The scorer is ``scorer=`` when given, else the hosted API when ``api_key``
     is given, else whatever the environment configures; it is resolved on
@@ -139,10 +140,12 @@ class ZeRankSelector(BaseSelector):
                 f"for {len(choices)} choices"
             )
         indices = self._policy.select(scores).indices
+        what = _score_name(self.scorer)
         if indices:
             return SelectorResult(
                 selections=[
-                    SingleSelection(index=i, reason=_reason(choices, scores, i)) for i in indices
+                    SingleSelection(index=i, reason=_reason(choices, scores, i, what))
+                    for i in indices
                 ]
             )
         best = SelectionPolicy(top_k=1).select(scores).indices[0]
@@ -155,7 +158,7 @@ class ZeRankSelector(BaseSelector):
                 f"no choice reached the threshold {self.threshold}; default choice "
                 f"(best was {_label(choices, best)} at {scores[best]:.3f})"
             )
-        reason = f"{_reason(choices, scores, index)}; {note}"
+        reason = f"{_reason(choices, scores, index, what)}; {note}"
         return SelectorResult(selections=[SingleSelection(index=index, reason=reason)])
 
 
@@ -176,10 +179,18 @@ def _query_str(query: QueryBundle) -> str:
     return query.query_str
 
 
+def _score_name(scorer: Scorer) -> str:
+    """How a reason names the number: a probability unless the scorer says otherwise."""
+    name = model_name(scorer)
+    if getattr(scorer, "scale", Scale.PROBABILITY) is Scale.UNCALIBRATED:
+        return f"{name} uncalibrated score"
+    return f"{name} probability"
+
+
 def _label(choices: Sequence[ToolMetadata], index: int) -> str:
     name = choices[index].name
     return f"{index} ({name!r})" if name else str(index)
 
 
-def _reason(choices: Sequence[ToolMetadata], scores: Sequence[float], index: int) -> str:
-    return f"zerank probability {scores[index]:.3f} for choice {_label(choices, index)}"
+def _reason(choices: Sequence[ToolMetadata], scores: Sequence[float], index: int, what: str) -> str:
+    return f"{what} {scores[index]:.3f} for choice {_label(choices, index)}"

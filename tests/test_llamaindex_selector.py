@@ -117,7 +117,7 @@ def test_router_query_engine_routes_to_the_best_choice() -> None:
 
     result = selected(response)
     assert result.inds == [0]
-    assert "zerank probability 0.650" in result.reason
+    assert "overlap probability 0.650" in result.reason
     assert "'paris'" in result.reason
     assert ROUTES["paris"][1][0] in str(response)
     assert ROUTES["bananas"][1][0] not in str(response)
@@ -143,8 +143,8 @@ async def test_router_query_engine_multi_selection_combines_routes() -> None:
         result = selected(response)
         assert result.inds == [0, 1]
         assert [r.split(" for ")[0] for r in result.reasons] == [
-            "zerank probability 0.650",
-            "zerank probability 0.350",
+            "overlap probability 0.650",
+            "overlap probability 0.350",
         ]
 
 
@@ -170,6 +170,7 @@ def test_router_with_bm25_scores() -> None:
     response = router_engine(ZeRankSelector(BM25Scorer())).query("photosynthesis biology")
 
     assert selected(response).inds == [2]
+    assert selected(response).reason.startswith("bm25 uncalibrated score 1.000 for choice 2")
 
 
 # --- selection rules -------------------------------------------------------------------------
@@ -191,14 +192,14 @@ def test_plain_string_choices() -> None:
     )
 
     assert result.inds == [1]
-    assert result.reason == "zerank probability 0.950 for choice 1"
+    assert result.reason == "overlap probability 0.950 for choice 1"
 
 
 def test_single_below_threshold_falls_back_to_the_best() -> None:
     result = ZeRankSelector(OverlapScorer([0.2, 0.3, 0.1])).select(CHOICES, "q")
 
     assert result.inds == [1]
-    assert "zerank probability 0.300" in result.reason
+    assert "overlap probability 0.300" in result.reason
     assert "no choice reached the threshold 0.5; best choice" in result.reason
 
 
@@ -207,7 +208,7 @@ def test_single_below_threshold_uses_the_default(default: int | str) -> None:
     result = ZeRankSelector(OverlapScorer([0.2, 0.3, 0.1]), default=default).select(CHOICES, "q")
 
     assert result.inds == [2]
-    assert result.reason.startswith("zerank probability 0.100 for choice 2 ('plants')")
+    assert result.reason.startswith("overlap probability 0.100 for choice 2 ('plants')")
     assert "default choice (best was 1 ('bananas') at 0.300)" in result.reason
 
 
@@ -231,7 +232,7 @@ def test_multi_returns_all_passing_best_first_capped_by_max_outputs() -> None:
 
     assert everything.inds == [1, 2, 0]
     assert capped.inds == [1, 2]
-    assert everything.reasons[0].startswith("zerank probability 0.900 for choice 1")
+    assert everything.reasons[0].startswith("overlap probability 0.900 for choice 1")
 
 
 @pytest.mark.parametrize(("default", "expected"), [(None, [1]), ("paris", [0])])
