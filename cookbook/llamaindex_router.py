@@ -1,9 +1,10 @@
 """Route a LlamaIndex RouterQueryEngine with ZeRankSelector.
 
-Three query engines (HR policies, IT support, finance) each answer from their
+Three query engines (IT support, finance, HR policies) each answer from their
 own VectorStoreIndex; the selector scores each engine's description against
 the question and the router sends the question where the score is highest.
-A multi-selection router then sends a question that spans two topics to both.
+A question no route covers goes to the configured default route, and a
+multi-selection router sends a question that spans two topics to both.
 
 Runs offline with LlamaIndex's mock embedding and mock LLM; the scorer is
 whatever ``scorer_from_env`` finds (the uncalibrated BM25 baseline when
@@ -30,10 +31,6 @@ from llamaindex_zerank import ZeRankSelector
 from zerank_core import Scorer, scorer_from_env
 
 ROUTES = {
-    "hr": (
-        "HR policies: annual leave, sick leave, parental leave, remote work and benefits.",
-        ["Employees receive 25 days of paid annual leave.", "Parental leave is 16 weeks."],
-    ),
     "it": (
         "IT support: laptops, passwords, VPN access, printers and security incidents.",
         ["Reset your password at id.example.com.", "The VPN needs the client version 5."],
@@ -42,11 +39,16 @@ ROUTES = {
         "Finance: expense reports, receipts, invoices, travel costs and reimbursements.",
         ["Expense reports are due within 30 days.", "Receipts are needed above 25 euros."],
     ),
+    "hr": (
+        "HR policies: annual leave, sick leave, parental leave, remote work and benefits.",
+        ["Employees receive 25 days of paid annual leave.", "Parental leave is 16 weeks."],
+    ),
 }
 QUESTIONS = [
     "How do I reset my VPN password?",
     "When is my expense report due and which receipts are needed?",
     "How many weeks of parental leave do I get?",
+    "What is on the canteen menu today?",
 ]
 MIXED_QUESTION = "Can I expense a new laptop and how do I set up the VPN on it?"
 
