@@ -16,7 +16,7 @@ from typing import Any
 from langchain_core.documents import Document
 from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableSerializable
-from pydantic import ConfigDict, PrivateAttr
+from pydantic import ConfigDict
 
 from langchain_zerank._scorer import DeferredScorer, ScorerSettings
 from zerank_core.classify import Classification, LabelClassifier
@@ -69,14 +69,13 @@ class ZeRankClassifier(ScorerSettings, RunnableSerializable[Any, Classification]
     input_key: str = "input"
     """Key (or attribute of a state object) that holds the text in dict inputs."""
 
-    _classifier: LabelClassifier = PrivateAttr()
-    _scorer: DeferredScorer = PrivateAttr()
-
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
-        self._scorer = self._deferred_scorer()
-        self._classifier = LabelClassifier(
-            self._scorer,
+        self._classifier()  # validates labels and thresholds now, not at the first input
+
+    def _classifier(self) -> LabelClassifier:
+        return LabelClassifier(
+            DeferredScorer(self.get_scorer),
             self.labels,
             threshold=self.threshold,
             multi_label=self.multi_label,
@@ -142,17 +141,17 @@ class ZeRankClassifier(ScorerSettings, RunnableSerializable[Any, Classification]
         return (self | route).with_config(run_name=f"{self.get_name()}Router")
 
     def _classify_one(self, input: Any) -> Classification:
-        return self._classifier.classify([input_text(input, self.input_key)])[0]
+        return self._classifier().classify([input_text(input, self.input_key)])[0]
 
     async def _aclassify_one(self, input: Any) -> Classification:
-        return (await self._classifier.aclassify([input_text(input, self.input_key)]))[0]
+        return (await self._classifier().aclassify([input_text(input, self.input_key)]))[0]
 
     def _classify_many(self, inputs: list[Any]) -> list[Exception | Classification]:
-        return list(self._classifier.classify([input_text(i, self.input_key) for i in inputs]))
+        return list(self._classifier().classify([input_text(i, self.input_key) for i in inputs]))
 
     async def _aclassify_many(self, inputs: list[Any]) -> list[Exception | Classification]:
         texts = [input_text(i, self.input_key) for i in inputs]
-        return list(await self._classifier.aclassify(texts))
+        return list(await self._classifier().aclassify(texts))
 
 
 def _first_label(result: Classification) -> str:

@@ -15,9 +15,9 @@ from typing import Any, Literal
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict, PrivateAttr
+from pydantic import ConfigDict
 
-from langchain_zerank._scorer import DeferredScorer, ScorerSettings
+from langchain_zerank._scorer import ScorerSettings
 from zerank_core.errors import ConfigurationError
 from zerank_core.select import SelectionPolicy
 
@@ -73,12 +73,12 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
     """Instruction appended to the query by zerank's convention, e.g. "prefer
     primary sources". Lexical scorers ignore it."""
 
-    _policy: SelectionPolicy = PrivateAttr()
-    _scorer: DeferredScorer = PrivateAttr()
-
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
-        self._policy = SelectionPolicy(
+        self._policy()  # validates the selection options now, not at the first query
+
+    def _policy(self) -> SelectionPolicy:
+        return SelectionPolicy(
             threshold=self.threshold,
             top_k=self.top_k,
             max_chars=self.max_chars,
@@ -87,7 +87,6 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
             order=self.order,
             neighbors=self.neighbors,
         )
-        self._scorer = self._deferred_scorer()
 
     def compress_documents(
         self,
@@ -100,7 +99,7 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
         if not documents:
             return []
         texts = [document.page_content for document in documents]
-        scores = self._scorer.score(query, texts, instruction=self.instruction)
+        scores = self.get_scorer().score(query, texts, instruction=self.instruction)
         return self._select(documents, scores)
 
     async def acompress_documents(
@@ -114,7 +113,7 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
         if not documents:
             return []
         texts = [document.page_content for document in documents]
-        scores = await self._scorer.ascore(query, texts, instruction=self.instruction)
+        scores = await self.get_scorer().ascore(query, texts, instruction=self.instruction)
         return self._select(documents, scores)
 
     def _select(self, documents: list[Document], scores: list[float]) -> list[Document]:
@@ -122,7 +121,7 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
             raise ConfigurationError(
                 f"scorer returned {len(scores)} scores for {len(documents)} documents"
             )
-        selection = self._policy.select(
+        selection = self._policy().select(
             scores, lengths=[len(document.page_content) for document in documents]
         )
         return [_scored_copy(documents[i], scores[i]) for i in selection.indices]

@@ -13,7 +13,7 @@ from langchain_core.callbacks import BaseCallbackHandler
 from langchain_core.documents import Document
 from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
-from langchain_core.runnables import RunnableLambda
+from langchain_core.runnables import ConfigurableField, RunnableLambda
 from langgraph.graph import END, START, StateGraph
 from pydantic import SecretStr, ValidationError
 
@@ -219,6 +219,17 @@ def test_with_retry_and_with_fallbacks() -> None:
     assert rescued.invoke(BUG).label == "bug"
     errors = broken.batch([BUG, ACCOUNT], return_exceptions=True)
     assert all(isinstance(e, ConnectionError) for e in errors)
+
+
+def test_threshold_as_a_configurable_field() -> None:
+    model = classifier().configurable_fields(
+        threshold=ConfigurableField(id="floor", name="label floor")
+    )
+
+    assert model.invoke(MIXED).label == "billing"
+    assert model.with_config(configurable={"floor": 0.9}).invoke(MIXED).label == "general"
+    with pytest.raises(ValidationError, match=r"got 1\.9"):
+        model.with_config(configurable={"floor": 1.9}).invoke(MIXED)
 
 
 def test_router_output_is_the_label_or_the_labels() -> None:

@@ -21,7 +21,7 @@ from pydantic import SecretStr, ValidationError
 from langchain_zerank import ZeRankCompressor
 from tests.fake_servers import FakeRerankServer
 from zerank_core import ConfigurationError, Scale
-from zerank_core.scorers import BM25Scorer
+from zerank_core.scorers import BM25Scorer, RerankServerScorer
 
 QUERY = "apple banana cherry date"
 TEXTS = [
@@ -241,6 +241,18 @@ def test_bad_options_are_named(options: dict[str, object], message: str) -> None
         ZeRankCompressor(**{"scorer": OverlapScorer(), **options})  # type: ignore[arg-type]
 
 
+def test_copies_share_the_scorer_and_follow_their_own_settings() -> None:
+    scorer = OverlapScorer()
+    compressor = ZeRankCompressor(scorer=scorer, threshold=0.5)
+
+    deep = copy.deepcopy(compressor)
+    stricter = compressor.model_copy(update={"threshold": 0.75})
+
+    assert deep.get_scorer() is stricter.get_scorer() is scorer
+    assert indices(deep.compress_documents(make_documents(), QUERY)) == [3, 5, 1, 4]
+    assert indices(stricter.compress_documents(make_documents(), QUERY)) == [3, 5]
+
+
 def test_wrong_number_of_scores_is_an_error() -> None:
     class ShortScorer(OverlapScorer):
         def score(
@@ -275,6 +287,10 @@ async def test_default_scorer_is_the_rerank_server_from_the_environment(
     assert indices(kept) == indices(akept) == [3, 5, 1, 4]
     assert [r.path for r in fake_server.requests] == ["/v1/rerank", "/v1/rerank"]
     assert kept[0].metadata["relevance_score"] == pytest.approx(0.95)
+    server_scorer = compressor.get_scorer()
+    assert isinstance(server_scorer, RerankServerScorer)
+    assert server_scorer.usage.requests == 2
+    assert copy.deepcopy(compressor).get_scorer() is server_scorer
 
 
 async def test_api_key_goes_to_the_sdk_and_nowhere_else(
