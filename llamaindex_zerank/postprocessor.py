@@ -111,7 +111,7 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         self._api_key = as_secret(api_key)
         self._scorer = check_scorer_arg(scorer, self._api_key)
         self._scorer_given = scorer is not None
-        self.policy  # noqa: B018 - validates the selection options now, not at first query
+        _ = self.policy  # the core validates the selection options now, not at the first query
 
     @classmethod
     def class_name(cls) -> str:
