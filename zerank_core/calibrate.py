@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Self
 
 import numpy as np
+import numpy.typing as npt
 
 from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.evaluate import LabelledQuery
@@ -78,7 +79,7 @@ def empirical_threshold(
     queries: Sequence[LabelledQuery],
     target: float,
     *,
-    candidates: Sequence[float] | None = None,
+    candidates: npt.ArrayLike | None = None,
 ) -> ThresholdFit:
     """The highest threshold whose mean recall on ``queries`` is >= ``target``.
 
@@ -96,7 +97,7 @@ def conformal_threshold(
     queries: Sequence[LabelledQuery],
     target: float,
     *,
-    candidates: Sequence[float] | None = None,
+    candidates: npt.ArrayLike | None = None,
 ) -> ThresholdFit:
     """Conformal risk control: the highest ``t`` with ``(n·R̂(t) + 1)/(n + 1) <= 1 - target``.
 
@@ -116,7 +117,7 @@ def _fit(
     method: Literal["empirical", "conformal"],
     queries: Sequence[LabelledQuery],
     target: float,
-    candidates: Sequence[float] | None,
+    candidates: npt.ArrayLike | None,
 ) -> ThresholdFit:
     if (
         isinstance(target, bool)
@@ -207,8 +208,8 @@ class ReliabilityBins:
 
 
 def reliability_bins(
-    probabilities: Sequence[float],
-    labels: Sequence[int | bool],
+    probabilities: npt.ArrayLike,
+    labels: npt.ArrayLike,
     *,
     n_bins: int = 10,
     strategy: Literal["uniform", "quantile"] = "uniform",
@@ -251,8 +252,8 @@ def reliability_bins(
 
 
 def expected_calibration_error(
-    probabilities: Sequence[float],
-    labels: Sequence[int | bool],
+    probabilities: npt.ArrayLike,
+    labels: npt.ArrayLike,
     *,
     n_bins: int = 10,
     strategy: Literal["uniform", "quantile"] = "uniform",
@@ -267,9 +268,9 @@ def expected_calibration_error(
 class Calibrator(Protocol):
     """Maps raw scores to probabilities; fitted on (score, relevant?) pairs."""
 
-    def fit(self, scores: Sequence[float], labels: Sequence[int | bool]) -> Self: ...
+    def fit(self, scores: npt.ArrayLike, labels: npt.ArrayLike) -> Self: ...
 
-    def predict_proba(self, scores: Sequence[float]) -> np.ndarray: ...
+    def predict_proba(self, scores: npt.ArrayLike) -> np.ndarray: ...
 
 
 class _CalibratorBase:
@@ -300,14 +301,14 @@ class _CalibratorBase:
     def _positive(self, scores: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
-    def predict_proba(self, scores: Sequence[float]) -> np.ndarray:
+    def predict_proba(self, scores: npt.ArrayLike) -> np.ndarray:
         """Shape ``(n, 2)``: probability of not relevant, then of relevant."""
         if not _is_fitted(self):
             raise ConfigurationError(f"{type(self).__name__} is not fitted: call fit() first")
         positive = np.clip(self._positive(_finite_array(scores, "scores")), 0.0, 1.0)
         return np.column_stack([1.0 - positive, positive])
 
-    def predict(self, scores: Sequence[float]) -> np.ndarray:
+    def predict(self, scores: npt.ArrayLike) -> np.ndarray:
         """1 where the probability of relevance is at least 0.5, else 0."""
         return (self.predict_proba(scores)[:, 1] >= 0.5).astype(int)
 
@@ -331,7 +332,7 @@ class PlattCalibrator(_CalibratorBase):
     def _param_names(self) -> tuple[str, ...]:
         return ("max_iter",)
 
-    def fit(self, scores: Sequence[float], labels: Sequence[int | bool]) -> Self:
+    def fit(self, scores: npt.ArrayLike, labels: npt.ArrayLike) -> Self:
         """Fit on raw scores and 0/1 relevance labels; returns ``self``."""
         linear_model = _sklearn("linear_model")
         x = _finite_array(scores, "scores")
@@ -369,7 +370,7 @@ class IsotonicCalibrator(_CalibratorBase):
     def _param_names(self) -> tuple[str, ...]:
         return ()
 
-    def fit(self, scores: Sequence[float], labels: Sequence[int | bool]) -> Self:
+    def fit(self, scores: npt.ArrayLike, labels: npt.ArrayLike) -> Self:
         """Fit on raw scores and 0/1 relevance labels; returns ``self``."""
         isotonic = _sklearn("isotonic")
         x = _finite_array(scores, "scores")
@@ -466,7 +467,7 @@ def _is_fitted(estimator: object) -> bool:
     return any(name.endswith("_") and not name.startswith("__") for name in vars(estimator))
 
 
-def _finite_array(values: Sequence[float], name: str) -> np.ndarray:
+def _finite_array(values: npt.ArrayLike, name: str) -> np.ndarray:
     if isinstance(values, str):
         raise ConfigurationError(f"{name} must be a sequence of numbers, got a str")
     try:
@@ -482,14 +483,16 @@ def _finite_array(values: Sequence[float], name: str) -> np.ndarray:
     return out
 
 
-def _binary_labels(labels: Sequence[int | bool], n: int) -> np.ndarray:
-    values = list(labels)
+def _binary_labels(labels: npt.ArrayLike, n: int) -> np.ndarray:
+    values = np.asarray(labels, dtype=object)
+    if values.ndim != 1:
+        raise ConfigurationError(f"labels must be one-dimensional, got shape {values.shape}")
     if len(values) != n:
         raise ConfigurationError(f"labels has {len(values)} entries for {n} scores")
     for index, value in enumerate(values):
-        if value not in (0, 1) or not isinstance(value, int | bool | np.integer | np.bool_):
+        if not isinstance(value, int | bool | np.integer | np.bool_) or value not in (0, 1):
             raise ConfigurationError(f"labels[{index}] must be 0 or 1, got {value!r}")
-    return np.array(values, dtype=int)
+    return values.astype(int)
 
 
 def _both_classes(y: np.ndarray) -> None:
