@@ -18,6 +18,7 @@ from langgraph.graph import END, START, StateGraph
 from pydantic import SecretStr, ValidationError
 
 from langchain_zerank import Classification, ZeRankClassifier, input_text
+from tests.fake_servers import FakeRerankServer
 from tests.test_langchain_compressor import OverlapScorer
 from zerank_core import ConfigurationError
 
@@ -335,3 +336,20 @@ def test_api_key_never_shows(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for shown in (repr(model), dumps(model), model.model_dump_json(), dumps(from_env)):
         assert "secret" not in shown
+
+
+async def test_default_scorer_from_the_environment_sends_one_request_per_label(
+    fake_server: FakeRerankServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZERANK_SERVER_URL", f"{fake_server.url}/v1/rerank")
+    model = ZeRankClassifier(labels=LABELS, threshold=0.5, default="general")
+    messages = [BILLING, BUG, ACCOUNT, OTHER]
+
+    results = model.batch(messages)
+    aresults = await model.abatch(messages)
+
+    assert [r.label for r in results] == ["billing", "bug", "account", "general"]
+    assert aresults == results
+    assert len(fake_server.requests) == 2 * len(LABELS)
+    assert {r.body["query"] for r in fake_server.requests} == set(LABELS.values())
+    assert all(r.body["documents"] == messages for r in fake_server.requests)
