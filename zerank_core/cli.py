@@ -626,3 +626,7 @@ def main(
     except (ZeRankError, httpx.HTTPError, OSError) as exc:
         print(f"zerank: error: {exc}", file=err)
         return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
