@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -13,7 +14,12 @@ import pytest
 from fpdf import FPDF
 
 from tests.fake_servers import FakeRerankServer
-from zerank_core import DocumentError, InvalidResponseError, SelectionPolicy
+from zerank_core import (
+    DocumentError,
+    InvalidResponseError,
+    MissingDependencyError,
+    SelectionPolicy,
+)
 from zerank_core.cache import CachedScorer
 from zerank_core.documents import (
     DEFAULT_PAGE_POLICY,
@@ -464,3 +470,12 @@ def test_heatmap_is_written(tmp_path: Path) -> None:
     result = PageGate(KeywordScorer()).run(Document.from_texts(PAGES, "packet.txt"), CRITERIA)
     path = plot_heatmap(result, tmp_path / "out" / "heatmap.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_heatmap_without_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    result = PageGate(KeywordScorer()).run(Document.from_texts(PAGES), CRITERIA)
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(MissingDependencyError, match=r"pip install 'zerank-gate\[eval\]'"):
+        plot_heatmap(result, "never-written.png")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import json
 import os
 import sys
@@ -28,9 +29,14 @@ from zerank_core.documents import (
     load_document,
     plot_heatmap,
 )
-from zerank_core.errors import ConfigurationError, DocumentError, ZeRankError
+from zerank_core.errors import (
+    ConfigurationError,
+    DocumentError,
+    MissingDependencyError,
+    ZeRankError,
+)
 from zerank_core.scorers.auto import BACKENDS, BackendChoice, scorer_from_env
-from zerank_core.scorers.base import Scorer
+from zerank_core.scorers.base import Scale, Scorer
 from zerank_core.select import SelectionPolicy
 
 __all__ = ["build_parser", "choose_backend", "main"]
@@ -351,7 +357,9 @@ def _scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer
 def _write_json(data: Any, output: str | None, out: TextIO, err: TextIO) -> None:
     text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     if output and output != "-":
-        Path(output).write_text(text, encoding="utf-8")
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
         print(f"results: {output}", file=err)
     elif output == "-" or not out.isatty():
         out.write(text)
@@ -419,6 +427,12 @@ def _summary(result: GateResult, err: TextIO) -> None:
             f"no evidence (no page above the floor): {', '.join(report.no_evidence)}",
             file=err,
         )
+    elif result.scale is Scale.UNCALIBRATED:
+        print(
+            "no evidence: none flagged — uncalibrated scores only flag a criterion whose "
+            "words appear on no page",
+            file=err,
+        )
     else:
         print("no evidence: none (every criterion kept at least one page)", file=err)
     tokens = (
@@ -444,6 +458,9 @@ def _compress(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         order=args.order,
         neighbors=args.neighbors,
     )
+    if args.heatmap is not None and importlib.util.find_spec("matplotlib") is None:
+        # Fail before scoring, not after the whole run.
+        raise MissingDependencyError("matplotlib", "eval")
     document = load_document(args.document)
     criteria = load_criteria(args.criteria)
     scorer, cached = _scorer(args, err)
