@@ -25,17 +25,19 @@ import argparse
 import random
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from zerank_core.calibrate import (
     IsotonicCalibrator,
     PlattCalibrator,
+    ThresholdFit,
     conformal_threshold,
     empirical_threshold,
     expected_calibration_error,
 )
 from zerank_core.datasets import load_contractnli, page_examples, span_examples
+from zerank_core.errors import ConfigurationError
 from zerank_core.evaluate import (
     LabelledQuery,
     evaluate_selection,
@@ -95,17 +97,36 @@ def recall_table(series: Mapping[str, Sequence[LabelledQuery]], reference: bool)
     return "\n".join(lines)
 
 
+def document_of(query: LabelledQuery) -> str:
+    """The document part of a ``document/hypothesis`` query id."""
+    return query.query_id.split("/")[0]
+
+
 def threshold_table(dev: Sequence[LabelledQuery], test: Sequence[LabelledQuery]) -> str:
     lines = [
         "| target | method | threshold | dev recall | test mean recall "
         "| test full recall | test chars kept |",
         "|---|---|---|---|---|---|---|",
     ]
+    by_document = [document_of(q) for q in dev]
     for target in TARGETS:
-        for fit in (empirical_threshold(dev, target), conformal_threshold(dev, target)):
+        fits: list[tuple[str, Callable[[float], ThresholdFit]]] = [
+            ("empirical", lambda t: empirical_threshold(dev, t)),
+            ("conformal (per query)", lambda t: conformal_threshold(dev, t)),
+            (
+                "conformal (per document)",
+                lambda t: conformal_threshold(dev, t, groups=by_document),
+            ),
+        ]
+        for label, fit_for in fits:
+            try:
+                fit = fit_for(target)
+            except ConfigurationError as exc:
+                lines.append(f"| {target:.2f} | {label} | – | {exc} | – | – | – |")
+                continue
             result = evaluate_selection(test, fit.policy())
             lines.append(
-                f"| {target:.2f} | {fit.method} | {fit.threshold:.4f} | {fit.recall:.3f} "
+                f"| {target:.2f} | {label} | {fit.threshold:.4f} | {fit.recall:.3f} "
                 f"| {result.mean_recall:.3f} | {result.full_recall_rate:.3f} "
                 f"| {100 * result.chars_kept:.1f} % |"
             )
@@ -228,6 +249,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     print("\nThresholds fitted on dev pages, applied to test pages (BM25 scores):\n")
     print(threshold_table(page_dev_q, page_test_q))
+    print("\nCalibration of page scores (test pages, calibrators fitted on dev pages):\n")
+    print(calibration_table(page_dev_q, page_test_q, "BM25 pages")[0])
 
     figures = Path(args.figures)
     figures.mkdir(parents=True, exist_ok=True)

@@ -88,6 +88,44 @@ def test_candidates_restrict_the_threshold_to_a_grid() -> None:
         empirical_threshold(HAND, 0.8, candidates=[0.95, 0.7])
 
 
+# Groups G1 = {Q1, Q2}, G2 = {Q3, Q4}: unit weights 1/8, 1/8 (Q1), 1/4 (Q2), 1/4, 1/4 (Q3).
+# Mean recall: t=0.9 -> 1/8, 0.6 -> 3/8, 0.5 -> 5/8, 0.4 -> 7/8, 0.3 -> 1.
+GROUPS = ["G1", "G1", "G2", "G2"]
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "threshold"),
+    [
+        (empirical_threshold, 0.8, 0.4),
+        (empirical_threshold, 0.6, 0.5),
+        (conformal_threshold, 0.5, 0.4),  # (2 R + 1) / 3 <= 0.5: R <= 1/4
+        (conformal_threshold, 0.6, 0.3),  # R <= 0.1
+    ],
+)
+def test_groups_make_documents_the_exchangeable_unit(
+    method: object, target: float, threshold: float
+) -> None:
+    fit = method(HAND, target, groups=GROUPS)  # type: ignore[operator]
+    assert fit.threshold == threshold
+    assert fit.n == 2
+    assert fit.n_queries == 3
+
+
+def test_groups_need_enough_groups_and_one_key_per_query() -> None:
+    with pytest.raises(ConfigurationError, match="needs at least 3 groups, got 2"):
+        conformal_threshold(HAND, 0.7, groups=GROUPS)
+    with pytest.raises(ConfigurationError, match="groups has 2 entries for 4 queries"):
+        conformal_threshold(HAND, 0.5, groups=["G1", "G2"])
+
+
+def test_one_group_per_query_is_the_same_as_no_groups() -> None:
+    queries = _random_queries(np.random.default_rng(5), 50)
+    for target in (0.8, 0.9):
+        plain = conformal_threshold(queries, target)
+        grouped = conformal_threshold(queries, target, groups=[f"q{i}" for i in range(50)])
+        assert grouped == plain
+
+
 @pytest.mark.parametrize("target", [0.0, -0.1, 1.5, math.nan, "0.9", True])
 def test_bad_targets_are_rejected(target: object) -> None:
     with pytest.raises(ConfigurationError, match="target must be a recall in \\(0, 1\\]"):

@@ -19,7 +19,8 @@ scikit-learn is needed only for the calibrators (``pip install
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, Self
 
@@ -58,15 +59,18 @@ class ThresholdFit:
 
     ``n_queries`` counts the queries that have at least one relevant unit:
     only they carry a loss (the share of their relevant units missed), so
-    queries with nothing relevant are left out of the fit. ``recall`` is the
-    mean recall at ``threshold`` on those queries and ``corrected_risk`` the
-    conformal bound ``(n * (1 - recall) + 1) / (n + 1)``.
+    queries with nothing relevant are left out of the fit. ``n`` is the
+    number of exchangeable items the risk is averaged over: those queries,
+    or their groups when ``groups`` was given. ``recall`` is the mean recall
+    at ``threshold`` over them and ``corrected_risk`` the conformal bound
+    ``(n * (1 - recall) + 1) / (n + 1)``.
     """
 
     method: Literal["empirical", "conformal"]
     target: float
     threshold: float
     n_queries: int
+    n: int
     recall: float
     corrected_risk: float
 
@@ -80,6 +84,7 @@ def empirical_threshold(
     target: float,
     *,
     candidates: npt.ArrayLike | None = None,
+    groups: Sequence[Hashable] | None = None,
 ) -> ThresholdFit:
     """The highest threshold whose mean recall on ``queries`` is >= ``target``.
 
@@ -88,9 +93,10 @@ def empirical_threshold(
     restricts the answer to given values (for instance a grid of round
     numbers); by default it is one of the relevant units' scores, where mean
     recall changes. It meets the target on the fitting set only: for a
-    guarantee on new queries use :func:`conformal_threshold`.
+    guarantee on new queries use :func:`conformal_threshold`. ``groups``
+    works as there.
     """
-    return _fit("empirical", queries, target, candidates)
+    return _fit("empirical", queries, target, candidates, groups)
 
 
 def conformal_threshold(
@@ -98,6 +104,7 @@ def conformal_threshold(
     target: float,
     *,
     candidates: npt.ArrayLike | None = None,
+    groups: Sequence[Hashable] | None = None,
 ) -> ThresholdFit:
     """Conformal risk control: the highest ``t`` with ``(n·R̂(t) + 1)/(n + 1) <= 1 - target``.
 
@@ -109,8 +116,14 @@ def conformal_threshold(
     Control", ICLR 2024). It is never higher than :func:`empirical_threshold`.
     With fewer than ``1 / (1 - target) - 1`` such queries no threshold
     qualifies and :class:`ConfigurationError` says how many are needed.
+
+    ``groups`` (one key per query, e.g. its document id) makes the group the
+    exchangeable unit: a group's loss is the mean loss of its queries with
+    relevant units, ``n`` counts groups, and the guarantee is about a new
+    group (a new document read against all its criteria). Use it when the
+    queries of one document are not independent of each other.
     """
-    return _fit("conformal", queries, target, candidates)
+    return _fit("conformal", queries, target, candidates, groups)
 
 
 def _fit(
@@ -118,6 +131,7 @@ def _fit(
     queries: Sequence[LabelledQuery],
     target: float,
     candidates: npt.ArrayLike | None,
+    groups: Sequence[Hashable] | None,
 ) -> ThresholdFit:
     if (
         isinstance(target, bool)
@@ -127,14 +141,22 @@ def _fit(
     ):
         raise ConfigurationError(f"target must be a recall in (0, 1], got {target!r}")
     alpha = 1.0 - float(target)
-    used = [q for q in queries if q.relevant]
+    queries = list(queries)
+    keys: list[Hashable] = list(range(len(queries))) if groups is None else list(groups)
+    if len(keys) != len(queries):
+        raise ConfigurationError(f"groups has {len(keys)} entries for {len(queries)} queries")
+    used = [(q, key) for q, key in zip(queries, keys, strict=True) if q.relevant]
     if not used:
         raise ConfigurationError("no query has a relevant unit: cannot fit a recall threshold")
-    n = len(used)
+    size = Counter(key for _, key in used)
+    n = len(size)
     # Mean recall at t is a weighted count of relevant units scored >= t, each
-    # weighing 1 / (n * its query's number of relevant units).
-    scores = np.array([q.scores[i] for q in used for i in sorted(q.relevant)], dtype=float)
-    weights = np.array([1.0 / (n * len(q.relevant)) for q in used for _ in q.relevant])
+    # weighing 1 / (n * its group's number of queries * its query's number of
+    # relevant units): every group, and every query within it, counts equally.
+    scores = np.array([q.scores[i] for q, _ in used for i in sorted(q.relevant)], dtype=float)
+    weights = np.array(
+        [1.0 / (n * size[key] * len(q.relevant)) for q, key in used for _ in q.relevant]
+    )
     order = np.argsort(scores, kind="stable")
     ascending = scores[order]
     missed_below = np.concatenate([[0.0], np.cumsum(weights[order])])
@@ -159,7 +181,7 @@ def _fit(
                 )
             raise ConfigurationError(
                 f"conformal risk control for target {target} needs at least {needed} "
-                f"queries with relevant units, got {n}"
+                f"{'queries with relevant units' if groups is None else 'groups'}, got {n}"
             )
         raise ConfigurationError(
             f"no candidate threshold reaches a recall of {target}: the lowest, "
@@ -170,7 +192,8 @@ def _fit(
         method=method,
         target=float(target),
         threshold=float(grid[best]),
-        n_queries=n,
+        n_queries=len(used),
+        n=n,
         recall=float(1.0 - risk[best]),
         corrected_risk=float(corrected[best]),
     )
