@@ -1,6 +1,7 @@
 """LangChain: gate a retriever's chunks with ZeRankCompressor before the LLM reads them.
 
 Run it:  python cookbook/langchain_retrieval.py
+Needs:   pip install 'zerank-gate[langchain]' langchain-classic
 
 A vector store retrieves eight handbook chunks per question; a
 ``ContextualCompressionRetriever`` with :class:`ZeRankCompressor` keeps only

@@ -1,6 +1,7 @@
 """LangGraph: route support messages by calibrated label probability with ZeRankClassifier.
 
 Run it:  python cookbook/langchain_router.py
+Needs:   pip install 'zerank-gate[langchain]' langgraph
 
 A triage node hands each message to ``billing``, ``technical`` or ``account``
 by the label :class:`ZeRankClassifier` picks, or to ``general`` (the default
