@@ -218,8 +218,15 @@ def test_threads_share_one_cache(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from zerank_core.cache import CachedScorer
-from tests.test_cache import Recorder
-with CachedScorer(Recorder(), sys.argv[1]) as scorer:
+
+class Lengths:
+    model = "lengths"
+    def score(self, query, texts, *, instruction=None):
+        return [(len(t) % 10) / 10 for t in texts]
+    async def ascore(self, query, texts, *, instruction=None):
+        return self.score(query, texts)
+
+with CachedScorer(Lengths(), sys.argv[1]) as scorer:
     for i in range(40):
         scorer.score(f"q{i}", [f"{sys.argv[2]}-{j}" for j in range(10)] + ["shared"])
 """

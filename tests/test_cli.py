@@ -273,3 +273,39 @@ def test_classify_default_must_be_a_label(tmp_path: Path) -> None:
     code, _, err = call("classify", str(texts), "-l", str(labels), "--default", "b", "--no-cache")
     assert code == 2
     assert "--default 'b' is not one of the labels" in err
+
+
+def test_local_backend_with_a_tiny_model(tmp_path: Path) -> None:
+    pytest.importorskip("sentence_transformers")
+    from tests.tiny_zerank import build_tiny_zerank
+
+    model = build_tiny_zerank(tmp_path / "tiny")
+    packet = tmp_path / "packet.txt"
+    packet.write_text("tb test negative\fmethotrexate weekly\f\fchest x-ray clear\f", "utf-8")
+    criteria = tmp_path / "criteria.txt"
+    criteria.write_text("tb test\nmethotrexate\n", encoding="utf-8")
+    code, out, err = call(
+        "compress",
+        str(packet),
+        "-c",
+        str(criteria),
+        "--backend",
+        "local",
+        "--model",
+        str(model),
+        "--threshold",
+        "none",
+        "--top-k",
+        "1",
+        "--cache",
+        str(tmp_path / "c.sqlite3"),
+    )
+    assert code == 0, err
+    assert err.startswith(f"backend: local — open weights in-process ({model})")
+    data = json.loads(out)
+    assert data["scale"] == "probability"
+    assert data["report"]["empty_pages"] == [3]
+    assert [len(c["pages"]) for c in data["criteria"]] == [1, 1]
+    row = data["matrix"]["scores"][0]
+    assert row[2] is None
+    assert all(0.0 < v < 1.0 for v in row if v is not None)

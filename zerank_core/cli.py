@@ -415,10 +415,14 @@ def _summary(result: GateResult, err: TextIO) -> None:
         )
     print(file=err)
     ratio = report.compression_ratio
-    ratio_text = f"{ratio:.1f}× less" if ratio is not None else "nothing kept"
+    saved = (
+        f"{ratio:.1f}× less than the whole document per criterion"
+        if ratio is not None
+        else "nothing kept"
+    )
     print(
         f"kept {report.chars_kept:,} of {report.chars_full:,} characters "
-        f"({report.kept_fraction:.1%}, {ratio_text} than the whole document per criterion); "
+        f"({report.kept_fraction:.1%}, {saved}); "
         f"~{report.tokens_kept_estimate:,} of ~{report.tokens_full_estimate:,} tokens",
         file=err,
     )
