@@ -83,7 +83,8 @@ def test_candidates_restrict_the_threshold_to_a_grid() -> None:
     assert fit.threshold == 0.35
     assert fit.recall == pytest.approx(5 / 6)
     with pytest.raises(
-        ConfigurationError, match=r"no candidate threshold reaches a recall of 0\.8"
+        ConfigurationError,
+        match=r"no candidate threshold reaches a recall of 0\.8: the lowest, 0\.7, gives 0\.1667",
     ):
         empirical_threshold(HAND, 0.8, candidates=[0.95, 0.7])
 
@@ -133,6 +134,8 @@ def test_bad_targets_are_rejected(target: object) -> None:
 
 
 def test_no_relevant_query_is_an_error() -> None:
+    with pytest.raises(ConfigurationError, match=r"queries\[0\] must be a LabelledQuery, got dict"):
+        conformal_threshold([{"scores": [0.5]}], 0.5)  # type: ignore[list-item]
     with pytest.raises(ConfigurationError, match="no query has a relevant unit"):
         conformal_threshold([_query((0.5,), set())], 0.5)
 

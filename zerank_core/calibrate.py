@@ -142,6 +142,11 @@ def _fit(
         raise ConfigurationError(f"target must be a recall in (0, 1], got {target!r}")
     alpha = 1.0 - float(target)
     queries = list(queries)
+    for index, query in enumerate(queries):
+        if not isinstance(query, LabelledQuery):
+            raise ConfigurationError(
+                f"queries[{index}] must be a LabelledQuery, got {type(query).__name__}"
+            )
     keys: list[Hashable] = list(range(len(queries))) if groups is None else list(groups)
     if len(keys) != len(queries):
         raise ConfigurationError(f"groups has {len(keys)} entries for {len(queries)} queries")
@@ -185,7 +190,7 @@ def _fit(
             )
         raise ConfigurationError(
             f"no candidate threshold reaches a recall of {target}: the lowest, "
-            f"{grid[0]!r}, gives {1.0 - risk[0]:.4f} ({method})"
+            f"{float(grid[0])}, gives {1.0 - risk[0]:.4f} ({method})"
         )
     best = int(np.flatnonzero(ok)[-1])
     return ThresholdFit(
