@@ -309,3 +309,25 @@ def test_local_backend_with_a_tiny_model(tmp_path: Path) -> None:
     row = data["matrix"]["scores"][0]
     assert row[2] is None
     assert all(0.0 < v < 1.0 for v in row if v is not None)
+
+
+def test_credentials_in_a_server_url_are_never_printed(
+    tmp_path: Path, fake_server: FakeRerankServer
+) -> None:
+    host = fake_server.url.removeprefix("http://")
+    texts = tmp_path / "t.txt"
+    texts.write_text("a tuberculosis test\n", encoding="utf-8")
+    labels = tmp_path / "l.txt"
+    labels.write_text("tb: tuberculosis\n", encoding="utf-8")
+    code, out, err = call(
+        "classify",
+        str(texts),
+        "-l",
+        str(labels),
+        "--server-url",
+        f"http://reviewer:hunter2-token@{host}/v1/rerank",
+        "--no-cache",
+    )
+    assert code == 0, err
+    assert "hunter2-token" not in err + out
+    assert f"http://***@{host}/v1/rerank" in err

@@ -479,3 +479,11 @@ def test_heatmap_without_matplotlib_names_the_extra(monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(MissingDependencyError, match=r"pip install 'zerank-gate\[eval\]'"):
         plot_heatmap(result, "never-written.png")
+
+
+def test_progress_bar_only_when_asked_or_on_a_terminal(capsys: pytest.CaptureFixture[str]) -> None:
+    document = Document.from_texts(PAGES)
+    PageGate(KeywordScorer()).run(document, CRITERIA)
+    assert capsys.readouterr().err == ""  # stderr is not a terminal under pytest
+    PageGate(KeywordScorer(), progress=True).run(document, CRITERIA)
+    assert "criteria" in capsys.readouterr().err

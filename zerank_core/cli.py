@@ -11,6 +11,7 @@ import importlib
 import importlib.util
 import json
 import os
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -338,10 +339,16 @@ def choose_backend(
     raise ConfigurationError(f"--model does not apply to the {name} backend")
 
 
+def _redact(text: str) -> str:
+    """Hide credentials a server URL may carry (``https://user:token@host/...``)."""
+    return re.sub(r"(https?://)[^/@\s]+@", r"\1***@", text)
+
+
 def _scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer | None]:
     choice = choose_backend(args.backend, server_url=args.server_url, model=args.model)
-    args.backend_used = {"name": choice.name, "description": choice.reason}
-    print(f"backend: {choice.name} — {choice.reason}", file=err)
+    reason = _redact(choice.reason)
+    args.backend_used = {"name": choice.name, "description": reason}
+    print(f"backend: {choice.name} — {reason}", file=err)
     if choice.name == "lexical":
         print(
             "note: BM25 scores are uncalibrated (1.0 = best page for each query); set "
@@ -642,10 +649,10 @@ def main(
             return _classify(args, out, err)
         return _cache(args, err)
     except (ConfigurationError, DocumentError) as exc:
-        print(f"zerank: error: {exc}", file=err)
+        print(f"zerank: error: {_redact(str(exc))}", file=err)
         return 2
     except (ZeRankError, httpx.HTTPError, OSError) as exc:
-        print(f"zerank: error: {exc}", file=err)
+        print(f"zerank: error: {_redact(str(exc))}", file=err)
         return 1
 
 
