@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import textwrap
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -64,28 +65,24 @@ examples:
   zerank cache info
 """
 
-COMPRESS_EPILOG = f"""\
-document formats: .pdf (text layer through pypdf), .json (a list of page
-strings), a folder (one .txt/.md file per page, natural order), anything else
-as UTF-8 text with form-feed (\\f) page breaks. Empty pages are reported and
-not scored.
-
-criteria formats: .yaml/.yml/.json — a list of strings, or of mappings with
-text and optional id, instruction, threshold (a criterion's own floor); or
-{{criteria: [...], instruction: ...}}. Any other file: one criterion per line
-(# comments allowed).
-
-default policy: the {DEFAULT_PAGE_POLICY.top_k} best pages per criterion with a
-floor of {DEFAULT_PAGE_POLICY.threshold}, in page order. zerank scores are
-calibrated probabilities, so the floor is a probability. BM25 scores are
-divided by the best page's score for each criterion, so there it reads "at
-least half as good as the best page": a criterion whose words appear on no
-page keeps nothing, but weak lexical matches are not filtered out.
-
-output: JSON on stdout when it is piped, or in -o FILE (use -o - to force
-stdout); a summary table on stderr. A criterion with no page above the floor
-is listed as "no evidence", never silently dropped.
-"""
+_COMPRESS_NOTES = (
+    "document formats: .pdf (text layer through pypdf), .json (a list of page strings), a "
+    "folder (one .txt/.md file per page, natural order), anything else as UTF-8 text with "
+    "form-feed (\\f) page breaks. Empty pages are reported and not scored.",
+    "criteria formats: .yaml/.yml/.json: a list of strings, or of mappings with text and "
+    "optional id, instruction, threshold (a criterion's own floor); or {criteria: [...], "
+    "instruction: ...}. Any other file: one criterion per line (# comments allowed).",
+    f"default policy: the {DEFAULT_PAGE_POLICY.top_k} best pages per criterion with a floor "
+    f"of {DEFAULT_PAGE_POLICY.threshold}, in page order. zerank scores are calibrated "
+    "probabilities, so the floor is a probability. BM25 scores are divided by the best "
+    "page's score for each criterion, so there it reads 'at least half as good as the best "
+    "page': a criterion whose words appear on no page keeps nothing, but weak lexical "
+    "matches are not filtered out.",
+    "output: JSON on stdout when it is piped, or in -o FILE (use -o - to force stdout); a "
+    "summary table on stderr. A criterion with no page above the floor is listed as "
+    "'no evidence', never silently dropped.",
+)
+COMPRESS_EPILOG = "\n\n".join(textwrap.fill(note, width=78) for note in _COMPRESS_NOTES)
 
 
 def _threshold(value: str) -> float | None:
@@ -183,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     compress = commands.add_parser(
         "compress",
         help="keep each criterion's evidence pages of a long document",
-        description="Score every page of DOCUMENT against every criterion and keep, per "
+        description="Score every page of DOCUMENT against every criterion and keep, per\n"
         "criterion, the pages that pass the selection policy.",
         epilog=COMPRESS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
