@@ -472,6 +472,16 @@ def _compress(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     document = load_document(args.document)
     criteria = load_criteria(args.criteria)
     scorer, cached = _scorer(args, err)
+    plain_text = not args.document.is_dir() and args.document.suffix.lower() not in (
+        ".pdf",
+        ".json",
+    )
+    if len(document.pages) == 1 and plain_text:
+        print(
+            "note: the document is a single page (no form feeds found): every criterion "
+            "keeps all of it or nothing",
+            file=err,
+        )
     try:
         gate = PageGate(
             scorer,
