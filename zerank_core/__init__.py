@@ -8,6 +8,9 @@
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from zerank_core.classify import Classification, LabelClassifier
 from zerank_core.errors import (
     ConfigurationError,
@@ -26,14 +29,30 @@ from zerank_core.scorers import (
 )
 from zerank_core.select import Selection, SelectionPolicy, estimate_tokens
 
+if TYPE_CHECKING:
+    from zerank_core.cache import CachedScorer
+    from zerank_core.calibrate import (
+        CalibratedScorer,
+        IsotonicCalibrator,
+        PlattCalibrator,
+        conformal_threshold,
+        empirical_threshold,
+    )
+    from zerank_core.documents import PageGate, load_criteria, load_document
+
 __all__ = [
     "BackendChoice",
+    "CachedScorer",
+    "CalibratedScorer",
     "Classification",
     "ConfigurationError",
     "DocumentError",
     "InvalidResponseError",
+    "IsotonicCalibrator",
     "LabelClassifier",
     "MissingDependencyError",
+    "PageGate",
+    "PlattCalibrator",
     "Scale",
     "Scorer",
     "Selection",
@@ -41,7 +60,30 @@ __all__ = [
     "Usage",
     "ZeRankError",
     "check_scorer",
+    "conformal_threshold",
+    "empirical_threshold",
     "estimate_tokens",
+    "load_criteria",
+    "load_document",
     "scorer_from_env",
 ]
+
+# Heavier modules load on first use, so `import zerank_core` stays light.
+_LAZY = {
+    "CachedScorer": "zerank_core.cache",
+    "CalibratedScorer": "zerank_core.calibrate",
+    "IsotonicCalibrator": "zerank_core.calibrate",
+    "PlattCalibrator": "zerank_core.calibrate",
+    "conformal_threshold": "zerank_core.calibrate",
+    "empirical_threshold": "zerank_core.calibrate",
+    "PageGate": "zerank_core.documents",
+    "load_criteria": "zerank_core.documents",
+    "load_document": "zerank_core.documents",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 __version__ = "0.1.0"
