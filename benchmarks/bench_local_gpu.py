@@ -63,6 +63,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=2000)
     parser.add_argument("--batch-tokens", type=int, nargs="+", default=[16384, 32768, 65536])
+    parser.add_argument(
+        "--attn", default="sdpa", help="attn_implementation, e.g. flash_attention_2"
+    )
     parser.add_argument("--tiny", action="store_true", help="toy model: checks the script only")
     args = parser.parse_args()
 
@@ -91,7 +94,9 @@ def main() -> None:
             torch.cuda.empty_cache()
         built = time.perf_counter() - start
         start = time.perf_counter()
-        scorer = LocalScorer(str(path), device=device, dtype=dtype)
+        scorer = LocalScorer(
+            str(path), device=device, dtype=dtype, model_kwargs={"attn_implementation": args.attn}
+        )
         loaded = time.perf_counter() - start
 
         model = scorer.cross_encoder.model
@@ -99,7 +104,10 @@ def main() -> None:
         tokenizer = scorer.cross_encoder.tokenizer
         tokens = [len(tokenizer.encode(p, add_special_tokens=False)) for p in pages]
         name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
-        print(f"device: {name}; model: {parameters / 1e9:.2f}B parameters, {scorer.dtype}")
+        print(
+            f"device: {name}; model: {parameters / 1e9:.2f}B parameters, {scorer.dtype}, ", end=""
+        )
+        print(f"attention {args.attn}")
         print(f"built in {built:.0f}s, loaded through LocalScorer in {loaded:.0f}s")
         print(
             f"pages: {len(pages)} x {PAGE_CHARS} characters, "

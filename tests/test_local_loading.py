@@ -174,6 +174,15 @@ def test_dtype_override_loads_the_weights_in_that_dtype(model_dir: Path) -> None
     )
 
 
+def test_model_kwargs_reach_from_pretrained(model_dir: Path) -> None:
+    eager = LocalScorer(str(model_dir), model_kwargs={"attn_implementation": "eager"})
+    assert eager.cross_encoder.model.config._attn_implementation == "eager"
+    texts = ["4", "renewal deadline clause"]
+    assert eager.score("What is 2+2?", texts) == pytest.approx(
+        LocalScorer(str(model_dir)).score("What is 2+2?", texts), abs=1e-5
+    )
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [

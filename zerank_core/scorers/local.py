@@ -17,7 +17,7 @@ import asyncio
 import json
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -247,9 +247,11 @@ class LocalScorer:
     the window count per text.
 
     ``local_files_only`` (default: True when :func:`weights_available`) stops
-    sentence-transformers from contacting the Hub. The model is used under a
-    lock, so one scorer can be shared by threads; :meth:`ascore` runs in a
-    worker thread and does not block the event loop.
+    sentence-transformers from contacting the Hub. ``model_kwargs`` go to
+    ``from_pretrained``, e.g. ``{"attn_implementation": "flash_attention_2"}``.
+
+    The model is used under a lock, so one scorer can be shared by threads;
+    :meth:`ascore` runs in a worker thread and does not block the event loop.
     """
 
     def __init__(
@@ -265,6 +267,7 @@ class LocalScorer:
         local_files_only: bool | None = None,
         revision: str | None = None,
         cache_folder: str | None = None,
+        model_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
         if not isinstance(model, str) or not model:
             raise ConfigurationError(f"model must be a model id or a folder, got {model!r}")
@@ -293,7 +296,7 @@ class LocalScorer:
             self._cross_encoder = cross_encoder_cls(
                 model,
                 device=self.device,
-                model_kwargs={"dtype": self.dtype},
+                model_kwargs={**(model_kwargs or {}), "dtype": self.dtype},
                 activation_fn=torch.nn.Identity(),  # raw logit; calibrated below
                 local_files_only=local_files_only,
                 revision=revision,
