@@ -104,6 +104,8 @@ def test_scorer_contract(scorer: LocalScorer) -> None:
     assert scorer.score(QUERY, []) == []
     with pytest.raises(ConfigurationError, match="single str"):
         scorer.score(QUERY, "one text")
+    with pytest.raises(ConfigurationError, match="query must be a str, got int"):
+        scorer.score(42, ["x"])  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match=r"texts\[1\]"):
         scorer.score(QUERY, ["ok", 3])  # type: ignore[list-item]
 
