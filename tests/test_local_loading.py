@@ -93,6 +93,12 @@ def test_quickstart_picks_cached_zerank_weights(
     assert 0.0 < score < 1.0
 
 
+def test_a_folder_can_be_given_as_a_path(model_dir: Path) -> None:
+    assert LocalScorer(model_dir).model == str(model_dir)
+    with pytest.raises(ConfigurationError, match="model must be a model id or a folder"):
+        LocalScorer("")
+
+
 def test_quickstart_uses_zerank_local_model(
     model_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import os
 import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -256,7 +257,7 @@ class LocalScorer:
 
     def __init__(
         self,
-        model: str = DEFAULT_MODEL,
+        model: str | os.PathLike[str] = DEFAULT_MODEL,
         *,
         device: str | None = None,
         dtype: Any = None,
@@ -269,8 +270,9 @@ class LocalScorer:
         cache_folder: str | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
     ) -> None:
-        if not isinstance(model, str) or not model:
+        if not isinstance(model, str | os.PathLike) or not os.fspath(model):
             raise ConfigurationError(f"model must be a model id or a folder, got {model!r}")
+        model = os.fspath(model)
         if batch_tokens < 1:
             raise ConfigurationError(f"batch_tokens must be >= 1, got {batch_tokens}")
         if max_batch_size < 1:
