@@ -109,7 +109,10 @@ def test_quickstart_uses_zerank_local_model(
     assert choice.scorer.model == str(model_dir)
 
 
-def test_missing_weights_name_the_model_and_the_fix(tmp_path: Path) -> None:
+def test_missing_weights_name_the_model_and_the_fix(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     with pytest.raises(ConfigurationError, match="hf download zeroentropy/zerank-1-small"):
         LocalScorer("zeroentropy/zerank-1-small", local_files_only=True)
     with pytest.raises(ConfigurationError, match="does not exist"):
