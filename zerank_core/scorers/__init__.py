@@ -23,6 +23,7 @@ from zerank_core.scorers.check import check_scorer
 
 if TYPE_CHECKING:
     from zerank_core.scorers.lexical import BM25Scorer
+    from zerank_core.scorers.local import LocalScorer
     from zerank_core.scorers.server import RerankServerScorer
     from zerank_core.scorers.zeroentropy import ZeroEntropyScorer
 
@@ -30,6 +31,7 @@ __all__ = [
     "BM25Scorer",
     "BackendChoice",
     "BatchedScorer",
+    "LocalScorer",
     "RerankServerScorer",
     "Scale",
     "Scorer",
@@ -44,6 +46,7 @@ __all__ = [
 
 _LAZY = {
     "BM25Scorer": "zerank_core.scorers.lexical",
+    "LocalScorer": "zerank_core.scorers.local",
     "RerankServerScorer": "zerank_core.scorers.server",
     "ZeroEntropyScorer": "zerank_core.scorers.zeroentropy",
 }

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from zerank_core.errors import ConfigurationError
+from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.scorers.base import Scorer
 
 __all__ = ["BACKENDS", "BackendChoice", "scorer_from_env"]
@@ -29,14 +29,22 @@ class BackendChoice:
 
 
 def _local_choice(model: str | None) -> BackendChoice | None:
+    """The local backend if configured, or if zerank-2's weights are on disk.
+
+    Named explicitly (``ZERANK_LOCAL_MODEL``), a missing extra is an error; found
+    only by looking in the model cache, it is skipped when the extra is missing.
+    """
+    from zerank_core.scorers.local import DEFAULT_MODEL, LocalScorer, weights_available
+
+    if model is not None:
+        return BackendChoice("local", LocalScorer(model), f"open weights in-process ({model})")
+    if not weights_available(DEFAULT_MODEL):
+        return None
     try:
-        from zerank_core.scorers.local import DEFAULT_MODEL, LocalScorer, weights_available
-    except ImportError:
+        scorer = LocalScorer(DEFAULT_MODEL)
+    except MissingDependencyError:
         return None
-    wanted = model or DEFAULT_MODEL
-    if model is None and not weights_available(wanted):
-        return None
-    return BackendChoice("local", LocalScorer(wanted), f"open weights in-process ({wanted})")
+    return BackendChoice("local", scorer, f"open weights in-process ({DEFAULT_MODEL})")
 
 
 def scorer_from_env(backend: str | None = None, *, allow_lexical: bool = True) -> BackendChoice:
