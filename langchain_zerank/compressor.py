@@ -28,8 +28,8 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
     """Keep the retrieved documents that pass a selection policy on zerank scores.
 
     Returns copies of the kept documents (ids kept, metadata deep-copied) with
-    ``metadata["relevance_score"]`` set; the input is never modified. With no
-    selection option set, every document is returned, best first.
+    ``metadata["relevance_score"]`` set; the input is never modified. By
+    default every document scoring at least 0.5 is returned, best first.
 
     Example:
         .. code-block:: python
@@ -45,8 +45,10 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    threshold: float | None = None
-    """Keep documents whose score is at least this probability, in [0, 1]."""
+    threshold: float | None = 0.5
+    """Keep documents whose score is at least this probability, in [0, 1]
+    (``None``: no floor). The default matches the LlamaIndex postprocessor and
+    the command line: keep what is at least even odds to be relevant."""
 
     top_k: int | None = None
     """Keep at most this many documents (with ``threshold``: top-K with a floor)."""
