@@ -80,15 +80,7 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
         self._policy()  # validates the selection options now, not at the first query
 
     def _policy(self) -> SelectionPolicy:
-        return SelectionPolicy(
-            threshold=self.threshold,
-            top_k=self.top_k,
-            max_chars=self.max_chars,
-            max_tokens=self.max_tokens,
-            min_keep=self.min_keep,
-            order=self.order,
-            neighbors=self.neighbors,
-        )
+        return SelectionPolicy.from_attributes(self)
 
     def compress_documents(
         self,

@@ -129,15 +129,7 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
     @property
     def policy(self) -> SelectionPolicy:
         """The core selection policy these fields describe."""
-        return SelectionPolicy(
-            threshold=self.threshold,
-            top_k=self.top_k,
-            max_chars=self.max_chars,
-            max_tokens=self.max_tokens,
-            min_keep=self.min_keep,
-            order=self.order,
-            neighbors=self.neighbors,
-        )
+        return SelectionPolicy.from_attributes(self)
 
     @property
     def scorer(self) -> Scorer:

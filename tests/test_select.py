@@ -136,3 +136,24 @@ def test_policy_is_a_frozen_value() -> None:
     with pytest.raises(AttributeError):
         policy.top_k = 4  # type: ignore[misc]
     assert policy == SelectionPolicy(top_k=3)
+
+
+def test_policy_from_attributes_reads_every_option() -> None:
+    import argparse
+
+    options = argparse.Namespace(
+        threshold=0.3,
+        top_k=2,
+        max_chars=None,
+        max_tokens=50,
+        min_keep=1,
+        order="original",
+        neighbors=1,
+        unrelated="ignored",
+    )
+    assert SelectionPolicy.from_attributes(options) == SelectionPolicy(
+        threshold=0.3, top_k=2, max_tokens=50, min_keep=1, order="original", neighbors=1
+    )
+    options.threshold = 2.0
+    with pytest.raises(ConfigurationError, match="2.0"):
+        SelectionPolicy.from_attributes(options)

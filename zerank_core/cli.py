@@ -457,15 +457,7 @@ def _summary(result: GateResult, err: TextIO) -> None:
 
 
 def _compress(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    policy = SelectionPolicy(
-        threshold=args.threshold,
-        top_k=args.top_k,
-        max_chars=args.max_chars,
-        max_tokens=args.max_tokens,
-        min_keep=args.min_keep,
-        order=args.order,
-        neighbors=args.neighbors,
-    )
+    policy = SelectionPolicy.from_attributes(args)
     if args.heatmap is not None and importlib.util.find_spec("matplotlib") is None:
         # Fail before scoring, not after the whole run.
         raise MissingDependencyError("matplotlib", "eval")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from zerank_core.errors import ConfigurationError
@@ -91,6 +91,15 @@ class SelectionPolicy:
         _check_count("neighbors", self.neighbors)
         if self.order not in ("score", "original"):
             raise ConfigurationError(f"order must be 'score' or 'original', got {self.order!r}")
+
+    @classmethod
+    def from_attributes(cls, source: object) -> SelectionPolicy:
+        """The policy described by ``source``'s attributes of the same names.
+
+        Adapters and the command line carry the policy's options as their own
+        fields (pydantic models, argparse namespaces); this reads them all.
+        """
+        return cls(**{f.name: getattr(source, f.name) for f in fields(cls)})
 
     def select(
         self,

@@ -1,4 +1,4 @@
-"""The LlamaIndex cookbook scripts run offline and print what they promise."""
+"""The cookbook scripts run offline and print what they promise."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_script(name: str) -> str:
+    """Run ``cookbook/<name>`` with no backend configured; return its stdout."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ZERANK_", "ZEROENTROPY_"))}
     result = subprocess.run(
         [sys.executable, str(ROOT / "cookbook" / name)],
@@ -21,6 +22,34 @@ def run_script(name: str) -> str:
         timeout=120,
     )
     return result.stdout
+
+
+def test_quickstart_runs_offline_on_the_lexical_baseline() -> None:
+    out = run_script("quickstart.py")
+    assert out.startswith("backend: lexical")
+    assert out.count("Q: ") == 3
+    assert out.count("characters (") == 3
+    assert "saved)" in out
+
+
+def test_retrieval_cookbook_reports_chunks_and_characters_saved() -> None:
+    out = run_script("langchain_retrieval.py")
+
+    assert out.startswith("backend: lexical")
+    assert out.count("chunks in: 8, chunks out: ") == 3
+    assert out.count("saved)") == 3
+    assert "async, all questions at once: chunks in: 24" in out
+
+
+def test_router_cookbook_routes_every_message_including_the_default() -> None:
+    out = run_script("langchain_router.py")
+
+    assert out.startswith("backend: keywords")
+    for route in ("billing", "technical", "account", "general"):
+        assert f"triage → {route} " in out
+    assert "general (default)" in out
+    assert "5 messages × 3 labels scored in 3 scorer calls" in out
+    assert "['billing', 'technical']" in out
 
 
 def test_context_gate_cookbook_prints_nodes_and_characters_saved() -> None:
