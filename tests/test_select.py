@@ -155,5 +155,5 @@ def test_policy_from_attributes_reads_every_option() -> None:
         threshold=0.3, top_k=2, max_tokens=50, min_keep=1, order="original", neighbors=1
     )
     options.threshold = 2.0
-    with pytest.raises(ConfigurationError, match="2.0"):
+    with pytest.raises(ConfigurationError, match=r"got 2\.0"):
         SelectionPolicy.from_attributes(options)
