@@ -8,7 +8,14 @@ from collections.abc import Sequence
 import pytest
 
 from tests.fake_servers import FakeRerankServer
-from zerank_core import ConfigurationError, LabelClassifier, Scale, check_scorer, scorer_from_env
+from zerank_core import (
+    ConfigurationError,
+    InvalidResponseError,
+    LabelClassifier,
+    Scale,
+    check_scorer,
+    scorer_from_env,
+)
 from zerank_core.scorers import BM25Scorer, RerankServerScorer, Scorer, ZeroEntropyScorer
 
 CHUNKS = [
@@ -92,7 +99,7 @@ def test_reference_pair_check_catches_a_misconfigured_server(
     fake_server.returns = "logit"
     # A server returning logits, read as if it returned probabilities: every
     # score is out of [0, 1] and the response is rejected outright.
-    with pytest.raises(Exception, match="outside"):
+    with pytest.raises(InvalidResponseError, match="outside"):
         check_scorer(RerankServerScorer(f"{fake_server.url}/v1/rerank"))
 
     class SigmoidWithoutTemperature:
