@@ -1,0 +1,179 @@
+"""What every ``zerank`` subcommand shares: argument types, backend and output options."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, TextIO
+
+from zerank_core.cache import CachedScorer, default_cache_path
+from zerank_core.errors import ConfigurationError
+from zerank_core.scorers.auto import BACKENDS, BackendChoice, scorer_from_env
+from zerank_core.scorers.base import Scorer
+
+__all__ = ["add_backend_options", "add_output_option", "choose_backend", "make_scorer"]
+
+
+def threshold_arg(value: str) -> float | None:
+    if value.lower() in ("none", "off"):
+        return None
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number in [0, 1] or 'none', got {value!r}"
+        ) from None
+    if not 0.0 <= number <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {value}")
+    return number
+
+
+def count_arg(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value!r}") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {number}")
+    return number
+
+
+def optional_count_arg(value: str) -> int | None:
+    if value.lower() in ("all", "none"):
+        return None
+    return count_arg(value)
+
+
+def positive_arg(value: str) -> int:
+    number = count_arg(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
+def price_arg(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a price in USD, got {value!r}") from None
+    if not number >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return number
+
+
+def add_backend_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("backend")
+    group.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        help="which scorer to use (default: $ZERANK_BACKEND, then the first configured one)",
+    )
+    group.add_argument(
+        "--server-url",
+        metavar="URL",
+        help="rerank server endpoint, e.g. http://localhost:8000/v1/rerank (implies --backend "
+        "server; scale from $ZERANK_SERVER_SCALE)",
+    )
+    group.add_argument(
+        "--model", help="model name (hosted or server) or model id/folder (local backend)"
+    )
+    cache = parser.add_argument_group("score cache")
+    cache.add_argument(
+        "--cache",
+        metavar="PATH",
+        type=Path,
+        help="SQLite score cache (default: $ZERANK_CACHE or ~/.cache/zerank-gate/scores.sqlite3)",
+    )
+    cache.add_argument("--no-cache", action="store_true", help="score everything afresh")
+
+
+def add_output_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-o",
+        "--output",
+        metavar="FILE",
+        help="write the JSON result here ('-' for stdout; default: stdout when it is not a "
+        "terminal)",
+    )
+
+
+def choose_backend(
+    backend: str | None = None, *, server_url: str | None = None, model: str | None = None
+) -> BackendChoice:
+    """The scorer the flags ask for; without flags, :func:`scorer_from_env`'s choice."""
+    name = backend or os.environ.get("ZERANK_BACKEND") or ("server" if server_url else None)
+    if server_url and name != "server":
+        raise ConfigurationError(f"--server-url needs the server backend, not {name!r}")
+    if model is None and server_url is None:
+        return scorer_from_env(name)
+    if name is None:
+        name = scorer_from_env(None).name
+    if name == "hosted":
+        from zerank_core.scorers.zeroentropy import ZeroEntropyScorer
+
+        hosted = ZeroEntropyScorer(model=model or os.environ.get("ZERANK_MODEL", "zerank-2"))
+        return BackendChoice("hosted", hosted, f"ZeroEntropy API ({hosted.model})")
+    if name == "server":
+        from zerank_core.scorers.server import RerankServerScorer
+
+        server = RerankServerScorer(server_url, model=model)
+        return BackendChoice(
+            "server",
+            server,
+            f"rerank server {server.url} ({server.model}, {server.backend_scale.value} scores)",
+        )
+    if name == "local":
+        try:
+            local = importlib.import_module("zerank_core.scorers.local")
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"the local backend is not available ({exc}): pip install 'zerank-gate[local]'"
+            ) from exc
+        scorer = local.LocalScorer(model)
+        return BackendChoice("local", scorer, f"open weights in-process ({model})")
+    raise ConfigurationError(f"--model does not apply to the {name} backend")
+
+
+def redact(text: str) -> str:
+    """Hide credentials a server URL may carry (``https://user:token@host/...``)."""
+    return re.sub(r"(https?://)[^/@\s]+@", r"\1***@", text)
+
+
+def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer | None]:
+    choice = choose_backend(args.backend, server_url=args.server_url, model=args.model)
+    reason = redact(choice.reason)
+    args.backend_used = {"name": choice.name, "description": reason}
+    print(f"backend: {choice.name} — {reason}", file=err)
+    if choice.name == "lexical":
+        print(
+            "note: BM25 scores are uncalibrated (1.0 = best page for each query); set "
+            "ZEROENTROPY_API_KEY, ZERANK_SERVER_URL or ZERANK_LOCAL_MODEL for zerank",
+            file=err,
+        )
+    if args.no_cache:
+        return choice.scorer, None
+    cached = CachedScorer(choice.scorer, args.cache or default_cache_path())
+    return cached, cached
+
+
+def write_json(data: Any, output: str | None, out: TextIO, err: TextIO) -> None:
+    text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+    if output and output != "-":
+        path = Path(output)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        print(f"results: {output}", file=err)
+    elif output == "-" or not out.isatty():
+        out.write(text)
+    else:
+        print("results: add -o FILE.json (or pipe stdout) for the full JSON", file=err)
+
+
+def cache_line(cached: CachedScorer | None, hits: int | None, misses: int | None) -> str:
+    if cached is None:
+        return "cache: off"
+    return f"cache: {cached.path} — {hits} hits, {misses} misses"

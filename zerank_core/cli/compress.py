@@ -1,0 +1,261 @@
+"""``zerank compress``: keep each criterion's evidence pages of a long document."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import textwrap
+from pathlib import Path
+from typing import Any, TextIO
+
+from zerank_core.cli._common import (
+    add_backend_options,
+    add_output_option,
+    cache_line,
+    count_arg,
+    make_scorer,
+    optional_count_arg,
+    positive_arg,
+    price_arg,
+    threshold_arg,
+    write_json,
+)
+from zerank_core.criteria import load_criteria
+from zerank_core.errors import MissingDependencyError
+from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
+from zerank_core.loaders import load_document
+from zerank_core.plots import plot_heatmap
+from zerank_core.results import GateResult
+from zerank_core.scorers.base import Scale
+from zerank_core.select import SelectionPolicy
+
+__all__ = ["add_parser", "run"]
+
+_COMPRESS_NOTES = (
+    "document formats: .pdf (text layer through pypdf), .json (a list of page strings), a "
+    "folder (one .txt/.md file per page, natural order), anything else as UTF-8 text with "
+    "form-feed (\\f) page breaks. Empty pages are reported and not scored.",
+    "criteria formats: .yaml/.yml/.json: a list of strings, or of mappings with text and "
+    "optional id, instruction, threshold (a criterion's own floor); or {criteria: [...], "
+    "instruction: ...}. Any other file: one criterion per line (# comments allowed).",
+    f"default policy: the {DEFAULT_PAGE_POLICY.top_k} best pages per criterion with a floor "
+    f"of {DEFAULT_PAGE_POLICY.threshold}, in page order. zerank scores are calibrated "
+    "probabilities, so the floor is a probability. BM25 scores are divided by the best "
+    "page's score for each criterion, so there it reads 'at least half as good as the best "
+    "page': a criterion whose words appear on no page keeps nothing, but weak lexical "
+    "matches are not filtered out.",
+    "output: JSON on stdout when it is piped, or in -o FILE (use -o - to force stdout); a "
+    "summary table on stderr. A criterion with no page above the floor is listed as "
+    "'no evidence', never silently dropped.",
+)
+COMPRESS_EPILOG = "\n\n".join(textwrap.fill(note, width=78) for note in _COMPRESS_NOTES)
+
+
+def add_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "compress",
+        help="keep each criterion's evidence pages of a long document",
+        description="Score every page of DOCUMENT against every criterion and keep, per\n"
+        "criterion, the pages that pass the selection policy.",
+        epilog=COMPRESS_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("document", type=Path, help="PDF, text, JSON file or folder of pages")
+    parser.add_argument(
+        "-c", "--criteria", type=Path, required=True, help="criteria file (.yaml, .json or .txt)"
+    )
+    policy = parser.add_argument_group("selection policy")
+    policy.add_argument(
+        "--threshold",
+        type=threshold_arg,
+        default=DEFAULT_PAGE_POLICY.threshold,
+        metavar="T",
+        help="keep pages scoring >= T ('none' for no floor; default %(default)s)",
+    )
+    policy.add_argument(
+        "--top-k",
+        type=optional_count_arg,
+        default=DEFAULT_PAGE_POLICY.top_k,
+        metavar="K",
+        help="keep at most K pages per criterion ('all' for no limit; default %(default)s)",
+    )
+    policy.add_argument(
+        "--max-chars", type=count_arg, metavar="N", help="character budget per criterion"
+    )
+    policy.add_argument(
+        "--max-tokens", type=count_arg, metavar="N", help="token budget per criterion (estimated)"
+    )
+    policy.add_argument(
+        "--neighbors",
+        type=count_arg,
+        default=0,
+        metavar="N",
+        help="also keep N pages before and after each kept page (default 0)",
+    )
+    policy.add_argument(
+        "--min-keep",
+        type=count_arg,
+        default=0,
+        metavar="N",
+        help="keep at least N pages even below the floor (default 0)",
+    )
+    policy.add_argument(
+        "--order",
+        choices=("original", "score"),
+        default="original",
+        help="order of the kept pages (default: original page order)",
+    )
+    parser.add_argument(
+        "--instruction", help="instruction appended to every criterion that has none"
+    )
+    add_output_option(parser)
+    parser.add_argument(
+        "--no-context", action="store_true", help="leave the kept pages' text out of the JSON"
+    )
+    parser.add_argument(
+        "--heatmap",
+        type=Path,
+        metavar="FILE.png",
+        help="save a pages × criteria picture (needs zerank-gate[eval])",
+    )
+    parser.add_argument(
+        "--price-per-million-tokens",
+        type=price_arg,
+        metavar="USD",
+        help="estimate the scoring cost from the tokens the backend reports",
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=positive_arg,
+        default=4,
+        metavar="N",
+        help="criteria scored at once (default %(default)s)",
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar on stderr (default: only when stderr is a terminal)",
+    )
+    add_backend_options(parser)
+
+
+def _summary(result: GateResult, err: TextIO) -> None:
+    report = result.report
+    policy = result.policy
+    parts = []
+    if policy.top_k is not None:
+        parts.append(f"top {policy.top_k}")
+    if policy.threshold is not None:
+        parts.append(f"floor {policy.threshold}")
+    if policy.max_chars is not None:
+        parts.append(f"≤ {policy.max_chars:,} chars")
+    if policy.max_tokens is not None:
+        parts.append(f"≤ {policy.max_tokens:,} tokens")
+    if policy.neighbors:
+        parts.append(f"± {policy.neighbors} neighbour pages")
+    if policy.min_keep:
+        parts.append(f"at least {policy.min_keep}")
+    parts.append(f"{policy.order} order")
+    empty = (
+        f", empty: {', '.join(map(str, report.empty_pages))} (not scored)"
+        if report.empty_pages
+        else ""
+    )
+    print(
+        f"document: {result.document.source} — {report.pages} pages{empty}; "
+        f"{report.criteria} criteria",
+        file=err,
+    )
+    print(f"policy: {', '.join(parts)}", file=err)
+    print(file=err)
+    width = max(8, *(len(c.id) for c in result.criteria))
+    print(f"{'criterion':<{width}}  {'kept pages':<18} {'best':>5} {'chars':>7}  text", file=err)
+    for item in result.results:
+        pages = ", ".join(map(str, item.pages)) or "—"
+        best = max(item.scores.values()) if item.scores else 0.0
+        text = " ".join(item.criterion.text.split())
+        text = text if len(text) <= 52 else text[:51] + "…"
+        print(
+            f"{item.criterion.id:<{width}}  {pages:<18} {best:5.2f} {item.chars_kept:7,}  {text}",
+            file=err,
+        )
+    print(file=err)
+    ratio = report.compression_ratio
+    saved = (
+        f"{ratio:.1f}× less than the whole document per criterion"
+        if ratio is not None
+        else "nothing kept"
+    )
+    print(
+        f"kept {report.chars_kept:,} of {report.chars_full:,} characters "
+        f"({report.kept_fraction:.1%}, {saved}); "
+        f"~{report.tokens_kept_estimate:,} of ~{report.tokens_full_estimate:,} tokens",
+        file=err,
+    )
+    if report.no_evidence:
+        print(
+            f"no evidence (no page above the floor): {', '.join(report.no_evidence)}",
+            file=err,
+        )
+    elif result.scale is Scale.UNCALIBRATED:
+        print(
+            "no evidence: none flagged — uncalibrated scores only flag a criterion whose "
+            "words appear on no page",
+            file=err,
+        )
+    else:
+        print("no evidence: none (every criterion kept at least one page)", file=err)
+    tokens = (
+        f"{report.model_tokens:,} tokens"
+        if report.model_tokens is not None
+        else "tokens not reported by this backend"
+    )
+    cost = f", ~${report.estimated_cost_usd:.4f}" if report.estimated_cost_usd is not None else ""
+    print(
+        f"model calls: {report.model_requests} requests, {report.model_texts} page scores, "
+        f"{tokens}{cost}",
+        file=err,
+    )
+
+
+def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    policy = SelectionPolicy.from_attributes(args)
+    if args.heatmap is not None and importlib.util.find_spec("matplotlib") is None:
+        # Fail before scoring, not after the whole run.
+        raise MissingDependencyError("matplotlib", "eval")
+    document = load_document(args.document)
+    criteria = load_criteria(args.criteria)
+    scorer, cached = make_scorer(args, err)
+    plain_text = not args.document.is_dir() and args.document.suffix.lower() not in (
+        ".pdf",
+        ".json",
+    )
+    if len(document.pages) == 1 and plain_text:
+        print(
+            "note: the document is a single page (no form feeds found): every criterion "
+            "keeps all of it or nothing",
+            file=err,
+        )
+    try:
+        gate = PageGate(
+            scorer,
+            policy,
+            instruction=args.instruction,
+            max_concurrency=args.concurrency,
+            progress=args.progress,
+            price_per_million_tokens=args.price_per_million_tokens,
+        )
+        result = gate.run(document, criteria)
+    finally:
+        if cached is not None:
+            cached.close()
+    _summary(result, err)
+    report = result.report
+    print(cache_line(cached, report.cache_hits, report.cache_misses), file=err)
+    if args.heatmap is not None:
+        print(f"heatmap: {plot_heatmap(result, args.heatmap)}", file=err)
+    data = result.to_dict(include_context=not args.no_context)
+    data["backend"] = args.backend_used
+    write_json(data, args.output, out, err)
+    return 0

@@ -1,0 +1,279 @@
+"""Score pages × criteria and keep each criterion's evidence pages.
+
+:class:`PageGate` scores every non-empty page against every criterion (one
+scorer call per criterion, criteria run concurrently, the scorer batches pages
+itself), keeps each criterion's evidence pages with a
+:class:`~zerank_core.select.SelectionPolicy` and reports what that saved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any
+
+from zerank_core.criteria import Criterion
+from zerank_core.errors import ConfigurationError, DocumentError, InvalidResponseError
+from zerank_core.loaders import Document, Page
+from zerank_core.results import CriterionResult, GateReport, GateResult
+from zerank_core.scorers.base import Scale, Scorer, Usage
+from zerank_core.select import SelectionPolicy, estimate_tokens
+
+if TYPE_CHECKING:
+    from zerank_core.cache import CacheStats
+
+__all__ = ["DEFAULT_PAGE_POLICY", "PageGate"]
+
+#: Top-3 pages per criterion with a floor of 0.5, read in page order. With an
+#: uncalibrated scorer (BM25, max-scaled per call) the floor means "at least
+#: half as good as the best page", which still keeps one to three pages.
+DEFAULT_PAGE_POLICY = SelectionPolicy(threshold=0.5, top_k=3, order="original")
+
+
+@dataclass
+class PageGate:
+    """Score pages × criteria and keep each criterion's evidence pages.
+
+    ``policy`` defaults to :data:`DEFAULT_PAGE_POLICY`; a criterion's own
+    threshold replaces the policy's for that criterion. ``instruction`` is the
+    default for criteria without one. ``max_concurrency`` bounds how many
+    criteria are scored at once (each is one scorer call over all pages; the
+    scorer plans its own batches). ``progress`` shows a bar on stderr: ``None``
+    means only when stderr is a terminal. ``price_per_million_tokens`` turns
+    reported tokens into an estimated cost.
+    """
+
+    scorer: Scorer
+    policy: SelectionPolicy = DEFAULT_PAGE_POLICY
+    instruction: str | None = None
+    max_concurrency: int = 4
+    progress: bool | None = None
+    price_per_million_tokens: float | None = None
+    _cache_stats: Callable[[], CacheStats] | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.policy, SelectionPolicy):
+            raise ConfigurationError(
+                f"policy must be a SelectionPolicy, got {type(self.policy).__name__}"
+            )
+        if isinstance(self.max_concurrency, bool) or not isinstance(self.max_concurrency, int):
+            raise ConfigurationError(
+                f"max_concurrency must be an integer >= 1, got {self.max_concurrency!r}"
+            )
+        if self.max_concurrency < 1:
+            raise ConfigurationError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        price = self.price_per_million_tokens
+        if price is not None and (math.isnan(price) or price < 0):
+            raise ConfigurationError(f"price_per_million_tokens must be >= 0, got {price}")
+        from zerank_core.cache import CachedScorer
+
+        if isinstance(self.scorer, CachedScorer):
+            cached = self.scorer
+            self._cache_stats = lambda: cached.stats
+
+    def run(self, document: Document, criteria: Sequence[Criterion]) -> GateResult:
+        """Score and select; criteria are scored concurrently in worker threads."""
+        pages, criteria = self._check(document, criteria)
+        texts = [p.text for p in pages]
+        before = self._snapshot()
+        columns: list[list[float] | None] = [None] * len(criteria)
+        with (
+            self._bar(len(criteria)) as bar,
+            ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(criteria))) as pool,
+        ):
+            futures = {
+                pool.submit(self.scorer.score, c.text, texts, instruction=self._instruction(c)): i
+                for i, c in enumerate(criteria)
+            }
+            for future in as_completed(futures):
+                columns[futures[future]] = future.result()
+                bar.update(1)
+        return self._finish(document, pages, criteria, columns, before)
+
+    async def arun(self, document: Document, criteria: Sequence[Criterion]) -> GateResult:
+        """Async :meth:`run`: criteria scored concurrently with ``scorer.ascore``."""
+        pages, criteria = self._check(document, criteria)
+        texts = [p.text for p in pages]
+        before = self._snapshot()
+        semaphore = asyncio.Semaphore(self.max_concurrency)
+        with self._bar(len(criteria)) as bar:
+
+            async def one(criterion: Criterion) -> list[float]:
+                async with semaphore:
+                    scores = await self.scorer.ascore(
+                        criterion.text, texts, instruction=self._instruction(criterion)
+                    )
+                bar.update(1)
+                return scores
+
+            columns: list[list[float] | None] = list(
+                await asyncio.gather(*(one(c) for c in criteria))
+            )
+        return self._finish(document, pages, criteria, columns, before)
+
+    def _instruction(self, criterion: Criterion) -> str | None:
+        return criterion.instruction if criterion.instruction is not None else self.instruction
+
+    def _check(
+        self, document: Document, criteria: Sequence[Criterion]
+    ) -> tuple[list[Page], list[Criterion]]:
+        if not isinstance(document, Document):
+            raise ConfigurationError(f"document must be a Document, got {type(document).__name__}")
+        criteria = list(criteria)
+        if not criteria:
+            raise ConfigurationError("criteria must hold at least one Criterion")
+        for index, criterion in enumerate(criteria):
+            if not isinstance(criterion, Criterion):
+                raise ConfigurationError(
+                    f"criteria[{index}] must be a Criterion, got {type(criterion).__name__}"
+                )
+        ids = [c.id for c in criteria]
+        if len(set(ids)) != len(ids):
+            duplicated = sorted({i for i in ids if ids.count(i) > 1})
+            raise ConfigurationError(f"criterion ids must be unique; repeated: {duplicated}")
+        pages = [p for p in document.pages if not p.is_empty]
+        if not pages:
+            raise DocumentError(
+                f"{document.source} has no page with text "
+                f"({len(document.pages)} pages, all empty: a scan without a text layer needs OCR)"
+            )
+        return pages, criteria
+
+    def _bar(self, total: int) -> Any:
+        from tqdm import tqdm
+
+        show = sys.stderr.isatty() if self.progress is None else self.progress
+        return tqdm(total=total, desc="criteria", unit="criterion", disable=not show, leave=False)
+
+    def _snapshot(self) -> tuple[Usage | None, CacheStats | None]:
+        usage = getattr(self.scorer, "usage", None)
+        stats = self._cache_stats() if self._cache_stats is not None else None
+        return (usage if isinstance(usage, Usage) else None), stats
+
+    def _finish(
+        self,
+        document: Document,
+        pages: list[Page],
+        criteria: list[Criterion],
+        columns: list[list[float] | None],
+        before: tuple[Usage | None, CacheStats | None],
+    ) -> GateResult:
+        by_number = {p.number: p for p in document.pages}
+        lengths = [len(p.text) for p in pages]
+        tokens = [estimate_tokens(p.text) for p in pages]
+        matrix: list[tuple[float | None, ...]] = []
+        results: list[CriterionResult] = []
+        for criterion, column in zip(criteria, columns, strict=True):
+            scores = _checked_column(criterion, column, pages)
+            by_page = dict(zip((p.number for p in pages), scores, strict=True))
+            matrix.append(tuple(by_page.get(p.number) for p in document.pages))
+            policy = self.policy
+            if criterion.threshold is not None:
+                policy = replace(policy, threshold=criterion.threshold)
+            selection = policy.select(scores, lengths=lengths, token_counts=tokens)
+            kept = tuple(pages[i].number for i in selection.indices)
+            context = "\n\n".join(
+                f"[page {number}]\n{by_number[number].text.strip()}" for number in kept
+            )
+            results.append(
+                CriterionResult(
+                    criterion=criterion,
+                    pages=kept,
+                    scores=MappingProxyType(by_page),
+                    evidence_pages=_numbers(pages, selection.selected, kept),
+                    neighbor_pages=_numbers(pages, selection.neighbors, kept),
+                    forced_pages=_numbers(pages, selection.forced, kept),
+                    context=context,
+                    chars_kept=sum(len(by_number[n].text) for n in kept),
+                )
+            )
+        report = self._report(document, pages, criteria, results, before)
+        return GateResult(
+            document=document,
+            criteria=tuple(criteria),
+            matrix=tuple(matrix),
+            results=tuple(results),
+            report=report,
+            policy=self.policy,
+            scale=Scale(getattr(self.scorer, "scale", Scale.PROBABILITY)),
+            model=getattr(self.scorer, "model", None),
+        )
+
+    def _report(
+        self,
+        document: Document,
+        pages: list[Page],
+        criteria: list[Criterion],
+        results: list[CriterionResult],
+        before: tuple[Usage | None, CacheStats | None],
+    ) -> GateReport:
+        usage_before, stats_before = before
+        usage_after, stats_after = self._snapshot()
+        usage = (
+            usage_after - usage_before
+            if usage_after is not None and usage_before is not None
+            else Usage()
+        )
+        cost = None
+        if usage.total_tokens is not None and self.price_per_million_tokens is not None:
+            cost = usage.total_tokens * self.price_per_million_tokens / 1_000_000
+        stats = (
+            stats_after - stats_before
+            if stats_after is not None and stats_before is not None
+            else None
+        )
+        chars_total = sum(len(p.text) for p in pages)
+        page_tokens = {p.number: estimate_tokens(p.text) for p in pages}
+        return GateReport(
+            pages=len(document.pages),
+            empty_pages=document.empty_pages,
+            criteria=len(criteria),
+            chars_total=chars_total,
+            chars_full=chars_total * len(criteria),
+            chars_kept=sum(r.chars_kept for r in results),
+            tokens_full_estimate=sum(page_tokens.values()) * len(criteria),
+            tokens_kept_estimate=sum(page_tokens[n] for r in results for n in r.pages),
+            pages_kept=MappingProxyType({r.criterion.id: len(r.pages) for r in results}),
+            no_evidence=tuple(r.criterion.id for r in results if r.no_evidence),
+            model_requests=usage.requests,
+            model_texts=usage.texts,
+            model_tokens=usage.total_tokens,
+            estimated_cost_usd=cost,
+            cache_hits=None if stats is None else stats.hits,
+            cache_misses=None if stats is None else stats.misses,
+        )
+
+
+def _checked_column(
+    criterion: Criterion, column: list[float] | None, pages: list[Page]
+) -> list[float]:
+    n = len(pages)
+    if column is None or len(column) != n:
+        got = "nothing" if column is None else f"{len(column)} scores"
+        raise InvalidResponseError(
+            f"scorer returned {got} for {n} pages (criterion {criterion.id!r})",
+            batch=0,
+            batch_size=n,
+        )
+    for page, value in zip(pages, column, strict=True):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            bad = True
+        else:
+            bad = not math.isfinite(value)
+        if bad:
+            raise InvalidResponseError(
+                f"scorer returned {value!r} for page {page.number} (criterion {criterion.id!r})",
+                batch=0,
+                batch_size=n,
+            )
+    return [float(v) for v in column]
+
+
+def _numbers(pages: list[Page], indices: frozenset[int], order: tuple[int, ...]) -> tuple[int, ...]:
+    wanted = {pages[i].number for i in indices}
+    return tuple(n for n in order if n in wanted)
