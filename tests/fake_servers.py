@@ -12,7 +12,9 @@ the scale the Cohere-style route reports (probability, logit or sigmoid).
 ``latency_s`` delays every answer and ``max_in_flight`` records the most
 requests served at once. Faults are queued and consumed one per request: ``"429"``, ``"500"``,
 ``"malformed"``, ``"missing"``, ``"duplicate"``, ``"nan"``,
-``"out_of_range"``, ``"wrong_shape"``.
+``"out_of_range"``, ``"wrong_shape"``, and ``"401"``, ``"empty"`` (an empty
+200 body), ``"results_dict"`` (``results`` is an object), ``"bool_score"``
+(a score of ``true``).
 """
 
 from __future__ import annotations
@@ -117,8 +119,12 @@ class FakeRerankServer:
             return self._send(handler, 429, {"error": "rate limited"}, {"retry-after": "0.01"})
         if fault == "500":
             return self._send(handler, 500, {"error": "internal"})
+        if fault == "401":
+            return self._send(handler, 401, {"error": "invalid api key"})
         if fault == "malformed":
             return self._send_raw(handler, 200, b'{"results": [')
+        if fault == "empty":
+            return self._send_raw(handler, 200, b"")
 
         path = handler.path
         if path == "/v1/models/rerank":
@@ -149,8 +155,12 @@ class FakeRerankServer:
             results[0][key] = math.nan
         elif fault == "out_of_range":
             results[0][key] = 1.5
+        elif fault == "bool_score":
+            results[0][key] = True
         elif fault == "wrong_shape":
             return self._send(handler, 200, {"data": results})
+        elif fault == "results_dict":
+            return self._send(handler, 200, {"results": {"index": 0, key: 0.5}})
 
         if path == "/tei/rerank":
             return self._send(handler, 200, results)

@@ -9,7 +9,7 @@ import zeroentropy
 from pydantic import SecretStr
 
 from tests.fake_servers import FakeRerankServer, reference_probability
-from zerank_core import ConfigurationError, InvalidResponseError
+from zerank_core import BackendError, ConfigurationError, InvalidResponseError
 from zerank_core.scorers import ZeroEntropyScorer
 
 QUERY = "termination notice period"
@@ -117,10 +117,14 @@ def test_sdk_retries_429_honouring_retry_after(fake_server: FakeRerankServer) ->
     assert len(fake_server.requests) == 3
 
 
-def test_sdk_errors_pass_through_unchanged(fake_server: FakeRerankServer) -> None:
+def test_sdk_errors_become_backend_errors_with_the_sdk_error_as_cause(
+    fake_server: FakeRerankServer,
+) -> None:
     fake_server.faults.append("500")
-    with pytest.raises(zeroentropy.InternalServerError):
+    with pytest.raises(BackendError, match=r"batch 0 .*HTTP 500") as info:
         make_scorer(fake_server, max_retries=0).score(QUERY, ["notice"])
+    assert info.value.status_code == 500
+    assert isinstance(info.value.__cause__, zeroentropy.InternalServerError)
 
 
 def test_user_supplied_clients_are_used(fake_server: FakeRerankServer) -> None:

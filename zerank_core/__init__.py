@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from zerank_core.classify import Classification, LabelClassifier
 from zerank_core.errors import (
+    BackendError,
     ConfigurationError,
     DocumentError,
     InvalidResponseError,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BackendChoice",
+    "BackendError",
     "CachedScorer",
     "CalibratedScorer",
     "Classification",

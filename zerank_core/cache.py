@@ -1,8 +1,12 @@
 """A persistent score cache, so rerunning a long document costs no model calls.
 
 :class:`CachedScorer` wraps any scorer and stores each score in SQLite under
-a SHA-256 key of (model, scale, instruction, query, text). Only the key and
-the number are written: no document or query text ever reaches the file. WAL
+a SHA-256 key of (scorer identity, scale, instruction, query, text). The
+identity is the scorer's ``cache_identity``: backend kind, model, deployment
+(URL without credentials), the server's scale and conversion settings and the
+instruction convention, so a score is only ever reused by the setup that
+produced it. Only the key and the number are written: no document or query
+text, and no credential, ever reaches the file. WAL
 mode and a busy timeout make one file safe to share between threads and
 processes. The library never caches unless asked; the command line does by
 default (:func:`default_cache_path`).
@@ -23,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zerank_core.errors import ConfigurationError, InvalidResponseError
-from zerank_core.scorers.base import Scale, Scorer, Usage, check_texts
+from zerank_core.scorers.base import Scale, Scorer, Usage, check_query, check_texts
 
 __all__ = [
     "CacheInfo",
@@ -51,15 +55,23 @@ def default_cache_path() -> Path:
     return Path(base) / "zerank-gate" / "scores.sqlite3"
 
 
+#: Bumped when the key's layout changes; entries written under another are never read.
+KEY_VERSION = 2
+
+
 def score_key(
-    model: str, scale: str, instruction: str | None, query: str, text: str, context: str = ""
+    identity: str, scale: str, instruction: str | None, query: str, text: str, context: str = ""
 ) -> bytes:
     """The cache key of one score: SHA-256 over its inputs, unambiguously framed.
 
-    ``context`` is empty for scorers whose score depends on the pair alone; for
-    the others it is a digest of the whole call (see :class:`CachedScorer`).
+    ``identity`` says where the score comes from (see
+    :attr:`CachedScorer.identity`). ``context`` is empty for scorers whose
+    score depends on the pair alone; for the others it is a digest of the
+    whole call (see :class:`CachedScorer`).
     """
-    framed = json.dumps([model, scale, instruction, query, text, context], ensure_ascii=False)
+    framed = json.dumps(
+        [KEY_VERSION, identity, scale, instruction, query, text, context], ensure_ascii=False
+    )
     return hashlib.sha256(framed.encode("utf-8")).digest()
 
 
@@ -162,10 +174,17 @@ class CachedScorer:
     """A :class:`~zerank_core.scorers.base.Scorer` that remembers scores on disk.
 
     ``scorer`` does the work on a miss; misses of one call go to it in one
-    call, so its own batching and concurrency still apply. ``model`` names the
-    model in the key (default ``scorer.model``: a scorer without one needs it).
-    Different deployments of one model (hosted, server, in-process) share
-    entries, as they should give the same scores.
+    call, so its own batching and concurrency still apply.
+
+    The key names where a score came from (:attr:`identity`): the scorer's
+    ``cache_identity`` when it has one, as every scorer of this package does
+    (backend kind, model, deployment URL without credentials, the server's
+    scale and extra request fields, the instruction convention). A scorer of
+    your own without ``cache_identity`` is keyed by its ``model`` (or the
+    ``model`` argument) alone: give it a ``cache_identity`` property, or a
+    distinct ``model`` per configuration, or changing its settings will serve
+    scores computed under the old ones. ``model``, when passed, is added to
+    the key.
 
     ``pairwise`` says whether a score depends on the (query, text) pair alone,
     as zerank's does. The lexical baseline's does not (IDF and max scaling come
@@ -184,13 +203,21 @@ class CachedScorer:
         pairwise: bool | None = None,
         timeout: float = 30.0,
     ) -> None:
+        explicit = model
         model = model or getattr(scorer, "model", None)
         if not isinstance(model, str) or not model:
             raise ConfigurationError(
                 f"{scorer!r} has no 'model' attribute: pass model=... to name it in the cache key"
             )
+        identity = getattr(scorer, "cache_identity", None)
+        if not isinstance(identity, str) or not identity:
+            identity = json.dumps({"model": model})
+        elif explicit:
+            identity = json.dumps({"scorer": identity, "model": explicit})
         self.scorer = scorer
         self.model = model
+        #: What the cache key says about where a score came from.
+        self.identity = identity
         self.scale = Scale(getattr(scorer, "scale", Scale.PROBABILITY))
         self.pairwise = self.scale is not Scale.UNCALIBRATED if pairwise is None else pairwise
         self.store = ScoreStore(path, timeout=timeout)
@@ -204,6 +231,11 @@ class CachedScorer:
     @property
     def path(self) -> Path:
         return self.store.path
+
+    @property
+    def cache_identity(self) -> str:
+        """The wrapped scorer's identity, so caches and wrappers can stack."""
+        return self.identity
 
     @property
     def usage(self) -> Usage:
@@ -240,13 +272,14 @@ class CachedScorer:
             framed = json.dumps(texts, ensure_ascii=False).encode("utf-8")
             context = hashlib.sha256(framed).hexdigest()
         return [
-            score_key(self.model, self.scale.value, instruction, query, text, context)
+            score_key(self.identity, self.scale.value, instruction, query, text, context)
             for text in texts
         ]
 
     def _plan(
         self, query: str, texts: Sequence[str], instruction: str | None
     ) -> tuple[list[bytes], dict[bytes, float], list[bytes], list[str]]:
+        query = check_query(query)
         checked = check_texts(texts)
         keys = self._keys(query, checked, instruction)
         found = self.store.lookup(keys)

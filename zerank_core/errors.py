@@ -1,32 +1,83 @@
 """The package's own exceptions, in one small tree.
 
-    ZeRankError
-    ├── ConfigurationError (ValueError)   bad argument or missing setting
+    ZeRankError                            ``criterion``: the criterion being scored, if any
+    ├── ConfigurationError (ValueError)    bad argument, input or missing setting
     ├── MissingDependencyError (ImportError)  an optional extra is not installed
-    ├── InvalidResponseError               a backend answered, but not with a
-    │                                      valid score for every input
+    ├── BackendError                       a request for one batch failed: HTTP status,
+    │   │                                  timeout, connection or SDK error
+    │   └── InvalidResponseError           a backend answered, but not with a valid
+    │                                      score for every input
     └── DocumentError (ValueError)         an input document cannot be read
 
-Errors raised by the ``zeroentropy`` SDK or by ``httpx`` pass through unchanged.
+Errors of the ``zeroentropy`` SDK and of ``httpx`` raised while scoring a batch
+become :class:`BackendError` (or :class:`InvalidResponseError` for a body that
+cannot be read), with the original kept as ``__cause__``: one ``except
+ZeRankError`` catches every expected failure. Every message goes through
+:func:`zerank_core.redaction.redact`, so no credential is ever in one.
 """
 
 from __future__ import annotations
 
+import sys
+from typing import Any
+
+from zerank_core.redaction import redact, redact_url
+
 __all__ = [
+    "BackendError",
     "ConfigurationError",
     "DocumentError",
     "InvalidResponseError",
     "MissingDependencyError",
     "ZeRankError",
+    "as_backend_error",
 ]
 
 
 class ZeRankError(Exception):
-    """Base class of every error this package raises itself."""
+    """Base class of every error this package raises itself.
+
+    ``criterion`` is set (by :meth:`in_criterion`) when the error happened
+    while scoring one criterion of a page gate; the message then names it.
+    """
+
+    criterion: str | None = None
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact(a) if isinstance(a, str) else a for a in args))
+
+    def _detail(self) -> str:
+        return super().__str__()
+
+    def __str__(self) -> str:
+        detail = self._detail()
+        if self.criterion is None:
+            return detail
+        return f"criterion {self.criterion!r}, {detail}"
+
+    def in_criterion(self, criterion: str) -> ZeRankError:
+        """Name the criterion whose scoring failed (kept if one is already named)."""
+        if self.criterion is None:
+            self.criterion = criterion
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The default rebuilds with ``cls(*args)``, which keyword-only
+        # parameters break; restore the arguments and attributes as they are.
+        return (_restore, (type(self), self.args, dict(self.__dict__)))
+
+
+def _restore(
+    cls: type[ZeRankError], args: tuple[object, ...], state: dict[str, Any]
+) -> ZeRankError:
+    error = cls.__new__(cls)
+    Exception.__init__(error, *args)
+    error.__dict__.update(state)
+    return error
 
 
 class ConfigurationError(ZeRankError, ValueError):
-    """An argument or setting is invalid or missing; the message names it."""
+    """An argument, input or setting is invalid or missing; the message names it."""
 
 
 class MissingDependencyError(ZeRankError, ImportError):
@@ -40,18 +91,92 @@ class MissingDependencyError(ZeRankError, ImportError):
         self.extra = extra
 
 
-class InvalidResponseError(ZeRankError):
-    """A backend's response does not hold exactly one valid score per input.
+class BackendError(ZeRankError):
+    """A request for one batch failed before a valid answer came back.
 
     ``batch`` is the zero-based number of the failing request among those the
-    scorer planned for one call, and ``batch_size`` its number of texts.
+    scorer planned for one call (``None`` when unknown), ``batch_size`` its
+    number of texts, ``status_code`` the HTTP status when there was one. The
+    SDK's or HTTP client's exception is the ``__cause__``.
     """
 
-    def __init__(self, message: str, *, batch: int, batch_size: int) -> None:
-        super().__init__(f"batch {batch} ({batch_size} texts): {message}")
+    def __init__(
+        self,
+        message: str,
+        *,
+        batch: int | None = None,
+        batch_size: int | None = None,
+        status_code: int | None = None,
+    ) -> None:
+        super().__init__(message)
         self.batch = batch
         self.batch_size = batch_size
+        self.status_code = status_code
+
+    def _detail(self) -> str:
+        message = super()._detail()
+        if self.batch is None:
+            return message
+        return f"batch {self.batch} ({self.batch_size} texts): {message}"
+
+
+class InvalidResponseError(BackendError):
+    """A backend's response does not hold exactly one valid score per input."""
+
+    def __init__(self, message: str, *, batch: int, batch_size: int) -> None:
+        super().__init__(message, batch=batch, batch_size=batch_size)
 
 
 class DocumentError(ZeRankError, ValueError):
     """A document could not be read (corrupt, encrypted or unsupported)."""
+
+
+def as_backend_error(exc: BaseException, *, batch: int, batch_size: int) -> BackendError | None:
+    """The :class:`BackendError` an HTTP-client or SDK exception stands for, else ``None``.
+
+    The original's own text is redacted in place, since it stays reachable
+    as the new error's ``__cause__``.
+    """
+    import httpx
+
+    status: int | None = None
+    sdk = sys.modules.get("zeroentropy")
+    if isinstance(exc, BackendError):
+        return exc
+    if isinstance(exc, httpx.HTTPStatusError):
+        response = exc.response
+        status = response.status_code
+        message = (
+            f"the server answered HTTP {status} {response.reason_phrase} "
+            f"({redact_url(str(exc.request.url))})"
+        )
+    elif isinstance(exc, httpx.TimeoutException):
+        message = f"the request timed out ({type(exc).__name__}: {exc})"
+    elif isinstance(exc, httpx.HTTPError):
+        message = f"the request failed ({type(exc).__name__}: {exc})"
+    elif sdk is not None and isinstance(exc, sdk.APIResponseValidationError):
+        _sanitize(exc)
+        return InvalidResponseError(
+            f"the ZeroEntropy API returned an unexpected body: {exc}",
+            batch=batch,
+            batch_size=batch_size,
+        )
+    elif sdk is not None and isinstance(exc, sdk.APIStatusError):
+        status = exc.status_code
+        hint = " (check the API key)" if status in (401, 403) else ""
+        message = f"the ZeroEntropy API answered HTTP {status}{hint}: {exc}"
+    elif sdk is not None and isinstance(exc, sdk.APITimeoutError):
+        message = f"the ZeroEntropy API did not answer in time ({exc})"
+    elif sdk is not None and isinstance(exc, sdk.APIConnectionError):
+        message = f"cannot reach the ZeroEntropy API ({exc})"
+    else:
+        return None
+    _sanitize(exc)
+    return BackendError(message, batch=batch, batch_size=batch_size, status_code=status)
+
+
+def _sanitize(exc: BaseException) -> None:
+    exc.args = tuple(redact(a) if isinstance(a, str) else a for a in exc.args)
+    message = getattr(exc, "message", None)
+    if isinstance(message, str):
+        exc.message = redact(message)  # type: ignore[attr-defined]

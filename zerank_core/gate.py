@@ -18,7 +18,12 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from zerank_core.criteria import Criterion
-from zerank_core.errors import ConfigurationError, DocumentError, InvalidResponseError
+from zerank_core.errors import (
+    ConfigurationError,
+    DocumentError,
+    InvalidResponseError,
+    ZeRankError,
+)
 from zerank_core.loaders import Document, Page
 from zerank_core.results import CriterionResult, GateReport, GateResult
 from zerank_core.scorers.base import Scale, Scorer, Usage
@@ -86,10 +91,7 @@ class PageGate:
             self._bar(len(criteria)) as bar,
             ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(criteria))) as pool,
         ):
-            futures = {
-                pool.submit(self.scorer.score, c.text, texts, instruction=self._instruction(c)): i
-                for i, c in enumerate(criteria)
-            }
+            futures = {pool.submit(self._score, c, texts): i for i, c in enumerate(criteria)}
             for future in as_completed(futures):
                 columns[futures[future]] = future.result()
                 bar.update(1)
@@ -105,9 +107,13 @@ class PageGate:
 
             async def one(criterion: Criterion) -> list[float]:
                 async with semaphore:
-                    scores = await self.scorer.ascore(
-                        criterion.text, texts, instruction=self._instruction(criterion)
-                    )
+                    try:
+                        scores = await self.scorer.ascore(
+                            criterion.text, texts, instruction=self._instruction(criterion)
+                        )
+                    except ZeRankError as exc:
+                        exc.in_criterion(criterion.id)
+                        raise
                 bar.update(1)
                 return scores
 
@@ -115,6 +121,16 @@ class PageGate:
                 await asyncio.gather(*(one(c) for c in criteria))
             )
         return self._finish(document, pages, criteria, columns, before)
+
+    def _score(self, criterion: Criterion, texts: list[str]) -> list[float]:
+        try:
+            return self.scorer.score(
+                criterion.text, texts, instruction=self._instruction(criterion)
+            )
+        except ZeRankError as exc:
+            # The batch alone does not say which of many criteria failed.
+            exc.in_criterion(criterion.id)
+            raise
 
     def _instruction(self, criterion: Criterion) -> str | None:
         return criterion.instruction if criterion.instruction is not None else self.instruction

@@ -91,7 +91,11 @@ def load_document(path: str | Path) -> Document:
 
 def _read_text(path: Path) -> str:
     try:
-        return path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8")
+        if "\x00" in text:
+            # Valid UTF-8, but a binary file: scoring it would give plausible noise.
+            raise DocumentError(f"{path} holds NUL bytes: it is a binary file, not text")
+        return text
     except UnicodeDecodeError as exc:
         raise DocumentError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
     except OSError as exc:

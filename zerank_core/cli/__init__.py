@@ -3,6 +3,10 @@
 Results go to stdout as JSON (or to ``-o FILE``); the backend used, the
 summary table and the progress bar go to stderr, so stdout stays parseable.
 Each subcommand is a module of this package with ``add_parser`` and ``run``.
+Every expected failure (bad input or settings, an unreadable document, a
+backend that fails or answers nonsense) is one line on stderr naming what
+failed, the criterion and the batch where known, with exit status 2;
+``--debug`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import httpx
 
 from zerank_core import __version__
 from zerank_core.cli import cache, classify, compress
-from zerank_core.cli._common import choose_backend, redact
-from zerank_core.errors import ConfigurationError, DocumentError, ZeRankError
+from zerank_core.cli._common import choose_backend
+from zerank_core.errors import ZeRankError
+from zerank_core.redaction import redact
 
 __all__ = ["build_parser", "choose_backend", "main"]
 
@@ -51,10 +56,38 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    _add_debug(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for module in COMMANDS.values():
         module.add_parser(commands)
+    for subparser in commands.choices.values():
+        _add_debug(subparser)
     return parser
+
+
+def _add_debug(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: a subcommand's default must not overwrite ``zerank --debug COMMAND``.
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="on an error, show the full traceback instead of one line",
+    )
+
+
+def _expected_errors() -> tuple[type[BaseException], ...]:
+    """What a run can fail with for reasons outside the program: reported, not traced."""
+    errors: tuple[type[BaseException], ...] = (ZeRankError, httpx.HTTPError, OSError)
+    sdk = sys.modules.get("zeroentropy")
+    if sdk is not None:
+        errors += (sdk.ZeroEntropyError,)
+    return errors
+
+
+def describe_error(exc: BaseException) -> str:
+    """One redacted line: the package's message, or the type and message of anything else."""
+    text = str(exc) if isinstance(exc, ZeRankError) else f"{type(exc).__name__}: {exc}"
+    return redact(" ".join(text.split()))
 
 
 COMMANDS = {"compress": compress, "classify": classify, "cache": cache}
@@ -63,19 +96,21 @@ COMMANDS = {"compress": compress, "classify": classify, "cache": cache}
 def main(
     argv: Sequence[str] | None = None, *, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
-    """Run the command line; return the exit status (0 ok, 1 failed, 2 bad input)."""
+    """Run the command line; return the exit status (0 ok, 2 an expected error).
+
+    A bug still ends in a traceback; so does an expected error with ``--debug``.
+    """
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(COMMANDS[args.command].run(args, out, err))
-    except (ConfigurationError, DocumentError) as exc:
-        print(f"zerank: error: {redact(str(exc))}", file=err)
+    except _expected_errors() as exc:
+        if getattr(args, "debug", False):
+            raise
+        print(f"zerank: error: {describe_error(exc)}", file=err)
         return 2
-    except (ZeRankError, httpx.HTTPError, OSError) as exc:
-        print(f"zerank: error: {redact(str(exc))}", file=err)
-        return 1
 
 
 if __name__ == "__main__":

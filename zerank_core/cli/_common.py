@@ -6,12 +6,12 @@ import argparse
 import importlib
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, TextIO
 
 from zerank_core.cache import CachedScorer, default_cache_path
 from zerank_core.errors import ConfigurationError
+from zerank_core.redaction import redact
 from zerank_core.scorers.auto import BACKENDS, BackendChoice, scorer_from_env
 from zerank_core.scorers.base import Scorer
 
@@ -136,11 +136,6 @@ def choose_backend(
         scorer = local.LocalScorer(model)
         return BackendChoice("local", scorer, f"open weights in-process ({model})")
     raise ConfigurationError(f"--model does not apply to the {name} backend")
-
-
-def redact(text: str) -> str:
-    """Hide credentials a server URL may carry (``https://user:token@host/...``)."""
-    return re.sub(r"(https?://)[^/@\s]+@", r"\1***@", text)
 
 
 def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer | None]:

@@ -12,6 +12,7 @@ import os
 from dataclasses import dataclass
 
 from zerank_core.errors import ConfigurationError, MissingDependencyError
+from zerank_core.redaction import redact
 from zerank_core.scorers.base import Scorer
 
 __all__ = ["BACKENDS", "BackendChoice", "scorer_from_env"]
@@ -26,6 +27,10 @@ class BackendChoice:
     name: str
     scorer: Scorer
     reason: str
+
+    def __post_init__(self) -> None:
+        # A reason may name a server URL; it is printed and logged, so never with credentials.
+        object.__setattr__(self, "reason", redact(self.reason))
 
 
 def _local_choice(model: str | None) -> BackendChoice | None:

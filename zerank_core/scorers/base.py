@@ -10,7 +10,9 @@ backend's scale to zerank's calibrated one in a single place
 from __future__ import annotations
 
 import asyncio
+import json
 import math
+import re
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Sequence
@@ -19,7 +21,12 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Generic, Protocol, TypeVar, runtime_checkable
 
-from zerank_core.errors import ConfigurationError, InvalidResponseError
+from zerank_core.errors import (
+    ConfigurationError,
+    InvalidResponseError,
+    ZeRankError,
+    as_backend_error,
+)
 
 T = TypeVar("T")
 
@@ -32,11 +39,21 @@ __all__ = [
     "Scorer",
     "Usage",
     "UsageMeter",
+    "check_count",
+    "check_query",
     "check_texts",
+    "check_timeout",
+    "check_url",
+    "fingerprint",
+    "is_blank",
+    "json_body",
     "plan_batches",
     "query_with_instruction",
+    "results_from_json",
     "to_probability",
+    "typed_error",
     "validate_batch",
+    "without_blanks",
 ]
 
 
@@ -82,11 +99,27 @@ def to_probability(value: float, scale: Scale) -> float:
     return value
 
 
+#: Names :func:`query_with_instruction`'s format in cache keys: a new format
+#: gives every instruction-bearing score a new key.
+INSTRUCTION_CONVENTION = "query-tags-v1"
+
+
 def query_with_instruction(query: str, instruction: str | None) -> str:
     """Append an instruction to the query by zerank's documented convention."""
     if not instruction:
         return query
     return f"<query>{query}</query>\n<instruction>{instruction}</instruction>"
+
+
+def fingerprint(backend: str, **settings: object) -> str:
+    """A scorer's ``cache_identity``: its backend kind and every setting that changes a score.
+
+    Canonical JSON, so equal settings give equal strings. It holds no
+    credential: URLs go in as :func:`~zerank_core.redaction.deployment_url`.
+    """
+    return json.dumps(
+        {"backend": backend, **settings}, sort_keys=True, ensure_ascii=False, default=str
+    )
 
 
 @runtime_checkable
@@ -265,6 +298,43 @@ def validate_batch(result: BatchResult, *, batch: int, size: int, scale: Scale) 
     return [to_probability(v, scale) for v in values if v is not None]
 
 
+def results_from_json(
+    payload: object, *, key: str = "relevance_score", where: str = "the backend"
+) -> BatchResult:
+    """A rerank body's ``results[{index, <key>}]`` (or a bare list of them), unvalidated.
+
+    Values are passed on exactly as JSON decoded them, so :func:`validate_batch`
+    sees ``true`` or a string for what it is instead of a number cast from it.
+    A body of any other shape raises :class:`MalformedResponse`.
+    """
+    items = payload.get("results") if isinstance(payload, dict) else payload
+    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
+        found = type(items).__name__ if isinstance(payload, dict) else type(payload).__name__
+        raise MalformedResponse(
+            f"{where} returned an unexpected body shape: expected a list of results, got {found}"
+        )
+    tokens = None
+    if isinstance(payload, dict):
+        tokens = payload.get("total_tokens")
+        usage = payload.get("usage") or (payload.get("meta") or {}).get("billed_units") or {}
+        if tokens is None and isinstance(usage, dict):
+            tokens = usage.get("total_tokens")
+    return BatchResult(
+        scores=[(item.get("index"), item.get(key)) for item in items],
+        total_tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
+    )
+
+
+def json_body(content: bytes, *, where: str) -> object:
+    """A response body decoded as JSON, or :class:`MalformedResponse` saying why not."""
+    if not content.strip():
+        raise MalformedResponse(f"{where} returned an empty body")
+    try:
+        return json.loads(content)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise MalformedResponse(f"{where} returned a body that is not JSON: {exc}") from exc
+
+
 class PerLoop(Generic[T]):
     """One lazily created object per running event loop.
 
@@ -361,9 +431,10 @@ class BatchedScorer(ABC):
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
         """Score every text against the query; see :class:`Scorer`."""
-        texts = check_texts(texts)
+        query = check_query(query)
+        texts, restore = without_blanks(check_texts(texts))
         if not texts:
-            return []
+            return restore([])
         full_query = query_with_instruction(query, instruction)
         batches = self._plan(full_query, texts)
 
@@ -372,10 +443,11 @@ class BatchedScorer(ABC):
             batch_texts = [texts[i] for i in indices]
             try:
                 result = self._request(full_query, batch_texts)
-            except MalformedResponse as exc:
-                raise InvalidResponseError(
-                    str(exc), batch=number, batch_size=len(batch_texts)
-                ) from exc
+            except Exception as exc:
+                typed = typed_error(exc, batch=number, batch_size=len(batch_texts))
+                if typed is None:
+                    raise
+                raise typed from exc
             return self._finish(full_query, number, batch_texts, result)
 
         if len(batches) == 1 or self.max_concurrency == 1:
@@ -384,15 +456,16 @@ class BatchedScorer(ABC):
             workers = min(self.max_concurrency, len(batches))
             with ThreadPoolExecutor(max_workers=workers) as pool:
                 results = list(pool.map(run, enumerate(batches)))
-        return self._assemble(len(texts), batches, results)
+        return restore(self._assemble(len(texts), batches, results))
 
     async def ascore(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
         """Async :meth:`score`: batches run concurrently, bounded by a semaphore."""
-        texts = check_texts(texts)
+        query = check_query(query)
+        texts, restore = without_blanks(check_texts(texts))
         if not texts:
-            return []
+            return restore([])
         full_query = query_with_instruction(query, instruction)
         batches = self._plan(full_query, texts)
         semaphore = asyncio.Semaphore(self.max_concurrency)
@@ -402,21 +475,134 @@ class BatchedScorer(ABC):
             try:
                 async with semaphore:
                     result = await self._arequest(full_query, batch_texts)
-            except MalformedResponse as exc:
-                raise InvalidResponseError(
-                    str(exc), batch=number, batch_size=len(batch_texts)
-                ) from exc
+            except Exception as exc:
+                typed = typed_error(exc, batch=number, batch_size=len(batch_texts))
+                if typed is None:
+                    raise
+                raise typed from exc
             return self._finish(full_query, number, batch_texts, result)
 
         results = await asyncio.gather(*(run(n, b) for n, b in enumerate(batches)))
-        return self._assemble(len(texts), batches, results)
+        return restore(self._assemble(len(texts), batches, results))
 
 
-def check_texts(texts: Sequence[str]) -> list[str]:
-    if isinstance(texts, str):
-        raise ConfigurationError("texts must be a sequence of strings, got a single str")
+def typed_error(exc: Exception, *, batch: int, batch_size: int) -> Exception | None:
+    """The package error a batch's failure stands for; ``None`` to let it through as is.
+
+    An unreadable body is :class:`InvalidResponseError`, an HTTP-client or SDK
+    failure :class:`~zerank_core.errors.BackendError`, both naming the batch.
+    """
+    if isinstance(exc, MalformedResponse):
+        return InvalidResponseError(str(exc), batch=batch, batch_size=batch_size)
+    if isinstance(exc, ZeRankError):
+        return None
+    return as_backend_error(exc, batch=batch, batch_size=batch_size)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Whitespace and control characters (NUL included): nothing a model can read.
+_BLANK = re.compile(r"[\s\x00-\x1f\x7f-\x9f]*")
+
+
+def _check_unicode(text: str, name: str) -> None:
+    found = _SURROGATE.search(text)
+    if found is not None:
+        raise ConfigurationError(
+            f"{name} holds a lone surrogate ({found.group()!r}) at character {found.start()}: "
+            "it is not valid Unicode and cannot be sent; decode the source with "
+            "errors='replace' (or fix its encoding)"
+        )
+
+
+def is_blank(text: str) -> bool:
+    """True for a text with nothing to read: empty, whitespace or control characters only."""
+    return _BLANK.fullmatch(text) is not None
+
+
+def check_query(query: object) -> str:
+    """``query`` if it is a non-blank string of valid Unicode; else an error naming it."""
+    if not isinstance(query, str):
+        raise ConfigurationError(f"query must be a str, got {type(query).__name__}: {query!r:.80}")
+    if is_blank(query):
+        raise ConfigurationError(f"query is empty or whitespace only: {query!r:.80}")
+    _check_unicode(query, "query")
+    return query
+
+
+def check_texts(texts: object) -> list[str]:
+    """``texts`` as a list of valid-Unicode strings; else an error naming the bad item.
+
+    Blank texts pass: scorers give them 0.0 without a model call (see
+    :func:`without_blanks`).
+    """
+    if isinstance(texts, str | bytes):
+        raise ConfigurationError(
+            f"texts must be a sequence of strings, got a single {type(texts).__name__}"
+        )
+    if not isinstance(texts, Iterable):
+        raise ConfigurationError(
+            f"texts must be a sequence of strings, got {type(texts).__name__}: {texts!r:.80}"
+        )
     out = list(texts)
     for index, text in enumerate(out):
         if not isinstance(text, str):
             raise ConfigurationError(f"texts[{index}] must be a str, got {type(text).__name__}")
+        _check_unicode(text, f"texts[{index}]")
     return out
+
+
+def check_url(url: object, name: str = "url") -> str:
+    """An ``http(s)://host...`` URL that httpx can use; else an error naming it (redacted)."""
+    import httpx
+
+    from zerank_core.redaction import redact_url
+
+    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+        shown = redact_url(url) if isinstance(url, str) else url
+        raise ConfigurationError(f"{name} must start with http:// or https://, got {shown!r}")
+    try:
+        host = httpx.URL(url).host
+    except httpx.InvalidURL as exc:
+        raise ConfigurationError(
+            f"{name} is not a valid URL: {redact_url(url)!r} ({exc})"
+        ) from None
+    if not host:
+        raise ConfigurationError(f"{name} has no host: {redact_url(url)!r}")
+    return url
+
+
+def check_timeout(timeout: object, name: str = "timeout") -> None:
+    """A timeout must be a finite number of seconds > 0 (or ``None`` for the default)."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise ConfigurationError(f"{name} must be a number of seconds, got {timeout!r}")
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigurationError(f"{name} must be a finite number of seconds > 0, got {timeout}")
+
+
+def check_count(value: object, name: str, minimum: int) -> None:
+    """An integer setting such as ``max_retries`` must be an int >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
+
+
+def without_blanks(texts: list[str]) -> tuple[list[str], Callable[[list[float]], list[float]]]:
+    """The texts worth scoring, and a function that puts 0.0 back at the blank ones.
+
+    A blank text (:func:`is_blank`) has no evidence to find: it scores 0.0
+    without a model call, instead of whatever a model makes of an empty prompt.
+    """
+    kept = [i for i, text in enumerate(texts) if not is_blank(text)]
+    if len(kept) == len(texts):
+        return texts, lambda scores: scores
+
+    def restore(scores: list[float]) -> list[float]:
+        out = [0.0] * len(texts)
+        for index, value in zip(kept, scores, strict=True):
+            out[index] = value
+        return out
+
+    return [texts[i] for i in kept], restore

@@ -15,7 +15,14 @@ import logging
 from collections.abc import Sequence
 
 from zerank_core.errors import MissingDependencyError
-from zerank_core.scorers.base import Scale, Usage, UsageMeter, check_texts
+from zerank_core.scorers.base import (
+    Scale,
+    Usage,
+    UsageMeter,
+    check_query,
+    check_texts,
+    fingerprint,
+)
 
 __all__ = ["BM25Scorer"]
 
@@ -56,6 +63,13 @@ class BM25Scorer:
     def usage(self) -> Usage:
         return self._meter.usage
 
+    @property
+    def cache_identity(self) -> str:
+        """The settings that change BM25's scores (instructions are ignored)."""
+        return fingerprint(
+            "lexical", k1=self.k1, b=self.b, stopwords=self.stopwords, normalize=self.normalize
+        )
+
     def __repr__(self) -> str:
         return f"BM25Scorer(k1={self.k1}, b={self.b}, normalize={self.normalize})"
 
@@ -63,6 +77,7 @@ class BM25Scorer:
         """Unscaled BM25 scores of ``texts`` for ``query``."""
         import bm25s
 
+        query = check_query(query)
         texts = check_texts(texts)
         if not texts:
             return []

@@ -25,10 +25,14 @@ from typing import Any
 
 from zerank_core.errors import ConfigurationError, InvalidResponseError, MissingDependencyError
 from zerank_core.scorers.base import (
+    INSTRUCTION_CONVENTION,
     Scale,
     Usage,
     UsageMeter,
+    check_query,
     check_texts,
+    fingerprint,
+    is_blank,
     query_with_instruction,
     to_probability,
 )
@@ -292,6 +296,7 @@ class LocalScorer:
         self.batch_tokens = batch_tokens
         self.max_batch_size = max_batch_size
         self.window_overlap = window_overlap
+        self._revision = revision
         if local_files_only is None:
             local_files_only = weights_available(model, cache_dir=cache_folder)
         try:
@@ -366,6 +371,23 @@ class LocalScorer:
         """The underlying sentence-transformers ``CrossEncoder`` (returns raw logits)."""
         return self._cross_encoder
 
+    @property
+    def cache_identity(self) -> str:
+        """The settings that change this scorer's scores: weights, precision, windows.
+
+        A model folder is named by its path: after replacing the weights in
+        the same folder, clear the cache.
+        """
+        return fingerprint(
+            "local",
+            model=self.model,
+            revision=self._revision,
+            dtype=str(self.dtype).removeprefix("torch."),
+            max_length=self.max_length,
+            window_overlap=self.window_overlap,
+            instruction=INSTRUCTION_CONVENTION,
+        )
+
     def __repr__(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
         return f"LocalScorer(model={self.model!r}, device={self.device!r}, dtype={dtype!r})"
@@ -385,15 +407,32 @@ class LocalScorer:
     def score_detailed(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> LocalScores:
-        """Probabilities, raw logits and window counts per text, in input order."""
-        if not isinstance(query, str):
-            raise ConfigurationError(f"query must be a str, got {type(query).__name__}")
+        """Probabilities, raw logits and window counts per text, in input order.
+
+        A blank text is not run through the model: probability 0.0, logit
+        ``-inf``, 0 windows.
+        """
+        query = check_query(query)
         texts = check_texts(texts)
-        if not texts:
-            return LocalScores((), (), ())
+        kept = [i for i, text in enumerate(texts) if not is_blank(text)]
+        if not kept:
+            n = len(texts)
+            return LocalScores((0.0,) * n, (-math.inf,) * n, (0,) * n)
         full_query = query_with_instruction(query, instruction)
         with self._lock:
-            return self._score_locked(full_query, texts)
+            scored = self._score_locked(full_query, [texts[i] for i in kept])
+        if len(kept) == len(texts):
+            return scored
+        probabilities, logits, windows = (
+            [0.0] * len(texts),
+            [-math.inf] * len(texts),
+            [0] * len(texts),
+        )
+        for position, index in enumerate(kept):
+            probabilities[index] = scored.probabilities[position]
+            logits[index] = scored.logits[position]
+            windows[index] = scored.windows[position]
+        return LocalScores(tuple(probabilities), tuple(logits), tuple(windows))
 
     def windows(self, query: str, text: str, *, instruction: str | None = None) -> list[str]:
         """The pieces ``text`` is scored as with this query: ``[text]`` when it fits.

@@ -9,7 +9,8 @@ base class converts them to zerank's calibrated probability.
 
 HTTP servers have no SDK retrying for us, so 429 and 503 answers (honouring
 ``Retry-After``) and connection errors are retried up to ``max_retries`` times;
-other errors raise ``httpx.HTTPStatusError`` unchanged.
+what still fails becomes a :class:`~zerank_core.errors.BackendError` naming the
+batch, with httpx's exception as its ``__cause__``.
 """
 
 from __future__ import annotations
@@ -25,12 +26,25 @@ import httpx
 from pydantic import SecretStr
 
 from zerank_core.errors import ConfigurationError
+from zerank_core.redaction import (
+    deployment_url,
+    redact_url,
+    register_secret,
+    register_url_secrets,
+)
 from zerank_core.scorers.base import (
+    INSTRUCTION_CONVENTION,
     BatchedScorer,
     BatchResult,
     MalformedResponse,
     PerLoop,
     Scale,
+    check_count,
+    check_timeout,
+    check_url,
+    fingerprint,
+    json_body,
+    results_from_json,
 )
 
 __all__ = ["RerankServerScorer"]
@@ -69,8 +83,7 @@ class RerankServerScorer(BatchedScorer):
         url = url or os.environ.get("ZERANK_SERVER_URL")
         if not url:
             raise ConfigurationError("no rerank server URL: pass url=... or set ZERANK_SERVER_URL")
-        if not url.startswith(("http://", "https://")):
-            raise ConfigurationError(f"url must start with http:// or https://, got {url!r}")
+        url = check_url(url)
         scale = scale or os.environ.get("ZERANK_SERVER_SCALE") or Scale.PROBABILITY
         try:
             self.backend_scale = Scale(scale)
@@ -83,12 +96,17 @@ class RerankServerScorer(BatchedScorer):
             raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if max_concurrency < 1:
             raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if max_retries < 0:
-            raise ConfigurationError(f"max_retries must be >= 0, got {max_retries}")
+        check_count(max_retries, "max_retries", 0)
+        check_timeout(timeout)
         if isinstance(api_key, str):
             api_key = SecretStr(api_key)
         if api_key is None and os.environ.get("ZERANK_SERVER_API_KEY"):
             api_key = SecretStr(os.environ["ZERANK_SERVER_API_KEY"])
+        if api_key is not None:
+            if not api_key.get_secret_value().strip():
+                raise ConfigurationError("api_key is empty: pass a key, or None for no key")
+            register_secret(api_key.get_secret_value())
+        register_url_secrets(url)
         self.url = url
         self.model = model or os.environ.get("ZERANK_SERVER_MODEL") or "zerank-2"
         self.api = api
@@ -107,8 +125,26 @@ class RerankServerScorer(BatchedScorer):
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(url={self.url!r}, model={self.model!r}, "
+            f"{type(self).__name__}(url={redact_url(self.url)!r}, model={self.model!r}, "
             f"scale={self.backend_scale.value!r}, api={self.api!r})"
+        )
+
+    @property
+    def cache_identity(self) -> str:
+        """Every setting that changes this scorer's scores, without credentials.
+
+        The deployment (URL without userinfo or secret parameters), request
+        shape, model, the server's scale and extra request fields, and the
+        instruction convention: change any and cached scores no longer apply.
+        """
+        return fingerprint(
+            "server",
+            url=deployment_url(self.url),
+            api=self.api,
+            model=self.model,
+            scale=self.backend_scale.value,
+            extra_body=self._extra_body,
+            instruction=INSTRUCTION_CONVENTION,
         )
 
     def _all_headers(self) -> dict[str, str]:
@@ -174,25 +210,16 @@ class RerankServerScorer(BatchedScorer):
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _parse(self, response: httpx.Response) -> BatchResult:
-        try:
-            payload = response.json()
-        except ValueError as exc:
-            raise MalformedResponse(f"{self.url} returned a body that is not JSON: {exc}") from exc
+        where = redact_url(self.url)
+        payload = json_body(response.content, where=where)
         if self.api == "tei":
-            items, key = payload, "score"
-        else:
-            items = payload.get("results") if isinstance(payload, dict) else None
-            key = "relevance_score"
-        if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-            raise MalformedResponse(f"{self.url} returned an unexpected body shape")
-        tokens = None
-        if isinstance(payload, dict):
-            usage = payload.get("usage") or payload.get("meta", {}).get("billed_units") or {}
-            tokens = usage.get("total_tokens") if isinstance(usage, dict) else None
-        return BatchResult(
-            scores=[(item.get("index"), item.get(key)) for item in items],
-            total_tokens=tokens if isinstance(tokens, int) else None,
-        )
+            return results_from_json(payload, key="score", where=where)
+        if not isinstance(payload, dict):
+            raise MalformedResponse(
+                f"{where} returned an unexpected body shape: expected an object with "
+                f"'results', got {type(payload).__name__}"
+            )
+        return results_from_json(payload, where=where)
 
 
 def _backoff(attempt: int, response: httpx.Response | None) -> float:

@@ -2,7 +2,9 @@
 
 The SDK retries 408/409/429/5xx and connection errors with backoff and honours
 ``retry-after``; this backend hands it ``max_retries`` and ``timeout`` and adds
-no retry layer of its own. SDK errors pass through unchanged.
+no retry layer of its own. An SDK error that remains becomes a
+:class:`~zerank_core.errors.BackendError` naming the batch, the SDK's
+exception kept as its ``__cause__``.
 """
 
 from __future__ import annotations
@@ -10,10 +12,30 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING, Any, Literal
 
+import httpx
 from pydantic import SecretStr
 
 from zerank_core.errors import ConfigurationError, MissingDependencyError
-from zerank_core.scorers.base import BatchedScorer, BatchResult, PerLoop, Scale
+from zerank_core.redaction import (
+    deployment_url,
+    redact_url,
+    register_secret,
+    register_url_secrets,
+)
+from zerank_core.scorers.base import (
+    INSTRUCTION_CONVENTION,
+    BatchedScorer,
+    BatchResult,
+    MalformedResponse,
+    PerLoop,
+    Scale,
+    check_count,
+    check_timeout,
+    check_url,
+    fingerprint,
+    json_body,
+    results_from_json,
+)
 
 if TYPE_CHECKING:
     from zeroentropy import AsyncZeroEntropy, ZeroEntropy
@@ -61,10 +83,18 @@ class ZeroEntropyScorer(BatchedScorer):
             )
         if max_concurrency < 1:
             raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        check_count(max_retries, "max_retries", 0)
+        check_timeout(timeout)
         if isinstance(api_key, str):
             api_key = SecretStr(api_key)
         if api_key is None and "ZEROENTROPY_API_KEY" in os.environ:
             api_key = SecretStr(os.environ["ZEROENTROPY_API_KEY"])
+        if api_key is not None:
+            if not api_key.get_secret_value().strip():
+                raise ConfigurationError(
+                    "the ZeroEntropy API key is empty: pass api_key=... or set ZEROENTROPY_API_KEY"
+                )
+            register_secret(api_key.get_secret_value())
         if api_key is None and client is None and async_client is None:
             raise ConfigurationError(
                 "no ZeroEntropy API key: pass api_key=... or set ZEROENTROPY_API_KEY"
@@ -76,6 +106,9 @@ class ZeroEntropyScorer(BatchedScorer):
         self.max_concurrency = max_concurrency
         self._api_key = api_key
         self._base_url = base_url or os.environ.get("ZEROENTROPY_BASE_URL") or None
+        if self._base_url is not None:
+            check_url(self._base_url, "base_url")
+            register_url_secrets(self._base_url)
         self._timeout = timeout
         self._max_retries = max_retries
         self._client = client
@@ -83,7 +116,27 @@ class ZeroEntropyScorer(BatchedScorer):
         self._async_clients: PerLoop[AsyncZeroEntropy] = PerLoop(self._new_async_client)
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(model={self.model!r}, base_url={self._base_url!r})"
+        base_url = None if self._base_url is None else redact_url(self._base_url)
+        return f"{type(self).__name__}(model={self.model!r}, base_url={base_url!r})"
+
+    @property
+    def cache_identity(self) -> str:
+        """Every setting that changes this scorer's scores, without credentials.
+
+        The model, the deployment (base URL without credentials; ``"default"``
+        for the SDK's), the latency mode and the instruction convention.
+        """
+        base_url = self._base_url
+        for client in (self._client, self._user_async_client):
+            if base_url is None and client is not None:
+                base_url = str(client.base_url)
+        return fingerprint(
+            "hosted",
+            model=self.model,
+            url=deployment_url(base_url) if base_url else "default",
+            latency=self.latency,
+            instruction=INSTRUCTION_CONVENTION,
+        )
 
     def _client_options(self) -> dict[str, Any]:
         options: dict[str, Any] = {"max_retries": self._max_retries}
@@ -126,18 +179,25 @@ class ZeroEntropyScorer(BatchedScorer):
             params["latency"] = self.latency
         return params
 
+    # The raw body, not the SDK's parsed model: the SDK casts values before
+    # anything checks them (``"relevance_score": true`` would read as 1.0).
     def _request(self, query: str, texts: list[str]) -> BatchResult:
-        response = self.client.models.rerank(**self._params(query, texts))
-        return _batch_result(response)
+        raw = self.client.models.with_raw_response.rerank(**self._params(query, texts))
+        return _batch_result(raw.http_response)
 
     async def _arequest(self, query: str, texts: list[str]) -> BatchResult:
-        response = await self.async_client.models.rerank(**self._params(query, texts))
-        return _batch_result(response)
+        client = self.async_client
+        raw = await client.models.with_raw_response.rerank(**self._params(query, texts))
+        return _batch_result(raw.http_response)
 
 
-def _batch_result(response: Any) -> BatchResult:
-    results = getattr(response, "results", None) or []
-    return BatchResult(
-        scores=[(getattr(r, "index", None), getattr(r, "relevance_score", None)) for r in results],
-        total_tokens=getattr(response, "total_tokens", None),
-    )
+def _batch_result(response: httpx.Response) -> BatchResult:
+    """The scores of one ``/models/rerank`` answer, read from its JSON as sent."""
+    where = f"the ZeroEntropy API ({redact_url(str(response.request.url))})"
+    payload = json_body(response.content, where=where)
+    if not isinstance(payload, dict):
+        raise MalformedResponse(
+            f"{where} returned an unexpected body shape: expected an object with 'results', "
+            f"got {type(payload).__name__}"
+        )
+    return results_from_json(payload, where=where)

@@ -1,0 +1,189 @@
+"""The one rule for hiding credentials in text the package shows: reprs, errors, logs.
+
+A credential can reach text three ways: as the userinfo of a URL
+(``https://user:token@host/``), as a query parameter with a secret-looking name
+(``?api_key=…``, ``&token=…``), or as an API key value itself. :func:`redact`
+replaces all three with ``***``; :func:`redact_url` does the same for one URL.
+API keys become known to the rule when a scorer is built with one
+(:func:`register_secret`), so a key echoed back by a server or an SDK error is
+hidden too. :func:`install_log_filter` applies the rule to every record of this
+package's loggers and of the HTTP clients it drives (``httpx``, ``httpcore``,
+the ``zeroentropy`` SDK), which log request URLs at INFO and DEBUG.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+from urllib.parse import urlsplit, urlunsplit
+
+__all__ = [
+    "MASK",
+    "RedactingFilter",
+    "deployment_url",
+    "install_log_filter",
+    "redact",
+    "redact_url",
+    "register_secret",
+    "register_url_secrets",
+]
+
+MASK = "***"
+
+#: Query-string parameter names whose values are credentials.
+SECRET_PARAMETERS = (
+    "api_key",
+    "apikey",
+    "api-key",
+    "key",
+    "token",
+    "access_token",
+    "auth",
+    "auth_token",
+    "password",
+    "passwd",
+    "secret",
+    "client_secret",
+    "sig",
+    "signature",
+    "x-api-key",
+)
+
+# userinfo: everything between "scheme://" and the last "@" before the host's end.
+_USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s?#]+)@")
+_PARAMETER = re.compile(
+    r"(?P<name>[?&;](?:" + "|".join(re.escape(p) for p in SECRET_PARAMETERS) + r")=)"
+    r"(?P<value>[^&;#\s'\"]*)",
+    re.IGNORECASE,
+)
+_BEARER = re.compile(r"(?P<scheme>\b(?:Bearer|Basic|Token)\s+)(?P<value>[A-Za-z0-9._~+/=-]+)")
+
+# Secrets shorter than this are too likely to be ordinary words to be masked everywhere.
+_MIN_SECRET_LENGTH = 6
+_secrets: set[str] = set()
+_secrets_lock = threading.Lock()
+
+
+def register_secret(value: str | None) -> None:
+    """Make :func:`redact` hide ``value`` wherever it appears (an API key, a token)."""
+    if value and len(value) >= _MIN_SECRET_LENGTH:
+        with _secrets_lock:
+            _secrets.add(value)
+
+
+def register_url_secrets(url: str | None) -> None:
+    """Register the password and secret query values a URL carries (see :func:`register_secret`)."""
+    if not url:
+        return
+    try:
+        parts = urlsplit(url)
+        register_secret(parts.password)
+    except ValueError:
+        return
+    for pair in parts.query.split("&"):
+        if _is_secret_parameter(pair):
+            register_secret(pair.partition("=")[2])
+
+
+def redact(text: str) -> str:
+    """``text`` with URL userinfo, secret query parameters, bearer tokens and known keys masked."""
+    text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    text = _PARAMETER.sub(lambda m: f"{m['name']}{MASK}", text)
+    text = _BEARER.sub(lambda m: f"{m['scheme']}{MASK}", text)
+    with _secrets_lock:
+        known = sorted(_secrets, key=len, reverse=True)
+    for secret in known:
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
+
+
+def redact_url(url: str) -> str:
+    """``url`` without credentials: userinfo becomes ``***`` and so do secret parameters.
+
+    What remains (scheme, host, port, path) names the deployment.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact(url)
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
+    query = _PARAMETER.sub(lambda m: f"{m['name']}{MASK}", f"?{parts.query}")[1:]
+    return redact(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
+
+
+def deployment_url(url: str) -> str:
+    """``url`` with credentials removed, not masked: what identifies a deployment.
+
+    Two URLs that differ only in their credentials name the same server.
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    pairs = [p for p in parts.query.split("&") if p and not _is_secret_parameter(p)]
+    return urlunsplit((parts.scheme, netloc.lower(), parts.path, "&".join(pairs), ""))
+
+
+def _is_secret_parameter(pair: str) -> bool:
+    name = pair.partition("=")[0].lower()
+    return name in SECRET_PARAMETERS
+
+
+class RedactingFilter(logging.Filter):
+    """Rewrites a record's message (and traceback text) through :func:`redact`.
+
+    The message is formatted once here, so a URL passed as an argument
+    (``log.info("HTTP Request: %s", url)``) is masked too.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a broken record is the logging module's to report
+            return True
+        record.msg = redact(message)
+        record.args = None
+        if record.exc_info:
+            text = logging.Formatter().formatException(record.exc_info)
+            record.exc_text = redact(text)
+            record.exc_info = None
+        elif record.exc_text:
+            record.exc_text = redact(record.exc_text)
+        return True
+
+
+#: Loggers that may carry a URL or a key. A logger's filter applies only to
+#: records created on that very logger, so the HTTP clients' module loggers are
+#: listed one by one.
+LOGGERS = (
+    "zerank_core",
+    "langchain_zerank",
+    "llamaindex_zerank",
+    "httpx",
+    "httpcore",
+    "httpcore.connection",
+    "httpcore.http11",
+    "httpcore.http2",
+    "httpcore.proxy",
+    "zeroentropy",
+    "zeroentropy._base_client",
+    "zeroentropy._response",
+)
+
+_FILTER = RedactingFilter()
+
+
+def install_log_filter() -> None:
+    """Attach the redacting filter to :data:`LOGGERS` (idempotent)."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        if _FILTER not in logger.filters:
+            logger.addFilter(_FILTER)
+
+
+install_log_filter()
