@@ -9,13 +9,14 @@ budget) to the kept indices and never looks at anything else.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
+from zerank_core.dedupe import DuplicatePair, Duplicates
 from zerank_core.errors import ConfigurationError
 
-__all__ = ["Selection", "SelectionPolicy", "estimate_tokens"]
+__all__ = ["DroppedDuplicate", "Selection", "SelectionPolicy", "estimate_tokens"]
 
 Order = Literal["score", "original"]
 CHARS_PER_TOKEN = 4
@@ -27,18 +28,35 @@ def estimate_tokens(text: str) -> int:
 
 
 @dataclass(frozen=True)
+class DroppedDuplicate:
+    """Item ``index`` was not kept: it duplicates the kept item ``of``."""
+
+    index: int
+    of: int
+    similarity: float
+    method: str
+
+
+@dataclass(frozen=True)
 class Selection:
     """The outcome of a selection.
 
     ``indices`` are the kept items in output order. ``selected`` passed the
     policy itself, ``neighbors`` were added as context around them and
-    ``forced`` were added only to honour ``min_keep``.
+    ``forced`` were added only to honour ``min_keep``. With ``dedupe``,
+    ``duplicates`` names every item left out because it duplicates a kept
+    one (by index), with that item and the similarity.
     """
 
     indices: tuple[int, ...]
     selected: frozenset[int] = field(default_factory=frozenset)
     neighbors: frozenset[int] = field(default_factory=frozenset)
     forced: frozenset[int] = field(default_factory=frozenset)
+    duplicates: tuple[DroppedDuplicate, ...] = ()
+
+    def duplicates_of(self, index: int) -> tuple[DroppedDuplicate, ...]:
+        """The left-out items that duplicate kept item ``index``."""
+        return tuple(d for d in self.duplicates if d.of == index)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -64,6 +82,17 @@ class SelectionPolicy:
     7. ``order``: ``"score"`` (highest first) or ``"original"`` (input order,
        what an LLM should read for pages of one document).
 
+    ``dedupe``: ``select`` then needs ``duplicates=``, a
+    :class:`~zerank_core.dedupe.Duplicates` relation from a detector. While
+    walking the ranking in steps 3–4, an item that duplicates an item
+    already kept is dropped without taking a top-K slot or any budget, so
+    the slot and the characters go to the next distinct item. A neighbour
+    (step 5) that duplicates a kept item is not added, and ``min_keep``
+    (step 6) counts distinct items: it never adds a duplicate of a kept
+    item, so it returns fewer than N when fewer distinct items exist. The
+    relation is not transitive: an item is dropped only when it is itself
+    linked to a kept item.
+
     With no option set every item is kept, ranked.
     """
 
@@ -74,6 +103,7 @@ class SelectionPolicy:
     min_keep: int = 0
     order: Order = "score"
     neighbors: int = 0
+    dedupe: bool = False
 
     def __post_init__(self) -> None:
         if self.threshold is not None:
@@ -91,6 +121,8 @@ class SelectionPolicy:
         _check_count("neighbors", self.neighbors)
         if self.order not in ("score", "original"):
             raise ConfigurationError(f"order must be 'score' or 'original', got {self.order!r}")
+        if not isinstance(self.dedupe, bool):
+            raise ConfigurationError(f"dedupe must be True or False, got {self.dedupe!r}")
 
     @classmethod
     def from_attributes(cls, source: object) -> SelectionPolicy:
@@ -107,12 +139,15 @@ class SelectionPolicy:
         *,
         lengths: Sequence[int] | None = None,
         token_counts: Sequence[int] | None = None,
+        duplicates: Duplicates | None = None,
     ) -> Selection:
         """Apply the policy to ``scores``.
 
         ``lengths`` (characters) is required with ``max_chars``.
         ``token_counts`` is used with ``max_tokens``; without it tokens are
         estimated from ``lengths`` at four characters a token.
+        ``duplicates`` (a relation over the same items) is required with
+        ``dedupe`` and ignored without it.
         """
         n = len(scores)
         for index, value in enumerate(scores):
@@ -128,24 +163,38 @@ class SelectionPolicy:
                     "max_tokens needs token_counts=... or lengths=... to estimate them"
                 )
             tokens = [-(-c // CHARS_PER_TOKEN) for c in chars]
+        links = self._links(duplicates, n)
 
         ranking = sorted(range(n), key=lambda i: (-scores[i], i))
+        rank = {index: position for position, index in enumerate(ranking)}
         candidates = ranking
         if self.threshold is not None:
             candidates = [i for i in candidates if scores[i] >= self.threshold]
-        if self.top_k is not None:
-            candidates = candidates[: self.top_k]
 
         budget = _Budget(self.max_chars, chars, self.max_tokens, tokens)
-        selected = [i for i in candidates if budget.take(i)]
-        kept = set(selected)
+        selected: list[int] = []
+        kept: set[int] = set()
+        slots = 0
+        for i in candidates:
+            if self.top_k is not None and slots >= self.top_k:
+                break
+            if _duplicate_of(i, links, kept, rank) is not None:
+                continue
+            # An item too large for the budget still takes its top-K slot:
+            # top-K picks the candidates, the budget then filters them.
+            slots += 1
+            if budget.take(i):
+                selected.append(i)
+                kept.add(i)
 
         neighbors: set[int] = set()
         if self.neighbors:
             for anchor in selected:
                 low, high = max(0, anchor - self.neighbors), min(n, anchor + self.neighbors + 1)
                 for j in range(low, high):
-                    if j not in kept and budget.take(j):
+                    if j in kept or _duplicate_of(j, links, kept, rank) is not None:
+                        continue
+                    if budget.take(j):
                         kept.add(j)
                         neighbors.add(j)
 
@@ -153,9 +202,15 @@ class SelectionPolicy:
         for i in ranking:
             if len(kept) >= self.min_keep:
                 break
-            if i not in kept:
+            if i not in kept and _duplicate_of(i, links, kept, rank) is None:
                 kept.add(i)
                 forced.add(i)
+
+        dropped = []
+        for i in range(n):
+            pair = None if i in kept else _duplicate_of(i, links, kept, rank)
+            if pair is not None:
+                dropped.append(DroppedDuplicate(i, pair.other(i), pair.similarity, pair.method))
 
         if self.order == "original":
             indices = tuple(sorted(kept))
@@ -166,7 +221,48 @@ class SelectionPolicy:
             selected=frozenset(selected),
             neighbors=frozenset(neighbors),
             forced=frozenset(forced),
+            duplicates=tuple(dropped),
         )
+
+    def _links(
+        self, duplicates: Duplicates | None, n: int
+    ) -> Mapping[int, tuple[DuplicatePair, ...]]:
+        if not self.dedupe:
+            return {}
+        if duplicates is None:
+            raise ConfigurationError(
+                "dedupe needs the duplicate relation (duplicates=...), e.g. from "
+                "zerank_core.dedupe.LexicalDetector().find(texts)"
+            )
+        if not isinstance(duplicates, Duplicates):
+            raise ConfigurationError(
+                f"duplicates must be a Duplicates relation, got {type(duplicates).__name__}"
+            )
+        if duplicates.size != n:
+            raise ConfigurationError(
+                f"duplicates describes {duplicates.size} items, but there are {n} scores"
+            )
+        return duplicates.by_item
+
+
+def _duplicate_of(
+    index: int,
+    links: Mapping[int, tuple[DuplicatePair, ...]],
+    kept: set[int],
+    rank: Mapping[int, int],
+) -> DuplicatePair | None:
+    """The pair linking ``index`` to a kept item: the most similar, then the best ranked."""
+    best: DuplicatePair | None = None
+    for pair in links.get(index, ()):
+        other = pair.other(index)
+        if other not in kept:
+            continue
+        if best is None or (-pair.similarity, rank[other]) < (
+            -best.similarity,
+            rank[best.other(index)],
+        ):
+            best = pair
+    return best
 
 
 class _Budget:
