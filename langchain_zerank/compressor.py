@@ -15,9 +15,10 @@ from typing import Any, Literal
 
 from langchain_core.callbacks import Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
-from pydantic import ConfigDict
+from pydantic import ConfigDict, Field
 
 from langchain_zerank._scorer import ScorerSettings
+from zerank_core.dedupe import Duplicates, afind_duplicates, find_duplicates
 from zerank_core.errors import ConfigurationError
 from zerank_core.select import SelectionPolicy
 
@@ -71,6 +72,19 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
     """Also keep the documents up to this many positions before and after each
     selected one (context around a hit, e.g. adjacent pages)."""
 
+    dedupe: bool = False
+    """Keep one of each set of near-duplicate documents: a duplicate of a
+    better-scoring kept document is dropped before ``top_k`` and the budgets
+    apply, so its slot goes to the next distinct document. Kept documents
+    name the dropped ones in ``metadata["duplicates"]`` (``index`` in the
+    input, ``id``, ``similarity``, ``method``)."""
+
+    duplicate_detector: Any = Field(default=None, exclude=True, repr=False)
+    """How ``dedupe`` finds duplicates: ``None`` for
+    ``zerank_core.dedupe.LexicalDetector()`` (exact and shingle near-duplicates,
+    needs ``zerank-gate[dedupe]``), or a ``ModelDetector(scorer)`` that has
+    zerank confirm each candidate pair."""
+
     instruction: str | None = None
     """Instruction appended to the query by zerank's convention, e.g. "prefer
     primary sources". Lexical scorers ignore it."""
@@ -94,7 +108,8 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
             return []
         texts = [document.page_content for document in documents]
         scores = self.get_scorer().score(query, texts, instruction=self.instruction)
-        return self._select(documents, scores)
+        duplicates = find_duplicates(self.dedupe, self.duplicate_detector, texts, scores)
+        return self._select(documents, scores, duplicates)
 
     async def acompress_documents(
         self,
@@ -108,17 +123,37 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
             return []
         texts = [document.page_content for document in documents]
         scores = await self.get_scorer().ascore(query, texts, instruction=self.instruction)
-        return self._select(documents, scores)
+        duplicates = await afind_duplicates(self.dedupe, self.duplicate_detector, texts, scores)
+        return self._select(documents, scores, duplicates)
 
-    def _select(self, documents: list[Document], scores: list[float]) -> list[Document]:
+    def _select(
+        self, documents: list[Document], scores: list[float], duplicates: Duplicates | None
+    ) -> list[Document]:
         if len(scores) != len(documents):
             raise ConfigurationError(
                 f"scorer returned {len(scores)} scores for {len(documents)} documents"
             )
         selection = self._policy().select(
-            scores, lengths=[len(document.page_content) for document in documents]
+            scores,
+            lengths=[len(document.page_content) for document in documents],
+            duplicates=duplicates,
         )
-        return [_scored_copy(documents[i], scores[i]) for i in selection.indices]
+        kept = []
+        for i in selection.indices:
+            copied = _scored_copy(documents[i], scores[i])
+            dropped = selection.duplicates_of(i)
+            if dropped:
+                copied.metadata["duplicates"] = [
+                    {
+                        "index": d.index,
+                        "id": documents[d.index].id,
+                        "similarity": d.similarity,
+                        "method": d.method,
+                    }
+                    for d in dropped
+                ]
+            kept.append(copied)
+        return kept
 
 
 def _scored_copy(document: Document, score: float) -> Document:

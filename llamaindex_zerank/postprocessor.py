@@ -19,14 +19,21 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from pydantic import SecretStr
 
 from llamaindex_zerank._backend import as_secret, check_scorer_arg, model_name, resolve_scorer
+from zerank_core.dedupe import Duplicates, afind_duplicates, find_duplicates
 from zerank_core.errors import ConfigurationError
 from zerank_core.scorers.base import Scorer
 from zerank_core.select import Selection, SelectionPolicy
 
-__all__ = ["RELEVANCE_SCORE_KEY", "RETRIEVAL_SCORE_KEY", "ZeRankPostprocessor"]
+__all__ = [
+    "DUPLICATES_KEY",
+    "RELEVANCE_SCORE_KEY",
+    "RETRIEVAL_SCORE_KEY",
+    "ZeRankPostprocessor",
+]
 
 RELEVANCE_SCORE_KEY = "relevance_score"
 RETRIEVAL_SCORE_KEY = "retrieval_score"
+DUPLICATES_KEY = "duplicates"
 
 # llama-index-core re-exports get_dispatcher without marking it public (no __all__).
 dispatcher = instrument.get_dispatcher(__name__)  # type: ignore[attr-defined]
@@ -77,6 +84,18 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
     neighbors: int = Field(
         default=0,
         description="Also keep this many nodes before and after each kept node (input order).",
+    )
+    dedupe: bool = Field(
+        default=False,
+        description="Keep one of each set of near-duplicate nodes: a duplicate of a better "
+        "kept node is dropped before top_k and budgets, freeing its slot; kept nodes name "
+        "the dropped ones in metadata['duplicates'] (node id, similarity, method).",
+    )
+    duplicate_detector: Any = Field(
+        default=None,
+        exclude=True,
+        description="How dedupe finds duplicates: None for zerank_core.dedupe.LexicalDetector() "
+        "(needs zerank-gate[dedupe]) or a ModelDetector(scorer).",
     )
     instruction: str | None = Field(
         default=None, description="Instruction appended to the query for the reranker."
@@ -154,7 +173,10 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
             CBEventType.RERANKING, payload=self._payload(nodes, query, scorer)
         ) as event:
             scores = scorer.score(query, texts, instruction=self.instruction)
-            kept = self._keep(nodes, scores)
+            duplicates = find_duplicates(
+                self.dedupe, self.duplicate_detector, _contents(nodes), scores
+            )
+            kept = self._keep(nodes, scores, duplicates)
             event.on_end(payload={EventPayload.NODES: kept})
         return self._end_event(kept)
 
@@ -174,7 +196,10 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
             CBEventType.RERANKING, payload=self._payload(nodes, query, scorer)
         ) as event:
             scores = await scorer.ascore(query, texts, instruction=self.instruction)
-            kept = self._keep(nodes, scores)
+            duplicates = await afind_duplicates(
+                self.dedupe, self.duplicate_detector, _contents(nodes), scores
+            )
+            kept = self._keep(nodes, scores, duplicates)
             event.on_end(payload={EventPayload.NODES: kept})
         return self._end_event(kept)
 
@@ -203,21 +228,45 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
             EventPayload.TOP_K: self.top_k if self.top_k is not None else len(nodes),
         }
 
-    def _keep(self, nodes: list[NodeWithScore], scores: Sequence[float]) -> list[NodeWithScore]:
+    def _keep(
+        self,
+        nodes: list[NodeWithScore],
+        scores: Sequence[float],
+        duplicates: Duplicates | None,
+    ) -> list[NodeWithScore]:
         if len(scores) != len(nodes):
             raise ConfigurationError(
                 f"scorer {model_name(self.scorer)!r} returned {len(scores)} scores "
                 f"for {len(nodes)} nodes"
             )
         lengths = [len(n.node.get_content(metadata_mode=MetadataMode.LLM)) for n in nodes]
-        selection: Selection = self.policy.select(scores, lengths=lengths)
-        return [self._rescored(nodes[i], scores[i]) for i in selection.indices]
+        selection: Selection = self.policy.select(scores, lengths=lengths, duplicates=duplicates)
+        return [
+            self._rescored(
+                nodes[i],
+                scores[i],
+                [
+                    {
+                        "id": nodes[d.index].node.node_id,
+                        "similarity": d.similarity,
+                        "method": d.method,
+                    }
+                    for d in selection.duplicates_of(i)
+                ],
+            )
+            for i in selection.indices
+        ]
 
-    def _rescored(self, original: NodeWithScore, score: float) -> NodeWithScore:
+    def _rescored(
+        self, original: NodeWithScore, score: float, duplicates: list[dict[str, Any]]
+    ) -> NodeWithScore:
         node = original.node
         metadata = dict(node.metadata)
         metadata[RELEVANCE_SCORE_KEY] = score
         added = [RELEVANCE_SCORE_KEY]
+        if duplicates:
+            metadata[DUPLICATES_KEY] = duplicates
+            added.append(DUPLICATES_KEY)
         # A node the retriever left unscored gets no retrieval_score: None is not 0.0.
         if self.keep_retrieval_score and original.score is not None:
             metadata[RETRIEVAL_SCORE_KEY] = original.score
@@ -243,6 +292,12 @@ def _query_str(query_bundle: QueryBundle | None) -> str:
     if not query_bundle.query_str.strip():
         raise ConfigurationError(f"query_str must not be empty, got {query_bundle.query_str!r}")
     return query_bundle.query_str
+
+
+def _contents(nodes: list[NodeWithScore]) -> list[str]:
+    # Copies of one passage often differ only in metadata (file name, page
+    # label): duplicates are judged on the text alone.
+    return [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
 
 
 def _with_keys(existing: list[str], added: list[str]) -> list[str]:

@@ -72,9 +72,9 @@ def test_compress_bundled_packet_end_to_end_offline(tmp_path: Path) -> None:
     data = json.loads(first.stdout)
     assert data["backend"]["name"] == "lexical"
     assert data["scale"] == "uncalibrated"
-    assert data["report"]["pages"] == 38
+    assert data["report"]["pages"] == 41
     assert data["report"]["empty_pages"] == [24]
-    assert data["report"]["cache_misses"] == 37 * 10
+    assert data["report"]["cache_misses"] == 40 * 10
     ids = [c["id"] for c in data["criteria"]]
     assert ids == data["matrix"]["criteria"]
     assert "PRESCRIBER" in first.stderr
@@ -87,9 +87,9 @@ def test_compress_bundled_packet_end_to_end_offline(tmp_path: Path) -> None:
     second = run_zerank("compress", str(PACKET), "--criteria", str(CRITERIA), "--cache", str(cache))
     assert second.returncode == 0, second.stderr
     again = json.loads(second.stdout)
-    assert (again["report"]["cache_hits"], again["report"]["cache_misses"]) == (370, 0)
+    assert (again["report"]["cache_hits"], again["report"]["cache_misses"]) == (400, 0)
     assert again["report"]["model_requests"] == 0
-    assert "370 hits, 0 misses" in second.stderr
+    assert "400 hits, 0 misses" in second.stderr
     assert without_cache_fields(again) == without_cache_fields(data)
 
 

@@ -18,6 +18,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from zerank_core.criteria import Criterion
+from zerank_core.dedupe import Duplicates, LexicalDetector
 from zerank_core.errors import (
     ConfigurationError,
     DocumentError,
@@ -25,12 +26,13 @@ from zerank_core.errors import (
     ZeRankError,
 )
 from zerank_core.loaders import Document, Page
-from zerank_core.results import CriterionResult, GateReport, GateResult
+from zerank_core.results import CriterionResult, DuplicatePage, GateReport, GateResult
 from zerank_core.scorers.base import Scale, Scorer, Usage
 from zerank_core.select import SelectionPolicy, estimate_tokens
 
 if TYPE_CHECKING:
     from zerank_core.cache import CacheStats
+    from zerank_core.dedupe import DuplicateDetector
 
 __all__ = ["DEFAULT_PAGE_POLICY", "PageGate"]
 
@@ -50,7 +52,11 @@ class PageGate:
     criteria are scored at once (each is one scorer call over all pages; the
     scorer plans its own batches). ``progress`` shows a bar on stderr: ``None``
     means only when stderr is a terminal. ``price_per_million_tokens`` turns
-    reported tokens into an estimated cost.
+    reported tokens into an estimated cost. With a policy that has
+    ``dedupe``, ``duplicate_detector`` (default
+    :class:`~zerank_core.dedupe.LexicalDetector`) finds the duplicate pages
+    once per document, after scoring, and each criterion keeps one page of
+    each set of duplicates.
     """
 
     scorer: Scorer
@@ -59,6 +65,7 @@ class PageGate:
     max_concurrency: int = 4
     progress: bool | None = None
     price_per_million_tokens: float | None = None
+    duplicate_detector: DuplicateDetector | None = None
     _cache_stats: Callable[[], CacheStats] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -95,7 +102,10 @@ class PageGate:
             for future in as_completed(futures):
                 columns[futures[future]] = future.result()
                 bar.update(1)
-        return self._finish(document, pages, criteria, columns, before)
+        duplicates = None
+        if self.policy.dedupe:
+            duplicates = self._detector().find(texts, score_columns=_complete(columns, len(texts)))
+        return self._finish(document, pages, criteria, columns, before, duplicates)
 
     async def arun(self, document: Document, criteria: Sequence[Criterion]) -> GateResult:
         """Async :meth:`run`: criteria scored concurrently with ``scorer.ascore``."""
@@ -120,7 +130,15 @@ class PageGate:
             columns: list[list[float] | None] = list(
                 await asyncio.gather(*(one(c) for c in criteria))
             )
-        return self._finish(document, pages, criteria, columns, before)
+        duplicates = None
+        if self.policy.dedupe:
+            duplicates = await self._detector().afind(
+                texts, score_columns=_complete(columns, len(texts))
+            )
+        return self._finish(document, pages, criteria, columns, before, duplicates)
+
+    def _detector(self) -> DuplicateDetector:
+        return self.duplicate_detector if self.duplicate_detector is not None else LexicalDetector()
 
     def _score(self, criterion: Criterion, texts: list[str]) -> list[float]:
         try:
@@ -178,6 +196,7 @@ class PageGate:
         criteria: list[Criterion],
         columns: list[list[float] | None],
         before: tuple[Usage | None, CacheStats | None],
+        duplicates: Duplicates | None = None,
     ) -> GateResult:
         by_number = {p.number: p for p in document.pages}
         lengths = [len(p.text) for p in pages]
@@ -191,7 +210,9 @@ class PageGate:
             policy = self.policy
             if criterion.threshold is not None:
                 policy = replace(policy, threshold=criterion.threshold)
-            selection = policy.select(scores, lengths=lengths, token_counts=tokens)
+            selection = policy.select(
+                scores, lengths=lengths, token_counts=tokens, duplicates=duplicates
+            )
             kept = tuple(pages[i].number for i in selection.indices)
             context = "\n\n".join(
                 f"[page {number}]\n{by_number[number].text.strip()}" for number in kept
@@ -206,6 +227,12 @@ class PageGate:
                     forced_pages=_numbers(pages, selection.forced, kept),
                     context=context,
                     chars_kept=sum(len(by_number[n].text) for n in kept),
+                    duplicates=tuple(
+                        DuplicatePage(
+                            pages[d.index].number, pages[d.of].number, d.similarity, d.method
+                        )
+                        for d in selection.duplicates
+                    ),
                 )
             )
         report = self._report(document, pages, criteria, results, before)
@@ -218,6 +245,12 @@ class PageGate:
             policy=self.policy,
             scale=Scale(getattr(self.scorer, "scale", Scale.PROBABILITY)),
             model=getattr(self.scorer, "model", None),
+            duplicates=()
+            if duplicates is None
+            else tuple(
+                DuplicatePage(pages[p.second].number, pages[p.first].number, p.similarity, p.method)
+                for p in sorted(duplicates.pairs, key=lambda p: (p.second, p.first))
+            ),
         )
 
     def _report(
@@ -288,6 +321,12 @@ def _checked_column(
                 batch_size=n,
             )
     return [float(v) for v in column]
+
+
+def _complete(columns: list[list[float] | None], n: int) -> list[list[float]]:
+    # A column of the wrong length is reported by _finish, naming its
+    # criterion; here it only must not reach the detector.
+    return [c for c in columns if c is not None and len(c) == n]
 
 
 def _numbers(pages: list[Page], indices: frozenset[int], order: tuple[int, ...]) -> tuple[int, ...]:

@@ -11,7 +11,25 @@ from zerank_core.loaders import Document
 from zerank_core.scorers.base import Scale
 from zerank_core.select import SelectionPolicy
 
-__all__ = ["CriterionResult", "GateReport", "GateResult"]
+__all__ = ["CriterionResult", "DuplicatePage", "GateReport", "GateResult"]
+
+
+@dataclass(frozen=True)
+class DuplicatePage:
+    """Page ``page`` duplicates page ``duplicate_of`` (``similarity`` in [0, 1], by ``method``)."""
+
+    page: int
+    duplicate_of: int
+    similarity: float
+    method: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "page": self.page,
+            "duplicate_of": self.duplicate_of,
+            "similarity": round(self.similarity, 6),
+            "method": self.method,
+        }
 
 
 @dataclass(frozen=True)
@@ -22,7 +40,8 @@ class CriterionResult:
     every scored page's score (empty pages are absent). ``evidence_pages``
     passed the policy, ``neighbor_pages`` were added around them and
     ``forced_pages`` only to honour ``min_keep``. ``context`` is the kept
-    pages' text, each after a ``[page N]`` marker.
+    pages' text, each after a ``[page N]`` marker. With ``dedupe``,
+    ``duplicates`` are the pages left out because they duplicate a kept page.
     """
 
     criterion: Criterion
@@ -33,6 +52,7 @@ class CriterionResult:
     forced_pages: tuple[int, ...]
     context: str
     chars_kept: int
+    duplicates: tuple[DuplicatePage, ...] = ()
 
     @property
     def no_evidence(self) -> bool:
@@ -111,6 +131,8 @@ class GateResult:
 
     ``matrix[i][j]`` is criterion ``i``'s score for page ``j + 1`` (``None``
     for an empty page, which was not scored). ``scale`` is the scorer's.
+    ``duplicates`` are the duplicate page pairs found when the policy has
+    ``dedupe`` (each later page against the earlier one).
     """
 
     document: Document
@@ -121,6 +143,7 @@ class GateResult:
     policy: SelectionPolicy
     scale: Scale = Scale.PROBABILITY
     model: str | None = None
+    duplicates: tuple[DuplicatePage, ...] = ()
 
     def to_dict(self, *, include_context: bool = True) -> dict[str, Any]:
         """A JSON-ready view: policy, per-criterion pages and scores, matrix, report."""
@@ -137,6 +160,7 @@ class GateResult:
                 "evidence_pages": list(result.evidence_pages),
                 "neighbor_pages": list(result.neighbor_pages),
                 "forced_pages": list(result.forced_pages),
+                "duplicates": [d.to_dict() for d in result.duplicates],
                 "no_evidence": result.no_evidence,
                 "chars_kept": result.chars_kept,
             }
@@ -155,7 +179,9 @@ class GateResult:
                 "min_keep": self.policy.min_keep,
                 "order": self.policy.order,
                 "neighbors": self.policy.neighbors,
+                "dedupe": self.policy.dedupe,
             },
+            "duplicates": [d.to_dict() for d in self.duplicates],
             "criteria": criteria,
             "matrix": {
                 "pages": [p.number for p in self.document.pages],

@@ -21,12 +21,13 @@ from zerank_core.cli._common import (
     write_json,
 )
 from zerank_core.criteria import load_criteria
+from zerank_core.dedupe import DuplicateDetector, LexicalDetector, ModelDetector
 from zerank_core.errors import MissingDependencyError
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
 from zerank_core.loaders import load_document
 from zerank_core.plots import plot_heatmap
 from zerank_core.results import GateResult
-from zerank_core.scorers.base import Scale
+from zerank_core.scorers.base import Scale, Scorer
 from zerank_core.select import SelectionPolicy
 
 __all__ = ["add_parser", "run"]
@@ -105,6 +106,24 @@ def add_parser(commands: Any) -> None:
         default="original",
         help="order of the kept pages (default: original page order)",
     )
+    policy.add_argument(
+        "--dedupe",
+        nargs="?",
+        const="lexical",
+        choices=("lexical", "model"),
+        action=_DedupeAction,
+        default=False,
+        help="keep one page of each set of duplicates, giving the freed slots to the next "
+        "distinct page: 'lexical' (the default: exact and near-duplicate text) or 'model' "
+        "(zerank confirms each candidate pair); needs zerank-gate[dedupe]",
+    )
+    policy.add_argument(
+        "--dedupe-threshold",
+        type=threshold_arg,
+        metavar="S",
+        help="similarity that makes two pages duplicates (default: 0.7 word-shingle "
+        "Jaccard for lexical, 0.8 probability for model)",
+    )
     parser.add_argument(
         "--instruction", help="instruction appended to every criterion that has none"
     )
@@ -140,6 +159,45 @@ def add_parser(commands: Any) -> None:
     add_backend_options(parser)
 
 
+class _DedupeAction(argparse.Action):
+    """``--dedupe [METHOD]``: the policy's ``dedupe`` flag and the detector to use."""
+
+    def __call__(
+        self, parser: Any, namespace: argparse.Namespace, values: Any, option: Any = None
+    ) -> None:
+        namespace.dedupe = True
+        namespace.dedupe_method = values
+
+
+def _detector(args: argparse.Namespace, scorer: Scorer) -> DuplicateDetector | None:
+    if not args.dedupe:
+        return None
+    threshold = args.dedupe_threshold
+    if getattr(args, "dedupe_method", "lexical") == "model":
+        if threshold is None:
+            return ModelDetector(scorer)
+        return ModelDetector(scorer, threshold=threshold)
+    return LexicalDetector() if threshold is None else LexicalDetector(threshold=threshold)
+
+
+def _duplicate_lines(result: GateResult, err: TextIO) -> None:
+    if not result.policy.dedupe:
+        return
+    found = ", ".join(
+        f"{d.page} ≈ {d.duplicate_of} ({d.method} {d.similarity:.2f})" for d in result.duplicates
+    )
+    print(f"duplicate pages: {found or 'none found'}", file=err)
+    dropped = [
+        item.criterion.id
+        + " "
+        + ", ".join(f"{d.page} (= {d.duplicate_of})" for d in item.duplicates)
+        for item in result.results
+        if item.duplicates
+    ]
+    if dropped:
+        print(f"dropped as duplicates of a kept page: {'; '.join(dropped)}", file=err)
+
+
 def _summary(result: GateResult, err: TextIO) -> None:
     report = result.report
     policy = result.policy
@@ -156,6 +214,8 @@ def _summary(result: GateResult, err: TextIO) -> None:
         parts.append(f"± {policy.neighbors} neighbour pages")
     if policy.min_keep:
         parts.append(f"at least {policy.min_keep}")
+    if policy.dedupe:
+        parts.append("one page of each set of duplicates")
     parts.append(f"{policy.order} order")
     empty = (
         f", empty: {', '.join(map(str, report.empty_pages))} (not scored)"
@@ -180,6 +240,7 @@ def _summary(result: GateResult, err: TextIO) -> None:
             f"{item.criterion.id:<{width}}  {pages:<18} {best:5.2f} {item.chars_kept:7,}  {text}",
             file=err,
         )
+    _duplicate_lines(result, err)
     print(file=err)
     ratio = report.compression_ratio
     saved = (
@@ -245,6 +306,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             max_concurrency=args.concurrency,
             progress=args.progress,
             price_per_million_tokens=args.price_per_million_tokens,
+            duplicate_detector=_detector(args, scorer),
         )
         result = gate.run(document, criteria)
     finally:
