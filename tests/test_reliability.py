@@ -11,8 +11,11 @@ from __future__ import annotations
 import io
 import json
 import math
+import os
 import pickle
 import socket
+import subprocess
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -370,7 +373,9 @@ def test_a_file_of_nul_bytes_is_not_scored(tmp_path: Path) -> None:
 
 def compress_files(tmp_path: Path) -> tuple[Path, Path]:
     document = tmp_path / "doc.txt"
-    document.write_text("termination clause\fnotice period\fgoverning law", encoding="utf-8")
+    document.write_text(
+        "termination clause\fthe termination notice period\fgoverning law", encoding="utf-8"
+    )
     criteria = tmp_path / "crit.yaml"
     criteria.write_text("- {id: notice, text: termination notice period}\n", encoding="utf-8")
     return document, criteria
@@ -479,3 +484,100 @@ def test_server_credentials_never_reach_repr_errors_reason_or_logs(
     assert any("HTTP Request" in line for line in seen)
     for text in seen:
         assert secret not in text
+
+
+# --- finding 6: honest reports -----------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("options", "line"),
+    [
+        (["--max-chars", "10"], "kept nothing: budget smaller than any page: notice"),
+        (["--max-tokens", "2"], "kept nothing: budget smaller than any page: notice"),
+        (["--top-k", "0"], "kept nothing: top-K is 0: notice"),
+    ],
+)
+def test_a_policy_that_keeps_nothing_is_not_reported_as_no_evidence(
+    tmp_path: Path, fake_server: FakeRerankServer, options: list[str], line: str
+) -> None:
+    document, criteria = compress_files(tmp_path)
+    code, out, err = call(
+        "compress",
+        str(document),
+        "-c",
+        str(criteria),
+        "--server-url",
+        f"{fake_server.url}/v1/rerank",
+        "--no-cache",
+        *options,
+    )
+    assert code == 0, err
+    assert line in err
+    assert "no evidence (no page above the floor)" not in err
+    data = json.loads(out)
+    assert max(data["matrix"]["scores"][0]) > 0.9
+    reason = line.split(": ")[1]
+    assert data["report"]["no_evidence"] == []
+    assert data["report"]["kept_nothing"] == {"notice": reason}
+    assert data["criteria"][0]["no_evidence"] is False
+    assert data["criteria"][0]["kept_nothing"] == reason
+
+
+def test_a_floor_above_every_score_is_still_no_evidence(
+    tmp_path: Path, fake_server: FakeRerankServer
+) -> None:
+    document, criteria = compress_files(tmp_path)
+    url = f"{fake_server.url}/v1/rerank"
+    code, out, err = call(
+        "compress",
+        str(document),
+        "-c",
+        str(criteria),
+        "--server-url",
+        url,
+        "--no-cache",
+        "--threshold",
+        "0.99",
+    )
+    assert code == 0, err
+    assert "no evidence (no page above the floor): notice" in err
+    assert "kept nothing:" not in err
+    data = json.loads(out)
+    assert data["criteria"][0]["kept_nothing"] == "no page above the floor"
+    assert data["report"]["kept_nothing"] == {}
+
+
+# --- finding 8: clean async shutdown ------------------------------------------
+
+
+NOISY_LOOPS = """
+import asyncio
+from tests.fake_servers import FakeRerankServer
+from zerank_core.scorers import RerankServerScorer, ZeroEntropyScorer
+server = FakeRerankServer()
+api = ZeroEntropyScorer(api_key="ze-test-key", base_url=f"{server.url}/v1")
+rerank = RerankServerScorer(f"{server.url}/v1/rerank")
+for _ in range(5):
+    first = asyncio.run(api.ascore("q", ["notice", "x"]))
+    assert asyncio.run(rerank.ascore("q", ["notice", "x"])) == first
+server.close()
+print("ok")
+"""
+
+
+def test_repeated_asyncio_run_leaves_no_event_loop_noise() -> None:
+    """A client of a finished loop, collected under the next one, must not try to close there."""
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", NOISY_LOOPS],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == "ok\n"
+    assert "Event loop is closed" not in done.stderr
+    assert "never retrieved" not in done.stderr

@@ -26,7 +26,13 @@ from zerank_core.errors import (
     ZeRankError,
 )
 from zerank_core.loaders import Document, Page
-from zerank_core.results import CriterionResult, DuplicatePage, GateReport, GateResult
+from zerank_core.results import (
+    CriterionResult,
+    DuplicatePage,
+    GateReport,
+    GateResult,
+    why_nothing_passed,
+)
 from zerank_core.scorers.base import Scale, Scorer, Usage
 from zerank_core.select import SelectionPolicy, estimate_tokens
 
@@ -233,6 +239,9 @@ class PageGate:
                         )
                         for d in selection.duplicates
                     ),
+                    kept_nothing=None
+                    if selection.selected
+                    else why_nothing_passed(policy, scores, lengths, tokens),
                 )
             )
         report = self._report(document, pages, criteria, results, before)
@@ -289,6 +298,13 @@ class PageGate:
             tokens_kept_estimate=sum(page_tokens[n] for r in results for n in r.pages),
             pages_kept=MappingProxyType({r.criterion.id: len(r.pages) for r in results}),
             no_evidence=tuple(r.criterion.id for r in results if r.no_evidence),
+            kept_nothing=MappingProxyType(
+                {
+                    r.criterion.id: r.kept_nothing
+                    for r in results
+                    if r.kept_nothing is not None and not r.no_evidence
+                }
+            ),
             model_requests=usage.requests,
             model_texts=usage.texts,
             model_tokens=usage.total_tokens,

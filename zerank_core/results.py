@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from zerank_core.criteria import Criterion
@@ -11,7 +11,13 @@ from zerank_core.loaders import Document
 from zerank_core.scorers.base import Scale
 from zerank_core.select import SelectionPolicy
 
-__all__ = ["CriterionResult", "DuplicatePage", "GateReport", "GateResult"]
+__all__ = [
+    "CriterionResult",
+    "DuplicatePage",
+    "GateReport",
+    "GateResult",
+    "why_nothing_passed",
+]
 
 
 @dataclass(frozen=True)
@@ -30,6 +36,40 @@ class DuplicatePage:
             "similarity": round(self.similarity, 6),
             "method": self.method,
         }
+
+
+NO_PAGE_ABOVE_FLOOR = "no page above the floor"
+TOP_K_IS_ZERO = "top-K is 0"
+BUDGET_TOO_SMALL = "budget smaller than any page"
+
+
+def why_nothing_passed(
+    policy: SelectionPolicy,
+    scores: Sequence[float],
+    lengths: Sequence[int],
+    token_counts: Sequence[int],
+) -> str | None:
+    """Why ``policy`` passes none of ``scores``; ``None`` when it passes one.
+
+    In the policy's own order: a top-K of 0 keeps nothing; a floor above the
+    best score is a lack of evidence; otherwise every candidate was larger
+    than the character or token budget.
+    """
+    if policy.top_k == 0:
+        return TOP_K_IS_ZERO
+    if not scores:
+        return NO_PAGE_ABOVE_FLOOR
+    floor = policy.threshold
+    candidates = [i for i, score in enumerate(scores) if floor is None or score >= floor]
+    if not candidates:
+        return NO_PAGE_ABOVE_FLOOR
+    fits_chars = policy.max_chars is None or any(lengths[i] <= policy.max_chars for i in candidates)
+    fits_tokens = policy.max_tokens is None or any(
+        token_counts[i] <= policy.max_tokens for i in candidates
+    )
+    if not (fits_chars and fits_tokens):
+        return BUDGET_TOO_SMALL
+    return None
 
 
 @dataclass(frozen=True)
@@ -53,11 +93,18 @@ class CriterionResult:
     context: str
     chars_kept: int
     duplicates: tuple[DuplicatePage, ...] = ()
+    kept_nothing: str | None = None
 
     @property
     def no_evidence(self) -> bool:
-        """True when no page passed the policy (with a threshold: none above the floor)."""
-        return not self.evidence_pages
+        """True when no page passed for lack of evidence: none scored above the floor.
+
+        A policy that can keep nothing (top-K of 0, a budget smaller than
+        every page) is not a lack of evidence: see :attr:`kept_nothing`.
+        """
+        if not self.evidence_pages:
+            return self.kept_nothing in (None, NO_PAGE_ABOVE_FLOOR)
+        return False
 
 
 @dataclass(frozen=True)
@@ -89,6 +136,8 @@ class GateReport:
     estimated_cost_usd: float | None
     cache_hits: int | None
     cache_misses: int | None
+    kept_nothing: Mapping[str, str] = field(default_factory=dict)
+    """Criteria whose policy kept no page for another reason than evidence, and why."""
 
     @property
     def compression_ratio(self) -> float | None:
@@ -116,6 +165,7 @@ class GateReport:
             "tokens_kept_estimate": self.tokens_kept_estimate,
             "pages_kept": dict(self.pages_kept),
             "no_evidence": list(self.no_evidence),
+            "kept_nothing": dict(self.kept_nothing),
             "model_requests": self.model_requests,
             "model_texts": self.model_texts,
             "model_tokens": self.model_tokens,
@@ -162,6 +212,7 @@ class GateResult:
                 "forced_pages": list(result.forced_pages),
                 "duplicates": [d.to_dict() for d in result.duplicates],
                 "no_evidence": result.no_evidence,
+                "kept_nothing": result.kept_nothing,
                 "chars_kept": result.chars_kept,
             }
             if include_context:

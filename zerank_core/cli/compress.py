@@ -47,7 +47,8 @@ _COMPRESS_NOTES = (
     "matches are not filtered out.",
     "output: JSON on stdout when it is piped, or in -o FILE (use -o - to force stdout); a "
     "summary table on stderr. A criterion with no page above the floor is listed as "
-    "'no evidence', never silently dropped.",
+    "'no evidence', never silently dropped; one whose policy keeps nothing (top-K of 0, a "
+    "budget smaller than any page) as 'kept nothing' with the reason.",
 )
 COMPRESS_EPILOG = "\n\n".join(textwrap.fill(note, width=78) for note in _COMPRESS_NOTES)
 
@@ -254,11 +255,18 @@ def _summary(result: GateResult, err: TextIO) -> None:
         f"~{report.tokens_kept_estimate:,} of ~{report.tokens_full_estimate:,} tokens",
         file=err,
     )
+    reasons: dict[str, list[str]] = {}
+    for criterion_id, reason in report.kept_nothing.items():
+        reasons.setdefault(reason, []).append(criterion_id)
+    for reason, ids in reasons.items():
+        print(f"kept nothing: {reason}: {', '.join(ids)}", file=err)
     if report.no_evidence:
         print(
             f"no evidence (no page above the floor): {', '.join(report.no_evidence)}",
             file=err,
         )
+    elif reasons:
+        print("no evidence: none (no criterion lacked a page above the floor)", file=err)
     elif result.scale is Scale.UNCALIBRATED:
         print(
             "no evidence: none flagged — uncalibrated scores only flag a criterion whose "

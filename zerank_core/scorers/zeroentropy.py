@@ -168,10 +168,14 @@ class ZeroEntropyScorer(BatchedScorer):
 
     def _new_async_client(self) -> AsyncZeroEntropy:
         try:
-            from zeroentropy import AsyncZeroEntropy
+            from zeroentropy import AsyncZeroEntropy, DefaultAsyncHttpxClient
         except ImportError as exc:  # pragma: no cover
             raise MissingDependencyError("zeroentropy", "all") from exc
-        return AsyncZeroEntropy(**self._client_options())
+        # The SDK's own HTTP client schedules its close on whatever loop runs
+        # when it is garbage-collected: once its loop has gone (asyncio.run
+        # again), that prints "Task exception was never retrieved ... Event loop
+        # is closed". Its plain variant, with the same defaults, does not.
+        return AsyncZeroEntropy(**self._client_options(), http_client=DefaultAsyncHttpxClient())
 
     def _params(self, query: str, texts: list[str]) -> dict[str, Any]:
         params: dict[str, Any] = {"model": self.model, "query": query, "documents": texts}
