@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from zerank_core.redaction import redact_url
 from zerank_core.scorers import RerankServerScorer, ZeroEntropyScorer
 
 QUERY = "Which clause covers termination for convenience?"
@@ -33,14 +34,25 @@ CASSETTES = Path(__file__).parent / "cassettes" / "test_cassettes"
 REDACTED = "REDACTED"
 
 
-@pytest.fixture(scope="module")
-def vcr_config() -> dict[str, Any]:
+def cassette_config() -> dict[str, Any]:
+    """How cassettes are recorded: credential headers replaced, URLs without credentials."""
     return {
         "filter_headers": [("authorization", REDACTED), ("x-api-key", REDACTED)],
+        "before_record_request": _without_url_credentials,
         # Hosts differ between the recording endpoint and replay: match the rest.
         "match_on": ["method", "path", "body"],
         "decode_compressed_response": True,
     }
+
+
+def _without_url_credentials(request: Any) -> Any:
+    request.uri = redact_url(request.uri)
+    return request
+
+
+@pytest.fixture(scope="module")
+def vcr_config() -> dict[str, Any]:
+    return cassette_config()
 
 
 @pytest.fixture

@@ -1,0 +1,181 @@
+"""A standing canary: a known API key and URL password must surface nowhere.
+
+Every public path runs with a canary API key and a canary password in the
+server URL: scorers (sync and async, success and failure), the cache file,
+the command line with ``-o``, log records at DEBUG, errors and their
+tracebacks, pickles, LangChain ``dumpd``/``dumps``, LlamaIndex ``to_dict``
+and a recorded cassette. The test then searches every byte it collected.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import pickle
+import traceback
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.fake_servers import FakeRerankServer
+from zerank_core.cache import CachedScorer
+from zerank_core.cli import main
+from zerank_core.errors import ZeRankError
+from zerank_core.scorers import RerankServerScorer, ZeroEntropyScorer, scorer_from_env
+
+CANARY_KEY = "canary-key-7f3a9be1"
+CANARY_PASSWORD = "canary-pw-51c2e8d0"
+CANARIES = (CANARY_KEY, CANARY_PASSWORD)
+QUERY = "termination notice period"
+TEXTS = ["the termination notice period", "governing law"]
+
+
+class Evidence:
+    """Everything the paths under test showed, printed, logged or wrote."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple[str, bytes]] = []
+
+    def add(self, where: str, value: object) -> None:
+        if isinstance(value, bytes):
+            data = value
+        elif isinstance(value, Path):
+            data = value.read_bytes()
+        else:
+            data = str(value).encode("utf-8", "backslashreplace")
+        self.items.append((where, data))
+
+    def add_error(self, where: str, error: BaseException) -> None:
+        self.add(f"{where}: str", error)
+        self.add(f"{where}: repr", repr(error))
+        self.add(f"{where}: traceback", "".join(traceback.format_exception(error)))
+        cause = error.__cause__
+        if cause is not None:
+            self.add(f"{where}: cause", f"{cause} {cause!r} {cause.args}")
+
+    def leaks(self) -> list[str]:
+        return [
+            where for where, data in self.items for canary in CANARIES if canary.encode() in data
+        ]
+
+
+@pytest.fixture
+def evidence(caplog: pytest.LogCaptureFixture) -> Iterator[Evidence]:
+    caplog.set_level(logging.DEBUG)
+    found = Evidence()
+    yield found
+    found.add("log records", "\n".join(r.getMessage() for r in caplog.records))
+    found.add("formatted logs", caplog.text)
+    assert found.leaks() == []
+
+
+def server_url(server: FakeRerankServer) -> str:
+    return f"http://reviewer:{CANARY_PASSWORD}@{server.url.removeprefix('http://')}/v1/rerank"
+
+
+def hosted_url(server: FakeRerankServer) -> str:
+    return f"http://reviewer:{CANARY_PASSWORD}@{server.url.removeprefix('http://')}/v1"
+
+
+async def test_scorers_sync_async_and_their_failures(
+    fake_server: FakeRerankServer, evidence: Evidence
+) -> None:
+    server = RerankServerScorer(server_url(fake_server), api_key=CANARY_KEY, max_retries=0)
+    api = ZeroEntropyScorer(api_key=CANARY_KEY, base_url=hosted_url(fake_server), max_retries=0)
+    for name, scorer in (("server", server), ("hosted", api)):
+        evidence.add(f"{name} repr", repr(scorer))
+        evidence.add(f"{name} str", str(scorer))
+        evidence.add(f"{name} identity", scorer.cache_identity)
+        evidence.add(f"{name} scores", scorer.score(QUERY, TEXTS))
+        evidence.add(f"{name} async scores", await scorer.ascore(QUERY, TEXTS))
+        for fault in ("500", "401", "malformed", "empty", "wrong_shape", "missing"):
+            fake_server.faults.append(fault)
+            with pytest.raises(ZeRankError) as failed:
+                scorer.score(QUERY, TEXTS)
+            evidence.add_error(f"{name} {fault}", failed.value)
+            evidence.add(f"{name} {fault} pickled error", pickle.dumps(failed.value))
+            fake_server.faults.append(fault)
+            with pytest.raises(ZeRankError) as failed:
+                await scorer.ascore(QUERY, TEXTS)
+            evidence.add_error(f"{name} async {fault}", failed.value)
+    # The credentials did travel, where they must: in the Authorization header.
+    assert all(r.headers.get("Authorization") for r in fake_server.requests)
+
+
+def test_cache_file(fake_server: FakeRerankServer, evidence: Evidence, tmp_path: Path) -> None:
+    server = RerankServerScorer(server_url(fake_server), api_key=CANARY_KEY)
+    with CachedScorer(server, tmp_path / "scores.sqlite3") as cached:
+        cached.score(QUERY, TEXTS)
+        evidence.add("cached repr", repr(cached))
+        evidence.add("cached identity", cached.cache_identity)
+    for path in sorted(tmp_path.glob("scores.sqlite3*")):
+        evidence.add(f"cache file {path.name}", path)
+
+
+def test_backend_choice_from_the_environment(
+    fake_server: FakeRerankServer, evidence: Evidence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ZERANK_SERVER_URL", server_url(fake_server))
+    monkeypatch.setenv("ZERANK_SERVER_API_KEY", CANARY_KEY)
+    choice = scorer_from_env()
+    evidence.add("server reason", choice.reason)
+    evidence.add("server choice", repr(choice))
+    monkeypatch.setenv("ZEROENTROPY_API_KEY", CANARY_KEY)
+    monkeypatch.setenv("ZEROENTROPY_BASE_URL", hosted_url(fake_server))
+    choice = scorer_from_env()
+    evidence.add("hosted reason", choice.reason)
+    evidence.add("hosted choice", repr(choice))
+
+
+@pytest.mark.parametrize("backend", ["server", "hosted"])
+def test_command_line_with_output_file(
+    fake_server: FakeRerankServer,
+    evidence: Evidence,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    backend: str,
+) -> None:
+    document = tmp_path / "doc.txt"
+    document.write_text("\f".join(TEXTS), encoding="utf-8")
+    criteria = tmp_path / "crit.txt"
+    criteria.write_text(f"{QUERY}\n", encoding="utf-8")
+    if backend == "server":
+        monkeypatch.setenv("ZERANK_SERVER_URL", server_url(fake_server))
+        monkeypatch.setenv("ZERANK_SERVER_API_KEY", CANARY_KEY)
+    else:
+        monkeypatch.setenv("ZEROENTROPY_API_KEY", CANARY_KEY)
+        monkeypatch.setenv("ZEROENTROPY_BASE_URL", hosted_url(fake_server))
+    output = tmp_path / "out" / "result.json"
+    for run, faults in enumerate(([], ["500"] * 3)):
+        fake_server.faults.extend(faults)
+        out, err = io.StringIO(), io.StringIO()
+        cache = tmp_path / f"cache{run}.sqlite3"
+        options = ["-o", str(output), "--cache", str(cache), "--backend", backend]
+        code = main(
+            ["compress", str(document), "-c", str(criteria), *options], stdout=out, stderr=err
+        )
+        assert code == (2 if faults else 0), err.getvalue()
+        evidence.add(f"stdout {faults}", out.getvalue())
+        evidence.add(f"stderr {faults}", err.getvalue())
+    evidence.add("output file", output)
+    for path in tmp_path.glob("cache*.sqlite3*"):
+        evidence.add(f"cache file {path.name}", path)
+
+
+def test_a_recorded_cassette(
+    fake_server: FakeRerankServer, evidence: Evidence, tmp_path: Path
+) -> None:
+    import vcr
+
+    from tests.test_cassettes import cassette_config
+
+    cassette = tmp_path / "recorded.yaml"
+    recorder = vcr.VCR(**cassette_config())
+    with recorder.use_cassette(str(cassette), record_mode="all"):
+        RerankServerScorer(server_url(fake_server), api_key=CANARY_KEY).score(QUERY, TEXTS)
+        ZeroEntropyScorer(api_key=CANARY_KEY, base_url=hosted_url(fake_server)).score(QUERY, TEXTS)
+    assert cassette.exists()
+    evidence.add("recorded cassette", cassette)
+    for path in (Path(__file__).parent / "cassettes").rglob("*.yaml"):
+        evidence.add(f"committed cassette {path.name}", path)
