@@ -58,7 +58,7 @@ def call(*args: str) -> tuple[int, str, str]:
 
 def without_cache_fields(data: dict[str, Any]) -> dict[str, Any]:
     report = dict(data["report"])
-    for key in ("cache_hits", "cache_misses", "model_requests", "model_texts"):
+    for key in ("cache_hits", "cache_misses", "model_requests", "model_texts", "reading"):
         report.pop(key)
     return {**data, "report": report}
 

@@ -20,11 +20,16 @@ from zerank_core.cli._common import (
     threshold_arg,
     write_json,
 )
+from zerank_core.cli._reading import (
+    add_reading_options,
+    print_reading,
+    read_document,
+    reading_dict,
+)
 from zerank_core.criteria import load_criteria
 from zerank_core.dedupe import DuplicateDetector, LexicalDetector, ModelDetector
 from zerank_core.errors import MissingDependencyError
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
-from zerank_core.loaders import load_document
 from zerank_core.plots import plot_heatmap
 from zerank_core.results import GateResult
 from zerank_core.scorers.base import Scale, Scorer
@@ -33,9 +38,11 @@ from zerank_core.select import SelectionPolicy
 __all__ = ["add_parser", "run"]
 
 _COMPRESS_NOTES = (
-    "document formats: .pdf (text layer through pypdf), .json (a list of page strings), a "
-    "folder (one .txt/.md file per page, natural order), anything else as UTF-8 text with "
-    "form-feed (\\f) page breaks. Empty pages are reported and not scored.",
+    "document formats: .pdf (text layer through PDFium; pages without one are read by OCR "
+    "with zerank-gate[ocr]), .json (a list of page strings), a folder (one .txt/.md file per "
+    "page, natural order), anything else as UTF-8 text with form-feed (\\f) page breaks "
+    "(--page-chars N cuts longer pages at paragraph boundaries). Empty pages are reported "
+    "and not scored.",
     "criteria formats: .yaml/.yml/.json: a list of strings, or of mappings with text and "
     "optional id, instruction, threshold (a criterion's own floor); or {criteria: [...], "
     "instruction: ...}. Any other file: one criterion per line (# comments allowed).",
@@ -50,7 +57,9 @@ _COMPRESS_NOTES = (
     "'no evidence', never silently dropped; one whose policy keeps nothing (top-K of 0, a "
     "budget smaller than any page) as 'kept nothing' with the reason.",
 )
-COMPRESS_EPILOG = "\n\n".join(textwrap.fill(note, width=78) for note in _COMPRESS_NOTES)
+COMPRESS_EPILOG = "\n\n".join(
+    textwrap.fill(note, width=78, break_on_hyphens=False) for note in _COMPRESS_NOTES
+)
 
 
 def add_parser(commands: Any) -> None:
@@ -157,6 +166,7 @@ def add_parser(commands: Any) -> None:
         default=None,
         help="progress bar on stderr (default: only when stderr is a terminal)",
     )
+    add_reading_options(parser)
     add_backend_options(parser)
 
 
@@ -293,17 +303,19 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.heatmap is not None and importlib.util.find_spec("matplotlib") is None:
         # Fail before scoring, not after the whole run.
         raise MissingDependencyError("matplotlib", "eval")
-    document = load_document(args.document)
+    document = read_document(args.document, args)
     criteria = load_criteria(args.criteria)
     scorer, cached = make_scorer(args, err)
+    print_reading(document, args, err)
     plain_text = not args.document.is_dir() and args.document.suffix.lower() not in (
         ".pdf",
         ".json",
     )
-    if len(document.pages) == 1 and plain_text:
+    if len(document.pages) == 1 and plain_text and args.page_chars is None:
         print(
             "note: the document is a single page (no form feeds found): every criterion "
-            "keeps all of it or nothing",
+            "keeps all of it or nothing; --page-chars 3000 cuts it into pages at paragraph "
+            "boundaries",
             file=err,
         )
     try:
@@ -327,5 +339,6 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         print(f"heatmap: {plot_heatmap(result, args.heatmap)}", file=err)
     data = result.to_dict(include_context=not args.no_context)
     data["backend"] = args.backend_used
+    data["report"]["reading"] = reading_dict(document)
     write_json(data, args.output, out, err)
     return 0
