@@ -7,24 +7,46 @@ One ``ThreadingHTTPServer`` answers:
   vLLM, llama.cpp and Infinity;
 - ``POST /tei/rerank`` — Text Embeddings Inference's ``{query, texts}`` API.
 
-Scores are deterministic (:func:`reference_probability`); ``returns`` sets
-the scale the Cohere-style route reports (probability, logit or sigmoid).
-``latency_s`` delays every answer and ``max_in_flight`` records the most
-requests served at once. Faults are queued and consumed one per request: ``"429"``, ``"500"``,
-``"malformed"``, ``"missing"``, ``"duplicate"``, ``"nan"``,
-``"out_of_range"``, ``"wrong_shape"``, and ``"401"``, ``"empty"`` (an empty
-200 body), ``"results_dict"`` (``results`` is an object), ``"bool_score"``
-(a score of ``true``).
+Scores are deterministic (``score_fn``, by default
+:func:`reference_probability`); ``returns`` sets the scale the Cohere-style
+route reports (probability, logit or sigmoid).
+
+Load model: ``latency_s + per_doc_s × documents`` per request, at most
+``slots`` requests served at once (the rest queue). ``max_in_flight`` records
+the most requests received at once; ``open_connections`` the TCP connections
+open now. Rate limit: ``requests_per_minute`` counted over a sliding
+``window_s`` (``requests_per_minute × window_s / 60`` requests per window),
+answered with 429 and the ``retry-after`` that frees a place.
+
+Faults are queued (``faults``, one per request) or drawn at random
+(``fault_rate`` of the requests, kinds from ``fault_kinds``, seeded):
+``"429"``, ``"500"``, ``"503"``, ``"reset"`` (connection reset, no answer),
+``"slow"`` (answers after ``slow_s``), ``"malformed"``, ``"missing"``,
+``"duplicate"``, ``"nan"``, ``"out_of_range"`` (a score of 1.5),
+``"bad_index"`` (an index past the end), ``"wrong_shape"``, and (queued only)
+``"401"``, ``"empty"`` (an empty 200 body), ``"results_dict"`` (``results``
+is an object), ``"bool_score"`` (a score of ``true``).
+
+``python -m tests.fake_servers --latency 0.08 --per-doc 0.005 --slots 16``
+serves in its own process (for benchmarks) and prints its URL; ``GET
+/stats`` returns the counters and ``POST /stats/reset`` clears them.
 """
 
 from __future__ import annotations
 
+import argparse
+import hashlib
 import json
 import math
+import random
 import re
+import socket
+import struct
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -39,6 +61,35 @@ def reference_probability(query: str, document: str) -> float:
         return 0.05
     found = words & set(re.findall(r"\w+", document.lower()))
     return 0.05 + 0.9 * len(found) / len(words)
+
+
+def hashed_probability(query: str, document: str) -> float:
+    """A score in [0.05, 0.95] that differs for (almost) every pair: misassignment shows."""
+    digest = hashlib.sha256(f"{query}\x00{document}".encode()).digest()
+    return 0.05 + 0.9 * int.from_bytes(digest[:6], "big") / float(1 << 48)
+
+
+RANDOM_FAULTS = (
+    "429",
+    "500",
+    "503",
+    "reset",
+    "slow",
+    "malformed",
+    "missing",
+    "duplicate",
+    "nan",
+    "out_of_range",
+    "bad_index",
+)
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256  # many clients connect at once; a short backlog drops SYNs
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that time out or are reset on purpose are expected here
 
 
 def _logit_for(p: float) -> float:
@@ -59,10 +110,29 @@ class FakeRerankServer:
     faults: deque[str] = field(default_factory=deque)
     requests: list[Recorded] = field(default_factory=list)
     max_in_flight: int = 0
+    per_doc_s: float = 0.0
+    slots: int | None = None
+    requests_per_minute: float | None = None
+    window_s: float = 60.0
+    fault_rate: float = 0.0
+    fault_kinds: tuple[str, ...] = RANDOM_FAULTS
+    seed: int = 0
+    slow_s: float = 2.0
+    score_fn: Callable[[str, str], float] = reference_probability
+    record_bodies: bool = True
+    port: int = 0
+    open_connections: int = 0
+    rate_limited: int = 0
+    served: int = 0
+    documents_served: int = 0
+    faults_injected: dict[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._random = random.Random(self.seed)
+        self._accepted: deque[float] = deque()
+        self._slots = threading.Semaphore(self.slots) if self.slots else None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -71,16 +141,36 @@ class FakeRerankServer:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def setup(self) -> None:
+                super().setup()
+                with server._lock:
+                    server.open_connections += 1
+
+            def finish(self) -> None:
+                try:
+                    super().finish()
+                finally:
+                    with server._lock:
+                        server.open_connections -= 1
+
+            def do_GET(self) -> None:
+                if self.path == "/stats":
+                    return server._send(self, 200, server.stats())
+                server._send(self, 404, {"error": f"no route {self.path}"})
+
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", 0))
                 raw = self.rfile.read(length)
+                if self.path == "/stats/reset":
+                    server.reset_stats()
+                    return server._send(self, 200, {})
                 server._enter()
                 try:
                     server._handle(self, raw)
                 finally:
                     server._leave()
 
-        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd = _Server(("127.0.0.1", self.port), Handler)
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
         )
@@ -104,21 +194,82 @@ class FakeRerankServer:
         with self._lock:
             self._in_flight -= 1
 
+    def stats(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "served": self.served,
+                "documents_served": self.documents_served,
+                "rate_limited": self.rate_limited,
+                "max_in_flight": self.max_in_flight,
+                "open_connections": self.open_connections,
+                "faults_injected": dict(self.faults_injected),
+            }
+
+    def reset_stats(self) -> None:
+        with self._lock:
+            self.served = self.documents_served = self.rate_limited = self.max_in_flight = 0
+            self.faults_injected.clear()
+            self.requests.clear()
+            self._accepted.clear()
+
     def _next_fault(self) -> str | None:
         with self._lock:
-            return self.faults.popleft() if self.faults else None
+            if self.faults:
+                fault = self.faults.popleft()
+            elif self.fault_rate and self._random.random() < self.fault_rate:
+                fault = self._random.choice(self.fault_kinds)
+            else:
+                return None
+            if fault is not None:
+                self.faults_injected[fault] = self.faults_injected.get(fault, 0) + 1
+            return fault
+
+    def _over_rate(self) -> float | None:
+        """Seconds until a place frees when the window is full; None if the request may pass."""
+        if self.requests_per_minute is None:
+            return None
+        allowed = max(1, int(self.requests_per_minute * self.window_s / 60.0))
+        now = time.monotonic()
+        with self._lock:
+            while self._accepted and self._accepted[0] <= now - self.window_s:
+                self._accepted.popleft()
+            if len(self._accepted) >= allowed:
+                self.rate_limited += 1
+                return self._accepted[0] + self.window_s - now
+            self._accepted.append(now)
+            return None
 
     def _handle(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
         body = json.loads(raw or b"{}")
-        with self._lock:
-            self.requests.append(Recorded(handler.path, dict(handler.headers), body))
-        if self.latency_s:
-            time.sleep(self.latency_s)
+        if self.record_bodies:
+            with self._lock:
+                self.requests.append(Recorded(handler.path, dict(handler.headers), body))
+        wait = self._over_rate()
+        if wait is not None:
+            retry_after = f"{max(wait, 0.001):.3f}"
+            return self._send(handler, 429, {"error": "rate limited"}, {"retry-after": retry_after})
+        documents_in = body.get("documents") or body.get("texts") or []
+        if self._slots is not None:
+            self._slots.acquire()
+        try:
+            delay = self.latency_s + self.per_doc_s * len(documents_in)
+            if delay:
+                time.sleep(delay)
+        finally:
+            if self._slots is not None:
+                self._slots.release()
         fault = self._next_fault()
         if fault == "429":
             return self._send(handler, 429, {"error": "rate limited"}, {"retry-after": "0.01"})
-        if fault == "500":
-            return self._send(handler, 500, {"error": "internal"})
+        if fault in ("500", "503"):
+            return self._send(handler, int(fault), {"error": "unavailable"})
+        if fault == "reset":
+            linger = struct.pack("ii", 1, 0)  # close with RST, not FIN
+            handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            handler.close_connection = True
+            return None
+        if fault == "slow":
+            time.sleep(self.slow_s)
         if fault == "401":
             return self._send(handler, 401, {"error": "invalid api key"})
         if fault == "malformed":
@@ -141,7 +292,7 @@ class FakeRerankServer:
 
         results: list[dict[str, Any]] = []
         for index, document in enumerate(documents):
-            p = reference_probability(body["query"], document)
+            p = self.score_fn(body["query"], document)
             value = {"probability": p, "logit": _logit_for(p)}.get(scale)
             if value is None:  # sigmoid of the raw logit
                 value = 1.0 / (1.0 + math.exp(-_logit_for(p)))
@@ -157,11 +308,16 @@ class FakeRerankServer:
             results[0][key] = 1.5
         elif fault == "bool_score":
             results[0][key] = True
+        elif fault == "bad_index":
+            results[-1]["index"] = len(documents)
         elif fault == "wrong_shape":
             return self._send(handler, 200, {"data": results})
         elif fault == "results_dict":
             return self._send(handler, 200, {"results": {"index": 0, key: 0.5}})
 
+        with self._lock:
+            self.served += 1
+            self.documents_served += len(documents)
         if path == "/tei/rerank":
             return self._send(handler, 200, results)
         payload: dict[str, Any] = {"results": results}
@@ -202,3 +358,33 @@ class FakeRerankServer:
             handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(raw)
+
+
+def main() -> None:
+    """Serve in this process until stdin closes; print the URL first."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--latency", type=float, default=0.0, help="seconds per request")
+    parser.add_argument("--per-doc", type=float, default=0.0, help="seconds per document")
+    parser.add_argument("--slots", type=int, default=None, help="requests served at once")
+    parser.add_argument("--rpm", type=float, default=None, help="requests per minute allowed")
+    parser.add_argument("--window", type=float, default=60.0, help="rate-limit window, seconds")
+    args = parser.parse_args()
+    server = FakeRerankServer(
+        latency_s=args.latency,
+        per_doc_s=args.per_doc,
+        slots=args.slots,
+        requests_per_minute=args.rpm,
+        window_s=args.window,
+        record_bodies=False,
+        port=args.port,
+    )
+    print(server.url, flush=True)
+    try:
+        sys.stdin.read()
+    finally:
+        server.close()
+
+
+if __name__ == "__main__":
+    main()

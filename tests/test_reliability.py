@@ -179,7 +179,8 @@ async def test_hosted_bad_bodies_are_invalid_responses_naming_the_batch(
 async def test_server_bad_bodies_are_invalid_responses(
     fake_server: FakeRerankServer, fault: str
 ) -> None:
-    scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank")
+    # max_retries=0: a bad body is otherwise sent again (the engine's retry policy).
+    scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank", max_retries=0)
     fake_server.faults.append(fault)
     with pytest.raises(InvalidResponseError, match="batch 0"):
         scorer.score(QUERY, ["a", "b"])
@@ -394,7 +395,7 @@ def test_cli_backend_failures_are_one_line_naming_criterion_and_batch(
 ) -> None:
     document, criteria = compress_files(tmp_path)
     url = f"http://user:pw-s3cret@{fake_server.url.removeprefix('http://')}/v1/rerank"
-    fake_server.faults.append(fault)
+    fake_server.faults.extend([fault] * 3)  # the first try and the default 2 retries
     code, out, err = call(
         "compress", str(document), "-c", str(criteria), "--server-url", url, "--no-cache"
     )
@@ -425,11 +426,11 @@ def test_cli_debug_shows_the_traceback(tmp_path: Path, fake_server: FakeRerankSe
     document, criteria = compress_files(tmp_path)
     args = [str(document), "-c", str(criteria), "--no-cache"]
     args += ["--server-url", f"{fake_server.url}/v1/rerank"]
-    fake_server.faults.append("500")
+    fake_server.faults.extend(["500"] * 3)  # the first try and the default 2 retries
     with pytest.raises(BackendError, match="criterion 'notice', batch 0") as info:
         call("--debug", "compress", *args)
     assert isinstance(info.value.__cause__, httpx.HTTPStatusError)
-    fake_server.faults.append("500")
+    fake_server.faults.extend(["500"] * 3)
     with pytest.raises(BackendError):
         call("compress", *args, "--debug")
 

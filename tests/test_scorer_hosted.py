@@ -95,7 +95,8 @@ def test_a_text_over_the_byte_limit_is_a_clear_error(fake_server: FakeRerankServ
 def test_invalid_responses_raise_and_name_the_batch(
     fake_server: FakeRerankServer, fault: str, message: str
 ) -> None:
-    scorer = make_scorer(fake_server, max_batch_size=2, max_concurrency=1)
+    # max_retries=0: a bad response is otherwise sent again (see test_engine.py).
+    scorer = make_scorer(fake_server, max_batch_size=2, max_concurrency=1, max_retries=0)
     fake_server.faults.extend([None, fault])  # type: ignore[list-item]
     with pytest.raises(InvalidResponseError, match=message) as info:
         scorer.score(QUERY, ["a", "b", "c notice", "d termination"])
@@ -107,10 +108,10 @@ def test_invalid_responses_raise_and_name_the_batch(
 async def test_async_invalid_response_raises(fake_server: FakeRerankServer) -> None:
     fake_server.faults.append("missing")
     with pytest.raises(InvalidResponseError, match="no score"):
-        await make_scorer(fake_server).ascore(QUERY, ["a", "b"])
+        await make_scorer(fake_server, max_retries=0).ascore(QUERY, ["a", "b"])
 
 
-def test_sdk_retries_429_honouring_retry_after(fake_server: FakeRerankServer) -> None:
+def test_engine_retries_429_and_500_honouring_retry_after(fake_server: FakeRerankServer) -> None:
     fake_server.faults.extend(["429", "500"])
     scores = make_scorer(fake_server, max_retries=2).score(QUERY, ["notice"])
     assert scores == pytest.approx([reference_probability(QUERY, "notice")])

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 
-import httpx
 import pytest
 
 from tests.fake_servers import FakeRerankServer, reference_probability
@@ -55,19 +54,26 @@ def test_retries_429_and_503_then_succeeds(fake_server: FakeRerankServer) -> Non
     assert len(fake_server.requests) == 3
 
 
-def test_gives_up_after_max_retries(fake_server: FakeRerankServer) -> None:
-    fake_server.faults.extend(["429", "429"])
-    scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank", max_retries=1)
-    with pytest.raises(BackendError, match="429") as info:
+def test_429_surfaces_only_past_the_deadline(fake_server: FakeRerankServer) -> None:
+    fake_server.faults.extend(["429"] * 1000)
+    scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank", max_retries=0, deadline=0.3)
+    with pytest.raises(BackendError, match=r"batch 0 .* HTTP 429") as info:
         scorer.score(QUERY, TEXTS)
     assert info.value.status_code == 429
-    assert isinstance(info.value.__cause__, httpx.HTTPStatusError)
+    # 429s are not counted against max_retries=0: they were resubmitted until the deadline.
+    assert len(fake_server.requests) > 2
 
 
-def test_server_error_is_not_retried(fake_server: FakeRerankServer) -> None:
-    fake_server.faults.append("500")
+def test_server_error_is_retried_up_to_max_retries(fake_server: FakeRerankServer) -> None:
+    fake_server.faults.extend(["500", "500"])
     with pytest.raises(BackendError, match=r"batch 0 .* HTTP 500"):
-        RerankServerScorer(f"{fake_server.url}/v1/rerank").score(QUERY, TEXTS)
+        RerankServerScorer(f"{fake_server.url}/v1/rerank", max_retries=1).score(QUERY, TEXTS)
+    assert len(fake_server.requests) == 2
+
+
+def test_client_error_is_not_retried(fake_server: FakeRerankServer) -> None:
+    with pytest.raises(BackendError, match=r"HTTP 404"):
+        RerankServerScorer(f"{fake_server.url}/no/such/route").score(QUERY, TEXTS)
     assert len(fake_server.requests) == 1
 
 
@@ -85,7 +91,8 @@ def test_server_error_is_not_retried(fake_server: FakeRerankServer) -> None:
 async def test_invalid_responses_raise_sync_and_async(
     fake_server: FakeRerankServer, fault: str, message: str
 ) -> None:
-    scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank", max_batch_size=2)
+    # max_retries=0: a bad response is otherwise sent again (see test_engine.py).
+    scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank", max_batch_size=2, max_retries=0)
     fake_server.faults.append(fault)
     with pytest.raises(InvalidResponseError, match=message):
         scorer.score(QUERY, TEXTS[:2])

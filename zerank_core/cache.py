@@ -25,9 +25,20 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from zerank_core.errors import ConfigurationError, InvalidResponseError
-from zerank_core.scorers.base import Scale, Scorer, Usage, check_query, check_texts
+from zerank_core.scorers.base import (
+    BatchCallback,
+    Scale,
+    ScoreItem,
+    Scorer,
+    Usage,
+    ascore_many,
+    check_query,
+    check_texts,
+    score_many,
+)
 
 __all__ = [
     "CacheInfo",
@@ -170,6 +181,10 @@ class ScoreStore:
             self._db.close()
 
 
+# One item's cache keys, the scores found for them, and the keys to score.
+_ItemPlan = tuple[list[bytes], dict[bytes, float], list[bytes]]
+
+
 class CachedScorer:
     """A :class:`~zerank_core.scorers.base.Scorer` that remembers scores on disk.
 
@@ -294,6 +309,32 @@ class CachedScorer:
                 missing.setdefault(key, text)
         return keys, found, list(missing), list(missing.values())
 
+    def _store_batch(
+        self, missing_keys: list[bytes], indices: Sequence[int], fresh: Sequence[float]
+    ) -> None:
+        """Store one completed request's scores now, so a later failure loses nothing."""
+        if len(fresh) != len(indices):
+            raise InvalidResponseError(
+                f"{self.scorer!r} returned {len(fresh)} scores for {len(indices)} texts",
+                batch=0,
+                batch_size=len(indices),
+            )
+        new: list[tuple[bytes, float]] = []
+        for position, (index, value) in enumerate(zip(indices, fresh, strict=True)):
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise InvalidResponseError(
+                    f"score {position} is not a number: {value!r}",
+                    batch=0,
+                    batch_size=len(indices),
+                )
+            if not math.isfinite(value):
+                raise InvalidResponseError(
+                    f"score {position} is not finite: {value}", batch=0, batch_size=len(indices)
+                )
+            new.append((missing_keys[index], float(value)))
+        if new:
+            self.store.store(new)
+
     def _merge(
         self,
         keys: list[bytes],
@@ -307,46 +348,127 @@ class CachedScorer:
                 batch=0,
                 batch_size=len(missing_keys),
             )
-        new: list[tuple[bytes, float]] = []
-        for position, (key, value) in enumerate(zip(missing_keys, fresh, strict=True)):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidResponseError(
-                    f"score {position} is not a number: {value!r}",
-                    batch=0,
-                    batch_size=len(missing_keys),
-                )
-            if not math.isfinite(value):
-                raise InvalidResponseError(
-                    f"score {position} is not finite: {value}", batch=0, batch_size=len(fresh)
-                )
-            new.append((key, float(value)))
-        if new:
-            self.store.store(new)
         scores = dict(found)
-        scores.update(new)
+        scores.update(zip(missing_keys, (float(v) for v in fresh), strict=True))
         with self._lock:
             self._misses += len(missing_keys)
             self._hits += max(len(keys) - len(missing_keys), 0)
         return [scores[key] for key in keys]
 
+    def _plan_job(
+        self, items: Sequence[ScoreItem | tuple[Any, ...]]
+    ) -> tuple[list[_ItemPlan], list[ScoreItem]]:
+        plans: list[_ItemPlan] = []
+        misses: list[ScoreItem] = []
+        for raw in items:
+            item = raw if isinstance(raw, ScoreItem) else ScoreItem(*raw)
+            keys, found, missing_keys, missing_texts = self._plan(
+                item.query, item.texts, item.instruction
+            )
+            plans.append((keys, found, missing_keys))
+            misses.append(ScoreItem(item.query, missing_texts, item.instruction))
+        return plans, misses
+
+    @staticmethod
+    def _report_hits(plans: list[_ItemPlan], on_batch: BatchCallback | None) -> None:
+        if on_batch is None:
+            return
+        for position, (keys, found, _) in enumerate(plans):
+            hits = [i for i, key in enumerate(keys) if key in found]
+            if hits:
+                on_batch(position, hits, [found[keys[i]] for i in hits])
+
+    def _callback(
+        self, plans: list[_ItemPlan], sent: list[int], on_batch: BatchCallback | None
+    ) -> BatchCallback:
+        """Store each completed request, then report it in the caller's indices."""
+        where: dict[int, dict[bytes, list[int]]] = {}
+        if on_batch is not None:
+            for position in sent:
+                places: dict[bytes, list[int]] = {}
+                for index, key in enumerate(plans[position][0]):
+                    places.setdefault(key, []).append(index)
+                where[position] = places
+
+        def callback(item: int, indices: Sequence[int], fresh: Sequence[float]) -> None:
+            position = sent[item]
+            missing_keys = plans[position][2]
+            self._store_batch(missing_keys, indices, fresh)
+            if on_batch is not None:
+                places = where[position]
+                out_indices: list[int] = []
+                out_scores: list[float] = []
+                for index, value in zip(indices, fresh, strict=True):
+                    for original in places[missing_keys[index]]:
+                        out_indices.append(original)
+                        out_scores.append(float(value))
+                on_batch(position, out_indices, out_scores)
+
+        return callback
+
+    def score_many(
+        self,
+        items: Sequence[ScoreItem | tuple[Any, ...]],
+        *,
+        on_batch: BatchCallback | None = None,
+    ) -> list[list[float]]:
+        """Score a job of several queries: hits from the cache, misses as one job.
+
+        The misses of every item go to the wrapped scorer as one job (so a
+        remote scorer plans them together) and each completed request is
+        stored at once: if the job fails or is interrupted, what was scored is
+        kept and a rerun sends only the rest. ``on_batch`` sees the hits first,
+        then each request of misses as it completes, in the caller's indices.
+        """
+        plans, misses = self._plan_job(items)
+        self._report_hits(plans, on_batch)
+        sent = [i for i, m in enumerate(misses) if m.texts]
+        fresh_by_item: dict[int, list[float]] = {}
+        if sent:
+            fresh = score_many(
+                self.scorer,
+                [misses[i] for i in sent],
+                on_batch=self._callback(plans, sent, on_batch),
+            )
+            fresh_by_item = dict(zip(sent, fresh, strict=True))
+        return self._finish_job(plans, fresh_by_item)
+
+    async def ascore_many(
+        self,
+        items: Sequence[ScoreItem | tuple[Any, ...]],
+        *,
+        on_batch: BatchCallback | None = None,
+    ) -> list[list[float]]:
+        """Async :meth:`score_many`; cache lookups run in a worker thread."""
+        plans, misses = await asyncio.to_thread(self._plan_job, items)
+        self._report_hits(plans, on_batch)
+        sent = [i for i, m in enumerate(misses) if m.texts]
+        fresh_by_item: dict[int, list[float]] = {}
+        if sent:
+            fresh = await ascore_many(
+                self.scorer,
+                [misses[i] for i in sent],
+                on_batch=self._callback(plans, sent, on_batch),
+            )
+            fresh_by_item = dict(zip(sent, fresh, strict=True))
+        return self._finish_job(plans, fresh_by_item)
+
+    def _finish_job(
+        self, plans: list[_ItemPlan], fresh_by_item: dict[int, list[float]]
+    ) -> list[list[float]]:
+        return [
+            self._merge(keys, found, missing_keys, fresh_by_item.get(position, []))
+            for position, (keys, found, missing_keys) in enumerate(plans)
+        ]
+
     def score(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
-        """Scores from the cache where stored; the rest from the scorer, then stored."""
-        keys, found, missing_keys, missing_texts = self._plan(query, texts, instruction)
-        fresh: list[float] = []
-        if missing_texts:
-            fresh = self.scorer.score(query, missing_texts, instruction=instruction)
-        return self._merge(keys, found, missing_keys, fresh)
+        """Scores from the cache where stored; the rest from the scorer, stored as they come."""
+        return self.score_many([ScoreItem(query, texts, instruction)])[0]
 
     async def ascore(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
         """Async :meth:`score`; the database work runs in a worker thread."""
-        keys, found, missing_keys, missing_texts = await asyncio.to_thread(
-            self._plan, query, texts, instruction
-        )
-        fresh: list[float] = []
-        if missing_texts:
-            fresh = await self.scorer.ascore(query, missing_texts, instruction=instruction)
-        return await asyncio.to_thread(self._merge, keys, found, missing_keys, fresh)
+        return (await self.ascore_many([ScoreItem(query, texts, instruction)]))[0]

@@ -7,14 +7,13 @@ the query, the inputs are the documents), never N × M.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 
 from zerank_core.errors import ConfigurationError
-from zerank_core.scorers.base import Scorer
+from zerank_core.scorers.base import ScoreItem, Scorer, ascore_many, score_many
 
 __all__ = ["Classification", "LabelClassifier"]
 
@@ -86,25 +85,22 @@ class LabelClassifier:
         texts = list(texts)
         if not texts:
             return []
-        columns = {
-            name: self.scorer.score(description, texts, instruction=self.instruction)
-            for name, description in self.labels.items()
-        }
-        return self._decide(columns, len(texts))
+        names = list(self.labels)
+        results = score_many(self.scorer, self._items(texts))
+        return self._decide(dict(zip(names, results, strict=True)), len(texts))
 
     async def aclassify(self, texts: Sequence[str]) -> list[Classification]:
-        """Async :meth:`classify`; the per-label calls run concurrently."""
+        """Async :meth:`classify`; the per-label calls run concurrently (bounded)."""
         texts = list(texts)
         if not texts:
             return []
         names = list(self.labels)
-        results = await asyncio.gather(
-            *(
-                self.scorer.ascore(self.labels[name], texts, instruction=self.instruction)
-                for name in names
-            )
-        )
+        results = await ascore_many(self.scorer, self._items(texts))
         return self._decide(dict(zip(names, results, strict=True)), len(texts))
+
+    def _items(self, texts: list[str]) -> list[ScoreItem]:
+        # One job of M label queries: a remote scorer plans and bounds them together.
+        return [ScoreItem(d, texts, self.instruction) for d in self.labels.values()]
 
     def decide(self, probabilities: Mapping[str, float]) -> Classification:
         """Turn one input's label probabilities into a :class:`Classification`."""

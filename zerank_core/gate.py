@@ -1,18 +1,19 @@
 """Score pages × criteria and keep each criterion's evidence pages.
 
-:class:`PageGate` scores every non-empty page against every criterion (one
-scorer call per criterion, criteria run concurrently, the scorer batches pages
-itself), keeps each criterion's evidence pages with a
-:class:`~zerank_core.select.SelectionPolicy` and reports what that saved.
+:class:`PageGate` scores every non-empty page against every criterion as one
+job (:func:`~zerank_core.scorers.base.score_many`: a remote scorer plans the
+requests of all criteria together and keeps its slots busy), keeps each
+criterion's evidence pages with a :class:`~zerank_core.select.SelectionPolicy`
+and reports what that saved.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import sys
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,15 @@ from zerank_core.results import (
     GateResult,
     why_nothing_passed,
 )
-from zerank_core.scorers.base import Scale, Scorer, Usage
+from zerank_core.scorers.base import (
+    BatchCallback,
+    Scale,
+    ScoreItem,
+    Scorer,
+    Usage,
+    ascore_many,
+    score_many,
+)
 from zerank_core.select import SelectionPolicy, estimate_tokens
 
 if TYPE_CHECKING:
@@ -54,12 +63,14 @@ class PageGate:
 
     ``policy`` defaults to :data:`DEFAULT_PAGE_POLICY`; a criterion's own
     threshold replaces the policy's for that criterion. ``instruction`` is the
-    default for criteria without one. ``max_concurrency`` bounds how many
-    criteria are scored at once (each is one scorer call over all pages; the
-    scorer plans its own batches). ``progress`` shows a bar on stderr: ``None``
-    means only when stderr is a terminal. ``price_per_million_tokens`` turns
-    reported tokens into an estimated cost. With a policy that has
-    ``dedupe``, ``duplicate_detector`` (default
+    default for criteria without one. All pages × criteria go to the scorer
+    as one job: a scorer with ``score_many`` (the remote backends, the cache)
+    plans the requests of every criterion together and bounds its own
+    concurrency; ``max_concurrency`` only bounds how many criteria are scored
+    at once for a scorer that has just ``score``/``ascore``. ``progress``
+    shows a bar on stderr: ``None`` means only when stderr is a terminal.
+    ``price_per_million_tokens`` turns reported tokens into an estimated cost.
+    With a policy that has ``dedupe``, ``duplicate_detector`` (default
     :class:`~zerank_core.dedupe.LexicalDetector`) finds the duplicate pages
     once per document, after scoring, and each criterion keeps one page of
     each set of duplicates.
@@ -95,46 +106,39 @@ class PageGate:
             self._cache_stats = lambda: cached.stats
 
     def run(self, document: Document, criteria: Sequence[Criterion]) -> GateResult:
-        """Score and select; criteria are scored concurrently in worker threads."""
+        """Score and select; the whole pages × criteria job goes to the scorer at once."""
         pages, criteria = self._check(document, criteria)
         texts = [p.text for p in pages]
+        items = self._items(pages, criteria)
         before = self._snapshot()
-        columns: list[list[float] | None] = [None] * len(criteria)
-        with (
-            self._bar(len(criteria)) as bar,
-            ThreadPoolExecutor(max_workers=min(self.max_concurrency, len(criteria))) as pool,
-        ):
-            futures = {pool.submit(self._score, c, texts): i for i, c in enumerate(criteria)}
-            for future in as_completed(futures):
-                columns[futures[future]] = future.result()
-                bar.update(1)
+        with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
+            columns: list[list[float] | None] = list(
+                score_many(
+                    self.scorer,
+                    items,
+                    on_batch=_progress(bar, len(pages), len(criteria)),
+                    max_concurrency=self.max_concurrency,
+                )
+            )
         duplicates = None
         if self.policy.dedupe:
             duplicates = self._detector().find(texts, score_columns=_complete(columns, len(texts)))
         return self._finish(document, pages, criteria, columns, before, duplicates)
 
     async def arun(self, document: Document, criteria: Sequence[Criterion]) -> GateResult:
-        """Async :meth:`run`: criteria scored concurrently with ``scorer.ascore``."""
+        """Async :meth:`run`, through the scorer's ``ascore_many`` (or ``ascore``)."""
         pages, criteria = self._check(document, criteria)
         texts = [p.text for p in pages]
+        items = self._items(pages, criteria)
         before = self._snapshot()
-        semaphore = asyncio.Semaphore(self.max_concurrency)
-        with self._bar(len(criteria)) as bar:
-
-            async def one(criterion: Criterion) -> list[float]:
-                async with semaphore:
-                    try:
-                        scores = await self.scorer.ascore(
-                            criterion.text, texts, instruction=self._instruction(criterion)
-                        )
-                    except ZeRankError as exc:
-                        exc.in_criterion(criterion.id)
-                        raise
-                bar.update(1)
-                return scores
-
+        with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
             columns: list[list[float] | None] = list(
-                await asyncio.gather(*(one(c) for c in criteria))
+                await ascore_many(
+                    self.scorer,
+                    items,
+                    on_batch=_progress(bar, len(pages), len(criteria)),
+                    max_concurrency=self.max_concurrency,
+                )
             )
         duplicates = None
         if self.policy.dedupe:
@@ -146,15 +150,9 @@ class PageGate:
     def _detector(self) -> DuplicateDetector:
         return self.duplicate_detector if self.duplicate_detector is not None else LexicalDetector()
 
-    def _score(self, criterion: Criterion, texts: list[str]) -> list[float]:
-        try:
-            return self.scorer.score(
-                criterion.text, texts, instruction=self._instruction(criterion)
-            )
-        except ZeRankError as exc:
-            # The batch alone does not say which of many criteria failed.
-            exc.in_criterion(criterion.id)
-            raise
+    def _items(self, pages: list[Page], criteria: list[Criterion]) -> list[ScoreItem]:
+        texts = [p.text for p in pages]
+        return [ScoreItem(c.text, texts, self._instruction(c)) for c in criteria]
 
     def _instruction(self, criterion: Criterion) -> str | None:
         return criterion.instruction if criterion.instruction is not None else self.instruction
@@ -312,6 +310,33 @@ class PageGate:
             cache_hits=None if stats is None else stats.hits,
             cache_misses=None if stats is None else stats.misses,
         )
+
+
+@contextmanager
+def _naming_criteria(criteria: list[Criterion]) -> Iterator[None]:
+    """Name the criterion whose request failed: a batch number alone does not say."""
+    try:
+        yield
+    except ZeRankError as exc:
+        item = getattr(exc, "job_item", None)
+        if isinstance(item, int) and 0 <= item < len(criteria):
+            exc.in_criterion(criteria[item].id)
+        raise
+
+
+def _progress(bar: Any, pages: int, criteria: int) -> BatchCallback:
+    """Advance the bar by one criterion when all its pages are scored."""
+    remaining = [pages] * criteria
+    lock = threading.Lock()
+
+    def advance(item: int, indices: Sequence[int], scores: Sequence[float]) -> None:
+        with lock:
+            remaining[item] -= len(indices)
+            done = remaining[item] <= 0
+        if done:
+            bar.update(1)
+
+    return advance
 
 
 def _checked_column(

@@ -1,10 +1,13 @@
-"""The scorer contract, score scales, and the batching machinery backends share.
+"""The scorer contract, score scales, and the machinery remote backends share.
 
 A scorer turns ``(query, texts)`` into one calibrated relevance probability per
 text, in input order. Remote backends subclass :class:`BatchedScorer`, which
-plans batches, bounds concurrency, validates every response and converts the
-backend's scale to zerank's calibrated one in a single place
-(:func:`to_probability`).
+runs every request through the scorer's :class:`~zerank_core.scorers.engine.Engine`
+(planning, one concurrency bound, rate limits, retries), validates every
+response and converts the backend's scale to zerank's calibrated one in a
+single place (:func:`to_probability`). A job of several queries goes through
+:meth:`BatchedScorer.score_many`; :func:`score_many` / :func:`ascore_many`
+give any scorer that job-level method, falling back to one call per query.
 """
 
 from __future__ import annotations
@@ -14,12 +17,14 @@ import json
 import math
 import re
 import threading
+import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Generic, Protocol, TypeVar, runtime_checkable
+from types import TracebackType
+from typing import Any, Generic, Protocol, Self, TypeVar, runtime_checkable
 
 from zerank_core.errors import (
     ConfigurationError,
@@ -27,18 +32,33 @@ from zerank_core.errors import (
     ZeRankError,
     as_backend_error,
 )
+from zerank_core.scorers.engine import (
+    DEFAULT_DEADLINE_S,
+    Batch,
+    Engine,
+    Failure,
+    RateLimits,
+    arun_all,
+    estimate_tokens,
+    plan_requests,
+    request_bytes,
+    run_all,
+)
 
 T = TypeVar("T")
 
 __all__ = [
+    "BatchCallback",
     "BatchResult",
     "BatchedScorer",
     "MalformedResponse",
     "PerLoop",
     "Scale",
+    "ScoreItem",
     "Scorer",
     "Usage",
     "UsageMeter",
+    "ascore_many",
     "check_count",
     "check_query",
     "check_texts",
@@ -49,7 +69,9 @@ __all__ = [
     "json_body",
     "plan_batches",
     "query_with_instruction",
+    "request_bytes",
     "results_from_json",
+    "score_many",
     "to_probability",
     "typed_error",
     "validate_batch",
@@ -144,12 +166,16 @@ class Usage:
     """What a scorer has spent since it was created (or since ``reset``).
 
     ``total_tokens`` is ``None`` when the backend does not report tokens.
+    ``retries`` counts requests sent again after a failure, ``rate_limited``
+    the 429s among those failures (absorbed, not raised).
     """
 
     requests: int = 0
     texts: int = 0
     total_bytes: int = 0
     total_tokens: int | None = None
+    retries: int = 0
+    rate_limited: int = 0
 
     def __sub__(self, other: Usage) -> Usage:
         tokens = None
@@ -160,6 +186,8 @@ class Usage:
             texts=self.texts - other.texts,
             total_bytes=self.total_bytes - other.total_bytes,
             total_tokens=tokens,
+            retries=self.retries - other.retries,
+            rate_limited=self.rate_limited - other.rate_limited,
         )
 
 
@@ -181,6 +209,20 @@ class UsageMeter:
                 texts=current.texts + texts,
                 total_bytes=current.total_bytes + total_bytes,
                 total_tokens=tokens,
+                retries=current.retries,
+                rate_limited=current.rate_limited,
+            )
+
+    def add_retry(self, *, rate_limited: bool) -> None:
+        with self._lock:
+            current = self._usage
+            self._usage = Usage(
+                requests=current.requests,
+                texts=current.texts,
+                total_bytes=current.total_bytes,
+                total_tokens=current.total_tokens,
+                retries=current.retries + 1,
+                rate_limited=current.rate_limited + int(rate_limited),
             )
 
     @property
@@ -190,11 +232,6 @@ class UsageMeter:
     def reset(self) -> None:
         with self._lock:
             self._usage = Usage()
-
-
-def request_bytes(query: str, text: str) -> int:
-    """Bytes one document adds to a rerank request, as ZeroEntropy counts them."""
-    return 150 + len(query.encode("utf-8")) + len(text.encode("utf-8"))
 
 
 def plan_batches(
@@ -336,27 +373,89 @@ def json_body(content: bytes, *, where: str) -> object:
 
 
 class PerLoop(Generic[T]):
-    """One lazily created object per running event loop.
+    """One lazily created object per running event loop, closed with its loop.
 
     Async HTTP clients hold connections bound to the loop that opened them;
     reusing one from another loop (``asyncio.run`` twice, notebooks, worker
-    threads) fails. Entries of closed loops are dropped.
+    threads) fails, and one dropped without ``aclose()`` leaks its sockets.
+    Each item is closed by ``closer``: when :meth:`aclose` / :meth:`close` is
+    called, and otherwise when its loop shuts down — a started async
+    generator per loop holds the item, and ``loop.shutdown_asyncgens()``
+    (which ``asyncio.run`` and ``asyncio.Runner`` call) runs its ``finally``.
     """
 
-    def __init__(self, factory: Callable[[], T]) -> None:
+    def __init__(
+        self, factory: Callable[[], T], closer: Callable[[T], Awaitable[None]] | None = None
+    ) -> None:
         self._factory = factory
-        self._items: dict[asyncio.AbstractEventLoop, T] = {}
+        self._closer = closer
+        self._items: dict[asyncio.AbstractEventLoop, tuple[T, object]] = {}
         self._lock = threading.Lock()
+        self._pending: set[asyncio.Future[None]] = set()
 
-    def get(self) -> T:
+    async def get(self) -> T:
         loop = asyncio.get_running_loop()
         with self._lock:
-            item = self._items.get(loop)
-            if item is None:
-                for old in [old for old in self._items if old.is_closed()]:
-                    del self._items[old]
-                item = self._items[loop] = self._factory()
-            return item
+            entry = self._items.get(loop)
+            if entry is not None:
+                return entry[0]
+            for old in [old for old in self._items if old.is_closed()]:
+                del self._items[old]
+            item = self._factory()
+            guard = self._guard(loop, item)
+            self._items[loop] = (item, guard)
+        await guard.__anext__()
+        return item
+
+    async def _guard(self, loop: asyncio.AbstractEventLoop, item: T) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            with self._lock:
+                mine = self._items.get(loop, (None,))[0] is item
+                if mine:
+                    del self._items[loop]
+            if mine and self._closer is not None:
+                await self._closer(item)
+
+    def _take_all(self) -> list[tuple[asyncio.AbstractEventLoop, T]]:
+        with self._lock:
+            items = [(loop, entry[0]) for loop, entry in self._items.items()]
+            self._items.clear()
+        return items
+
+    async def aclose(self) -> None:
+        """Close every item: this loop's here, the others' in their own loops."""
+        current = asyncio.get_running_loop()
+        for loop, item in self._take_all():
+            if loop is current and self._closer is not None:
+                await self._closer(item)
+            else:
+                self._close_elsewhere(loop, item)
+
+    def close(self) -> None:
+        """Close every item from synchronous code (see :meth:`aclose`)."""
+        for loop, item in self._take_all():
+            self._close_elsewhere(loop, item)
+
+    def _close_elsewhere(self, loop: asyncio.AbstractEventLoop, item: T) -> None:
+        if self._closer is None or loop.is_closed():
+            # A loop closed without shutdown_asyncgens(): its transports
+            # cannot be closed any more; nothing left to do but drop it.
+            return
+        coroutine = self._closer(item)
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if loop is running:
+            task: asyncio.Future[None] = loop.create_task(coroutine)  # type: ignore[arg-type]
+            self._pending.add(task)
+            task.add_done_callback(self._pending.discard)
+        elif loop.is_running():
+            asyncio.run_coroutine_threadsafe(coroutine, loop)  # type: ignore[arg-type]
+        else:
+            loop.run_until_complete(coroutine)
 
 
 class MalformedResponse(Exception):
@@ -367,23 +466,144 @@ class MalformedResponse(Exception):
     """
 
 
+@dataclass(frozen=True)
+class ScoreItem:
+    """One query of a job: score ``texts`` against ``query`` (with ``instruction``)."""
+
+    query: str
+    texts: Sequence[str]
+    instruction: str | None = None
+
+
+#: Called as each request of a job completes: ``(item, indices, scores)`` with
+#: the item's position in the job, the text indices the request held and their
+#: calibrated scores. It may run in a worker thread.
+BatchCallback = Callable[[int, Sequence[int], Sequence[float]], None]
+
+
+def _items(items: Sequence[ScoreItem | tuple[Any, ...]]) -> list[ScoreItem]:
+    if isinstance(items, ScoreItem | str):
+        raise ConfigurationError("items must be a sequence of ScoreItem or (query, texts) tuples")
+    out: list[ScoreItem] = []
+    for position, item in enumerate(items):
+        if isinstance(item, tuple) and len(item) in (2, 3):
+            item = ScoreItem(*item)
+        if not isinstance(item, ScoreItem):
+            raise ConfigurationError(
+                f"items[{position}] must be a ScoreItem or a (query, texts[, instruction]) "
+                f"tuple, got {type(item).__name__}"
+            )
+        out.append(ScoreItem(check_query(item.query), check_texts(item.texts), item.instruction))
+    return out
+
+
+def _typed(exc: Exception, batch: Batch, size: int) -> Exception:
+    typed = typed_error(exc, batch=batch.number, batch_size=size)
+    return exc if typed is None else typed
+
+
+class _Job:
+    """One ``score_many`` call's results, filled in as its requests complete.
+
+    Blank texts (:func:`is_blank`) are not sent: they score 0.0 at once.
+    ``sent`` holds each item's texts worth sending; a batch's indices point
+    into those and are mapped back to the caller's.
+    """
+
+    def __init__(self, items: list[ScoreItem], on_batch: BatchCallback | None) -> None:
+        self.on_batch = on_batch
+        self.kept = [[i for i, t in enumerate(item.texts) if not is_blank(t)] for item in items]
+        self.sent = [
+            ScoreItem(item.query, [item.texts[i] for i in kept], item.instruction)
+            for item, kept in zip(items, self.kept, strict=True)
+        ]
+        self.out = [[0.0] * len(item.texts) for item in items]
+        for row, kept in zip(self.out, self.kept, strict=True):
+            for index in kept:
+                row[index] = math.nan
+
+    def report_blanks(self) -> None:
+        if self.on_batch is None:
+            return
+        for position, (row, kept) in enumerate(zip(self.out, self.kept, strict=True)):
+            blanks = sorted(set(range(len(row))) - set(kept))
+            if blanks:
+                self.on_batch(position, blanks, [0.0] * len(blanks))
+
+    def done(self, batch: Batch, scores: list[float]) -> None:
+        kept, row = self.kept[batch.item], self.out[batch.item]
+        indices = [kept[i] for i in batch.indices]
+        for index, value in zip(indices, scores, strict=True):
+            row[index] = value
+        if self.on_batch is not None:
+            self.on_batch(batch.item, indices, scores)
+
+
 class BatchedScorer(ABC):
-    """Base of remote backends: batching, bounded concurrency, validation.
+    """Base of remote backends: one engine, planned jobs, validated responses.
 
     Subclasses implement :meth:`_request` and :meth:`_arequest` (one HTTP call
-    for one batch) and set ``model``, ``scale`` (of what the backend returns),
-    ``max_batch_size``, ``max_bytes`` and ``max_concurrency``. The public
-    methods always return calibrated probabilities in input order.
+    for one batch, no retries of their own), :meth:`_failure` (which of their
+    exceptions are 429s or transient) and the client lifecycle hooks, and set
+    ``model``, ``backend_scale``, ``max_batch_size`` and ``max_bytes``.
+
+    Every call of every thread and event loop shares the scorer's engine:
+    at most ``max_concurrency`` requests are in flight per scorer instance,
+    within the per-minute budgets, retried as the engine module describes.
+    ``deadline`` is how long one call (one whole job) may keep retrying.
     """
 
     model: str
     backend_scale: Scale
     max_batch_size: int
     max_bytes: int | None = None
-    max_concurrency: int
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        *,
+        max_concurrency: int,
+        max_retries: int,
+        requests_per_minute: float | None = None,
+        bytes_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        deadline: float | None = DEFAULT_DEADLINE_S,
+    ) -> None:
         self._meter = UsageMeter()
+        meter = weakref.ref(self._meter)
+
+        def on_retry(failure: Failure) -> None:
+            alive = meter()
+            if alive is not None:
+                alive.add_retry(rate_limited=failure.kind == "rate_limited")
+
+        self._engine = Engine(
+            max_concurrency=max_concurrency,
+            max_retries=max_retries,
+            limits=RateLimits(requests_per_minute, bytes_per_minute, tokens_per_minute),
+            deadline=deadline,
+            classify=self._failure,
+            on_retry=on_retry,
+        )
+
+    @property
+    def max_concurrency(self) -> int:
+        """Most requests this scorer has in flight at once, over all its callers."""
+        return self._engine.slots.limit
+
+    @property
+    def max_retries(self) -> int:
+        """How many times a request that failed transiently is sent again."""
+        return self._engine.max_retries
+
+    @property
+    def limits(self) -> RateLimits:
+        """The per-minute budgets kept on the client side."""
+        return self._engine.limits
+
+    @property
+    def deadline(self) -> float | None:
+        """Seconds one call may keep retrying 429s and failures; ``None``: no limit."""
+        return self._engine.deadline
 
     @property
     def scale(self) -> Scale:
@@ -394,7 +614,7 @@ class BatchedScorer(ABC):
 
     @property
     def usage(self) -> Usage:
-        """Requests, texts, bytes and tokens (where reported) spent so far."""
+        """Requests, texts, bytes, tokens (where reported) and retries so far."""
         return self._meter.usage
 
     @abstractmethod
@@ -403,10 +623,66 @@ class BatchedScorer(ABC):
     @abstractmethod
     async def _arequest(self, query: str, texts: list[str]) -> BatchResult: ...
 
-    def _plan(self, query: str, texts: Sequence[str]) -> list[list[int]]:
-        return plan_batches(
-            query, texts, max_batch_size=self.max_batch_size, max_bytes=self.max_bytes
+    @abstractmethod
+    def _failure(self, exc: BaseException) -> Failure | None:
+        """Whether ``exc`` is a 429 (with its retry-after) or transient; ``None``: neither."""
+
+    @abstractmethod
+    def _close_clients(self) -> None:
+        """Close the clients this scorer created (not ones passed in)."""
+
+    @abstractmethod
+    async def _aclose_clients(self) -> None:
+        """Async :meth:`_close_clients`."""
+
+    def close(self) -> None:
+        """Close the HTTP clients this scorer created; later calls open new ones."""
+        self._close_clients()
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`: this loop's async client is closed here."""
+        await self._aclose_clients()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    def _plan_job(self, items: list[ScoreItem]) -> tuple[list[str], list[Batch]]:
+        """Plan the job's requests; ``items`` hold only texts worth sending."""
+        queries = [query_with_instruction(i.query, i.instruction) for i in items]
+        max_bytes = self.max_bytes
+        limits = self.limits
+        if limits.bytes_per_minute is not None:
+            # One request must fit the minute's budget, or it could never be sent.
+            budget = int(limits.bytes_per_minute)
+            max_bytes = budget if max_bytes is None else min(max_bytes, budget)
+        batches = plan_requests(
+            queries,
+            [list(i.texts) for i in items],
+            slots=self.max_concurrency,
+            max_batch_size=self.max_batch_size,
+            max_bytes=max_bytes,
+            fewest_requests=limits.requests_per_minute is not None,
         )
+        return queries, batches
 
     def _finish(self, query: str, batch: int, texts: list[str], result: BatchResult) -> list[float]:
         scores = validate_batch(result, batch=batch, size=len(texts), scale=self.backend_scale)
@@ -415,75 +691,173 @@ class BatchedScorer(ABC):
             total_bytes=sum(request_bytes(query, t) for t in texts),
             total_tokens=result.total_tokens,
         )
+        if result.total_tokens is not None:
+            estimate = sum(estimate_tokens(query, t) for t in texts)
+            self._engine.pacer.charge_tokens(result.total_tokens - estimate)
         return scores
 
     @staticmethod
-    def _assemble(
-        n: int, batches: Iterable[list[int]], results: Iterable[list[float]]
-    ) -> list[float]:
-        out = [math.nan] * n
-        for indices, scores in zip(batches, results, strict=True):
-            for index, value in zip(indices, scores, strict=True):
-                out[index] = value
-        return out
+    def _cost(query: str, texts: list[str]) -> dict[str, int]:
+        return {
+            "bytes_": sum(request_bytes(query, t) for t in texts),
+            "tokens": sum(estimate_tokens(query, t) for t in texts),
+        }
+
+    def score_many(
+        self,
+        items: Sequence[ScoreItem | tuple[Any, ...]],
+        *,
+        on_batch: BatchCallback | None = None,
+    ) -> list[list[float]]:
+        """Score several queries' texts as one job; one score list per item.
+
+        The job is planned as a whole (:func:`~zerank_core.scorers.engine.plan_requests`)
+        and its requests run on up to ``max_concurrency`` threads through the
+        scorer's shared slots. ``on_batch`` sees each request's scores as it
+        completes, so a caller can keep them even if a later request fails.
+        """
+        job = _Job(_items(items), on_batch)
+        queries, batches = self._plan_job(job.sent)
+        deadline = self._engine.job_deadline()
+
+        def work(position: int) -> None:
+            batch = batches[position]
+            query = queries[batch.item]
+            texts = [job.sent[batch.item].texts[i] for i in batch.indices]
+
+            def attempt() -> list[float]:
+                try:
+                    result = self._request(query, texts)
+                except Exception as exc:
+                    raise _typed(exc, batch, len(texts)) from exc
+                return self._finish(query, batch.number, texts, result)
+
+            try:
+                scores = self._engine.call(attempt, deadline=deadline, **self._cost(query, texts))
+            except ZeRankError as exc:
+                exc.job_item = batch.item  # type: ignore[attr-defined]
+                raise
+            job.done(batch, scores)
+
+        job.report_blanks()
+        run_all(len(batches), work, workers=self.max_concurrency)
+        return job.out
+
+    async def ascore_many(
+        self,
+        items: Sequence[ScoreItem | tuple[Any, ...]],
+        *,
+        on_batch: BatchCallback | None = None,
+    ) -> list[list[float]]:
+        """Async :meth:`score_many`: requests run as coroutines on the shared slots."""
+        job = _Job(_items(items), on_batch)
+        queries, batches = self._plan_job(job.sent)
+        deadline = self._engine.job_deadline()
+
+        async def work(position: int) -> None:
+            batch = batches[position]
+            query = queries[batch.item]
+            texts = [job.sent[batch.item].texts[i] for i in batch.indices]
+
+            async def attempt() -> list[float]:
+                try:
+                    result = await self._arequest(query, texts)
+                except Exception as exc:
+                    raise _typed(exc, batch, len(texts)) from exc
+                return self._finish(query, batch.number, texts, result)
+
+            try:
+                scores = await self._engine.acall(
+                    attempt, deadline=deadline, **self._cost(query, texts)
+                )
+            except ZeRankError as exc:
+                exc.job_item = batch.item  # type: ignore[attr-defined]
+                raise
+            job.done(batch, scores)
+
+        job.report_blanks()
+        await arun_all(len(batches), work, workers=self.max_concurrency)
+        return job.out
 
     def score(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
         """Score every text against the query; see :class:`Scorer`."""
-        query = check_query(query)
-        texts, restore = without_blanks(check_texts(texts))
-        if not texts:
-            return restore([])
-        full_query = query_with_instruction(query, instruction)
-        batches = self._plan(full_query, texts)
-
-        def run(numbered: tuple[int, list[int]]) -> list[float]:
-            number, indices = numbered
-            batch_texts = [texts[i] for i in indices]
-            try:
-                result = self._request(full_query, batch_texts)
-            except Exception as exc:
-                typed = typed_error(exc, batch=number, batch_size=len(batch_texts))
-                if typed is None:
-                    raise
-                raise typed from exc
-            return self._finish(full_query, number, batch_texts, result)
-
-        if len(batches) == 1 or self.max_concurrency == 1:
-            results = [run(item) for item in enumerate(batches)]
-        else:
-            workers = min(self.max_concurrency, len(batches))
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                results = list(pool.map(run, enumerate(batches)))
-        return restore(self._assemble(len(texts), batches, results))
+        return self.score_many([ScoreItem(query, texts, instruction)])[0]
 
     async def ascore(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
-        """Async :meth:`score`: batches run concurrently, bounded by a semaphore."""
-        query = check_query(query)
-        texts, restore = without_blanks(check_texts(texts))
-        if not texts:
-            return restore([])
-        full_query = query_with_instruction(query, instruction)
-        batches = self._plan(full_query, texts)
-        semaphore = asyncio.Semaphore(self.max_concurrency)
+        """Async :meth:`score`."""
+        return (await self.ascore_many([ScoreItem(query, texts, instruction)]))[0]
 
-        async def run(number: int, indices: list[int]) -> list[float]:
-            batch_texts = [texts[i] for i in indices]
-            try:
-                async with semaphore:
-                    result = await self._arequest(full_query, batch_texts)
-            except Exception as exc:
-                typed = typed_error(exc, batch=number, batch_size=len(batch_texts))
-                if typed is None:
-                    raise
-                raise typed from exc
-            return self._finish(full_query, number, batch_texts, result)
 
-        results = await asyncio.gather(*(run(n, b) for n, b in enumerate(batches)))
-        return restore(self._assemble(len(texts), batches, results))
+#: How many queries the fallback of :func:`score_many` scores at once for a
+#: scorer without a job-level method of its own.
+FALLBACK_CONCURRENCY = 4
+
+
+def score_many(
+    scorer: Scorer,
+    items: Sequence[ScoreItem | tuple[Any, ...]],
+    *,
+    on_batch: BatchCallback | None = None,
+    max_concurrency: int = FALLBACK_CONCURRENCY,
+) -> list[list[float]]:
+    """Score a job of several queries with any scorer.
+
+    Uses the scorer's own ``score_many`` when it has one (remote backends and
+    :class:`~zerank_core.cache.CachedScorer` plan the whole job); otherwise
+    calls ``score`` once per item, ``max_concurrency`` items at a time, and
+    reports each item to ``on_batch`` as one batch.
+    """
+    method = getattr(scorer, "score_many", None)
+    if callable(method):
+        result: list[list[float]] = method(items, on_batch=on_batch)
+        return result
+    jobs = _items(items)
+    if max_concurrency < 1:
+        raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
+
+    def one(position: int) -> list[float]:
+        job = jobs[position]
+        scores = scorer.score(job.query, job.texts, instruction=job.instruction)
+        if on_batch is not None:
+            on_batch(position, range(len(job.texts)), scores)
+        return scores
+
+    if max_concurrency == 1 or len(jobs) <= 1:
+        return [one(i) for i in range(len(jobs))]
+    with ThreadPoolExecutor(max_workers=min(max_concurrency, len(jobs))) as pool:
+        return list(pool.map(one, range(len(jobs))))
+
+
+async def ascore_many(
+    scorer: Scorer,
+    items: Sequence[ScoreItem | tuple[Any, ...]],
+    *,
+    on_batch: BatchCallback | None = None,
+    max_concurrency: int = FALLBACK_CONCURRENCY,
+) -> list[list[float]]:
+    """Async :func:`score_many`; the fallback awaits at most ``max_concurrency`` items at once."""
+    method = getattr(scorer, "ascore_many", None)
+    if callable(method):
+        result: list[list[float]] = await method(items, on_batch=on_batch)
+        return result
+    jobs = _items(items)
+    if max_concurrency < 1:
+        raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
+    semaphore = asyncio.Semaphore(max_concurrency)
+
+    async def one(position: int) -> list[float]:
+        job = jobs[position]
+        async with semaphore:
+            scores = await scorer.ascore(job.query, job.texts, instruction=job.instruction)
+        if on_batch is not None:
+            on_batch(position, range(len(job.texts)), scores)
+        return scores
+
+    return list(await asyncio.gather(*(one(i) for i in range(len(jobs)))))
 
 
 def typed_error(exc: Exception, *, batch: int, batch_size: int) -> Exception | None:

@@ -7,18 +7,18 @@ served by vLLM, llama.cpp ``llama-server --reranking`` and Infinity;
 ``[{index, score}]``. ``scale`` says what the server's numbers are, and the
 base class converts them to zerank's calibrated probability.
 
-HTTP servers have no SDK retrying for us, so 429 and 503 answers (honouring
-``Retry-After``) and connection errors are retried up to ``max_retries`` times;
-what still fails becomes a :class:`~zerank_core.errors.BackendError` naming the
-batch, with httpx's exception as its ``__cause__``.
+Requests run through the scorer's engine (:mod:`zerank_core.scorers.engine`),
+the only retry layer here: 429s wait out ``Retry-After`` and are resubmitted
+until the deadline; connection errors, timeouts, 408/409/5xx and unreadable
+responses are resubmitted up to ``max_retries`` times. What still fails
+becomes a :class:`~zerank_core.errors.BackendError` naming the batch, with
+httpx's exception as its ``__cause__``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import threading
-import time
 from collections.abc import Mapping
 from typing import Any, Literal
 
@@ -46,11 +46,9 @@ from zerank_core.scorers.base import (
     json_body,
     results_from_json,
 )
+from zerank_core.scorers.engine import DEFAULT_DEADLINE_S, Failure, parse_retry_after
 
 __all__ = ["RerankServerScorer"]
-
-RETRY_STATUSES = frozenset({429, 503})
-MAX_RETRY_AFTER_S = 30.0
 
 
 class RerankServerScorer(BatchedScorer):
@@ -62,6 +60,13 @@ class RerankServerScorer(BatchedScorer):
     table for which fits which server. ``api_key`` is sent as a bearer token
     (default ``ZERANK_SERVER_API_KEY``); ``headers`` and ``extra_body`` are
     added to every request (e.g. ``{"raw_scores": True}`` for Infinity).
+
+    ``max_concurrency`` bounds the requests in flight for this scorer over all
+    its callers (set it to the server's parallel slots or more);
+    ``requests_per_minute`` / ``bytes_per_minute`` / ``tokens_per_minute`` are
+    kept on the client side; ``deadline`` is how long one call may keep
+    retrying (seconds; ``None``: no limit). ``close()`` / ``aclose()`` or a
+    ``with`` / ``async with`` block close the scorer's HTTP clients.
     """
 
     def __init__(
@@ -75,11 +80,23 @@ class RerankServerScorer(BatchedScorer):
         headers: Mapping[str, str] | None = None,
         extra_body: Mapping[str, Any] | None = None,
         max_batch_size: int = 32,
-        max_concurrency: int = 4,
+        max_concurrency: int = 16,
         timeout: float = 60.0,
         max_retries: int = 2,
+        requests_per_minute: float | None = None,
+        bytes_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        deadline: float | None = DEFAULT_DEADLINE_S,
     ) -> None:
-        super().__init__()
+        check_count(max_retries, "max_retries", 0)
+        super().__init__(
+            max_concurrency=max_concurrency,
+            max_retries=max_retries,
+            requests_per_minute=requests_per_minute,
+            bytes_per_minute=bytes_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            deadline=deadline,
+        )
         url = url or os.environ.get("ZERANK_SERVER_URL")
         if not url:
             raise ConfigurationError("no rerank server URL: pass url=... or set ZERANK_SERVER_URL")
@@ -94,9 +111,6 @@ class RerankServerScorer(BatchedScorer):
             raise ConfigurationError(f"api must be 'rerank' or 'tei', got {api!r}")
         if max_batch_size < 1:
             raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
-        if max_concurrency < 1:
-            raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        check_count(max_retries, "max_retries", 0)
         check_timeout(timeout)
         if isinstance(api_key, str):
             api_key = SecretStr(api_key)
@@ -111,17 +125,13 @@ class RerankServerScorer(BatchedScorer):
         self.model = model or os.environ.get("ZERANK_SERVER_MODEL") or "zerank-2"
         self.api = api
         self.max_batch_size = max_batch_size
-        self.max_concurrency = max_concurrency
         self.timeout = timeout
-        self.max_retries = max_retries
         self._api_key = api_key
         self._headers = dict(headers or {})
         self._extra_body = dict(extra_body or {})
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
-        self._async_clients = PerLoop(
-            lambda: httpx.AsyncClient(headers=self._all_headers(), timeout=self.timeout)
-        )
+        self._async_clients = PerLoop(self._new_async_client, _close_async)
 
     def __repr__(self) -> str:
         return (
@@ -160,11 +170,38 @@ class RerankServerScorer(BatchedScorer):
                 self._client = httpx.Client(headers=self._all_headers(), timeout=self.timeout)
             return self._client
 
-    def close(self) -> None:
-        """Close the sync HTTP client (async clients close with their loop)."""
-        if self._client is not None:
-            self._client.close()
-            self._client = None
+    def _new_async_client(self) -> httpx.AsyncClient:
+        return httpx.AsyncClient(headers=self._all_headers(), timeout=self.timeout)
+
+    def _take_client(self) -> httpx.Client | None:
+        with self._lock:
+            client, self._client = self._client, None
+        return client
+
+    def _close_clients(self) -> None:
+        client = self._take_client()
+        if client is not None:
+            client.close()
+        self._async_clients.close()
+
+    async def _aclose_clients(self) -> None:
+        client = self._take_client()
+        if client is not None:
+            client.close()
+        await self._async_clients.aclose()
+
+    def _failure(self, exc: BaseException) -> Failure | None:
+        if isinstance(exc, httpx.HTTPStatusError):
+            status = exc.response.status_code
+            if status == 429:
+                retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
+                return Failure("rate_limited", retry_after)
+            if status in (408, 409) or status >= 500:
+                return Failure("transient")
+            return None
+        if isinstance(exc, httpx.TransportError):
+            return Failure("transient")
+        return None
 
     def _body(self, query: str, texts: list[str]) -> dict[str, Any]:
         if self.api == "tei":
@@ -175,39 +212,15 @@ class RerankServerScorer(BatchedScorer):
         return body
 
     def _request(self, query: str, texts: list[str]) -> BatchResult:
-        body = self._body(query, texts)
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = self.client.post(self.url, json=body)
-            except httpx.TransportError:
-                if attempt == self.max_retries:
-                    raise
-                time.sleep(_backoff(attempt, None))
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
-                time.sleep(_backoff(attempt, response))
-                continue
-            response.raise_for_status()
-            return self._parse(response)
-        raise AssertionError("unreachable")  # pragma: no cover
+        response = self.client.post(self.url, json=self._body(query, texts))
+        response.raise_for_status()
+        return self._parse(response)
 
     async def _arequest(self, query: str, texts: list[str]) -> BatchResult:
-        body = self._body(query, texts)
-        client = self._async_clients.get()
-        for attempt in range(self.max_retries + 1):
-            try:
-                response = await client.post(self.url, json=body)
-            except httpx.TransportError:
-                if attempt == self.max_retries:
-                    raise
-                await asyncio.sleep(_backoff(attempt, None))
-                continue
-            if response.status_code in RETRY_STATUSES and attempt < self.max_retries:
-                await asyncio.sleep(_backoff(attempt, response))
-                continue
-            response.raise_for_status()
-            return self._parse(response)
-        raise AssertionError("unreachable")  # pragma: no cover
+        client = await self._async_clients.get()
+        response = await client.post(self.url, json=self._body(query, texts))
+        response.raise_for_status()
+        return self._parse(response)
 
     def _parse(self, response: httpx.Response) -> BatchResult:
         where = redact_url(self.url)
@@ -222,12 +235,5 @@ class RerankServerScorer(BatchedScorer):
         return results_from_json(payload, where=where)
 
 
-def _backoff(attempt: int, response: httpx.Response | None) -> float:
-    if response is not None:
-        retry_after = response.headers.get("retry-after")
-        if retry_after is not None:
-            try:
-                return float(min(max(float(retry_after), 0.0), MAX_RETRY_AFTER_S))
-            except ValueError:
-                pass
-    return min(0.5 * 2.0**attempt, 8.0)
+async def _close_async(client: httpx.AsyncClient) -> None:
+    await client.aclose()

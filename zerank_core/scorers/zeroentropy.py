@@ -1,15 +1,20 @@
 """Hosted ZeroEntropy API backend, through the official ``zeroentropy`` SDK.
 
-The SDK retries 408/409/429/5xx and connection errors with backoff and honours
-``retry-after``; this backend hands it ``max_retries`` and ``timeout`` and adds
-no retry layer of its own. An SDK error that remains becomes a
-:class:`~zerank_core.errors.BackendError` naming the batch, the SDK's
-exception kept as its ``__cause__``.
+Requests run through the scorer's engine (:mod:`zerank_core.scorers.engine`):
+one concurrency bound, client-side rate limits, 429s waited out until the
+deadline. Retries compose with the SDK's as follows: the clients this scorer
+builds get ``max_retries=0``, so the engine is the only retry layer and
+``max_retries`` here counts engine retries of transient failures (connection
+errors, timeouts, 408/409/5xx, unreadable responses). Clients passed in keep
+their own ``max_retries``; the SDK then retries inside each engine attempt.
+An SDK error that remains becomes a :class:`~zerank_core.errors.BackendError`
+naming the batch, the SDK's exception kept as its ``__cause__``.
 """
 
 from __future__ import annotations
 
 import os
+import threading
 from typing import TYPE_CHECKING, Any, Literal
 
 import httpx
@@ -36,6 +41,7 @@ from zerank_core.scorers.base import (
     json_body,
     results_from_json,
 )
+from zerank_core.scorers.engine import DEFAULT_DEADLINE_S, Failure, parse_retry_after
 
 if TYPE_CHECKING:
     from zeroentropy import AsyncZeroEntropy, ZeroEntropy
@@ -55,6 +61,13 @@ class ZeroEntropyScorer(BatchedScorer):
     Requests hold at most ``max_batch_size`` documents and stay under
     ``max_bytes`` (ZeroEntropy's per-request limit is 5,000,000 bytes, counting
     ``150 + len(query) + len(document)`` per document).
+
+    ``max_concurrency`` bounds the requests in flight for this scorer over all
+    its callers; ``requests_per_minute``, ``bytes_per_minute`` and
+    ``tokens_per_minute`` set the account's limits, kept on the client side;
+    ``deadline`` is how long one call may keep waiting out 429s and retrying
+    (seconds; ``None``: no limit). ``close()`` / ``aclose()`` or a ``with`` /
+    ``async with`` block close the clients the scorer created.
     """
 
     backend_scale = Scale.PROBABILITY
@@ -70,20 +83,35 @@ class ZeroEntropyScorer(BatchedScorer):
         max_retries: int = 2,
         max_batch_size: int = 256,
         max_bytes: int = MAX_REQUEST_BYTES,
-        max_concurrency: int = 4,
+        max_concurrency: int = 16,
+        requests_per_minute: float | None = None,
+        bytes_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        deadline: float | None = DEFAULT_DEADLINE_S,
         client: ZeroEntropy | None = None,
         async_client: AsyncZeroEntropy | None = None,
     ) -> None:
-        super().__init__()
+        check_count(max_retries, "max_retries", 0)
+        super().__init__(
+            max_concurrency=max_concurrency,
+            max_retries=max_retries,
+            requests_per_minute=requests_per_minute,
+            bytes_per_minute=bytes_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            deadline=deadline,
+        )
         if latency not in (None, "fast", "slow"):
             raise ConfigurationError(f"latency must be 'fast', 'slow' or None, got {latency!r}")
         if not 0 < max_bytes <= MAX_REQUEST_BYTES:
             raise ConfigurationError(
                 f"max_bytes must be in (0, {MAX_REQUEST_BYTES}], got {max_bytes}"
             )
-        if max_concurrency < 1:
-            raise ConfigurationError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        check_count(max_retries, "max_retries", 0)
+        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int):
+            raise ConfigurationError(
+                f"max_batch_size must be an integer >= 1, got {max_batch_size!r}"
+            )
+        if max_batch_size < 1:
+            raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
         check_timeout(timeout)
         if isinstance(api_key, str):
             api_key = SecretStr(api_key)
@@ -103,17 +131,19 @@ class ZeroEntropyScorer(BatchedScorer):
         self.latency = latency
         self.max_batch_size = max_batch_size
         self.max_bytes = max_bytes
-        self.max_concurrency = max_concurrency
         self._api_key = api_key
         self._base_url = base_url or os.environ.get("ZEROENTROPY_BASE_URL") or None
         if self._base_url is not None:
             check_url(self._base_url, "base_url")
             register_url_secrets(self._base_url)
         self._timeout = timeout
-        self._max_retries = max_retries
+        self._lock = threading.Lock()
         self._client = client
+        self._owns_client = client is None
         self._user_async_client = async_client
-        self._async_clients: PerLoop[AsyncZeroEntropy] = PerLoop(self._new_async_client)
+        self._async_clients: PerLoop[AsyncZeroEntropy] = PerLoop(
+            self._new_async_client, _close_async
+        )
 
     def __repr__(self) -> str:
         base_url = None if self._base_url is None else redact_url(self._base_url)
@@ -139,7 +169,8 @@ class ZeroEntropyScorer(BatchedScorer):
         )
 
     def _client_options(self) -> dict[str, Any]:
-        options: dict[str, Any] = {"max_retries": self._max_retries}
+        # The engine is the retry layer for clients built here (module docstring).
+        options: dict[str, Any] = {"max_retries": 0}
         if self._api_key is not None:
             options["api_key"] = self._api_key.get_secret_value()
         if self._base_url is not None:
@@ -150,21 +181,54 @@ class ZeroEntropyScorer(BatchedScorer):
 
     @property
     def client(self) -> ZeroEntropy:
-        """The sync SDK client, created on first use."""
-        if self._client is None:
-            try:
-                from zeroentropy import ZeroEntropy
-            except ImportError as exc:  # pragma: no cover - zeroentropy is a core dependency
-                raise MissingDependencyError("zeroentropy", "all") from exc
-            self._client = ZeroEntropy(**self._client_options())
-        return self._client
+        """The sync SDK client, created on first use (once, under a lock)."""
+        with self._lock:
+            if self._client is None:
+                try:
+                    from zeroentropy import ZeroEntropy
+                except ImportError as exc:  # pragma: no cover - zeroentropy is a core dependency
+                    raise MissingDependencyError("zeroentropy", "all") from exc
+                self._client = ZeroEntropy(**self._client_options())
+            return self._client
 
-    @property
-    def async_client(self) -> AsyncZeroEntropy:
+    async def _async_client(self) -> AsyncZeroEntropy:
         """The async SDK client: the one passed in, else one per event loop."""
         if self._user_async_client is not None:
             return self._user_async_client
-        return self._async_clients.get()
+        return await self._async_clients.get()
+
+    def _take_client(self) -> ZeroEntropy | None:
+        with self._lock:
+            client = self._client if self._owns_client else None
+            if client is not None:
+                self._client = None
+        return client
+
+    def _close_clients(self) -> None:
+        client = self._take_client()
+        if client is not None:
+            client.close()
+        self._async_clients.close()
+
+    async def _aclose_clients(self) -> None:
+        client = self._take_client()
+        if client is not None:
+            client.close()
+        await self._async_clients.aclose()
+
+    def _failure(self, exc: BaseException) -> Failure | None:
+        import zeroentropy
+
+        if isinstance(exc, zeroentropy.RateLimitError):
+            retry_after = parse_retry_after(exc.response.headers.get("retry-after"))
+            return Failure("rate_limited", retry_after)
+        if isinstance(exc, zeroentropy.APIConnectionError | zeroentropy.APIResponseValidationError):
+            return Failure("transient")
+        if isinstance(exc, zeroentropy.APIStatusError) and (
+            exc.status_code in (408, 409) or exc.status_code >= 500
+        ):
+            return Failure("transient")
+        return None
 
     def _new_async_client(self) -> AsyncZeroEntropy:
         try:
@@ -190,9 +254,13 @@ class ZeroEntropyScorer(BatchedScorer):
         return _batch_result(raw.http_response)
 
     async def _arequest(self, query: str, texts: list[str]) -> BatchResult:
-        client = self.async_client
+        client = await self._async_client()
         raw = await client.models.with_raw_response.rerank(**self._params(query, texts))
         return _batch_result(raw.http_response)
+
+
+async def _close_async(client: AsyncZeroEntropy) -> None:
+    await client.close()
 
 
 def _batch_result(response: httpx.Response) -> BatchResult:

@@ -1,0 +1,676 @@
+"""The execution engine every remote scorer runs through.
+
+A remote scorer (:class:`~zerank_core.scorers.base.BatchedScorer`) owns one
+:class:`Engine`, which decides four things for every request it sends:
+
+- **how many at once** — :class:`Slots`, one bound per scorer instance, shared
+  by every call, thread and event loop that uses the scorer;
+- **how fast** — :class:`Pacer`, client-side token buckets for requests, bytes
+  and tokens per minute, plus the pause a 429 imposes on the whole scorer;
+- **what to do when a request fails** — a tenacity policy: 429s wait out
+  ``retry-after`` (with jitter) and are resubmitted until the job's deadline;
+  transient failures (connection errors, timeouts, 408/409/5xx, responses
+  that fail validation) are resubmitted up to ``max_retries`` times with
+  exponential backoff and full jitter; anything else raises at once;
+- **how a job is cut into requests** — :func:`plan_requests`, across all the
+  queries of a job (a page gate's criteria, a classifier's labels), not one
+  call at a time.
+
+How the engine and the ``zeroentropy`` SDK's own retries compose: the clients
+a scorer builds itself get ``max_retries=0``, so the engine is the only retry
+layer and the scorer's ``max_retries`` means engine retries. A client you pass
+in keeps its own ``max_retries``: its retries then happen inside each engine
+attempt (up to ``(1 + sdk) × (1 + engine)`` sends for a transient failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import math
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, TypeVar
+
+import tenacity
+
+from zerank_core.errors import BackendError, ConfigurationError, InvalidResponseError
+
+__all__ = [
+    "DEFAULT_DEADLINE_S",
+    "REQUEST_OVERHEAD_TEXTS",
+    "Batch",
+    "Engine",
+    "Failure",
+    "Pacer",
+    "RateLimits",
+    "Slots",
+    "plan_requests",
+    "request_bytes",
+]
+
+T = TypeVar("T")
+
+#: How long a call may keep resubmitting rate-limited or failed requests,
+#: counted from its start, before the last error surfaces.
+DEFAULT_DEADLINE_S = 600.0
+
+#: What the planner assumes one request costs beyond its texts, counted in
+#: texts' worth of work (an HTTP round trip and the server's per-request
+#: scheduling against one text's inference). It only arbitrates between one
+#: more round of requests and an uneven last round, and sets the smallest
+#: request worth sending on its own, so the plan is not sensitive to it.
+REQUEST_OVERHEAD_TEXTS = 16
+
+_BACKOFF_BASE_S = 0.25
+_BACKOFF_CAP_S = 8.0
+_RATE_LIMIT_BACKOFF_CAP_S = 30.0
+
+
+def request_bytes(query: str, text: str) -> int:
+    """Bytes one document adds to a rerank request, as ZeroEntropy counts them."""
+    return 150 + len(query.encode("utf-8")) + len(text.encode("utf-8"))
+
+
+def estimate_tokens(query: str, text: str) -> int:
+    """A pre-send estimate of one pair's tokens (UTF-8 bytes / 4, at least 1)."""
+    return max(1, (len(query.encode("utf-8")) + len(text.encode("utf-8"))) // 4)
+
+
+# --------------------------------------------------------------------------- slots
+
+
+class _SyncWaiter:
+    __slots__ = ("event",)
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+
+class _AsyncWaiter:
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[None] = loop.create_future()
+
+
+class Slots:
+    """A counting semaphore shared by threads and event loops alike.
+
+    ``threading.Semaphore`` would block an event loop and ``asyncio.Semaphore``
+    belongs to one loop; this one keeps the count under a lock and hands a
+    freed slot to the oldest waiter, waking a thread through an event and a
+    coroutine through its own loop (``call_soon_threadsafe``), so a coroutine
+    never blocks its loop while it waits.
+    """
+
+    def __init__(self, limit: int) -> None:
+        if isinstance(limit, bool) or not isinstance(limit, int):
+            raise ConfigurationError(f"max_concurrency must be an integer >= 1, got {limit!r}")
+        if limit < 1:
+            raise ConfigurationError(f"max_concurrency must be >= 1, got {limit}")
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._free = limit
+        self._waiters: deque[_SyncWaiter | _AsyncWaiter] = deque()
+
+    @property
+    def in_use(self) -> int:
+        """Slots currently held."""
+        with self._lock:
+            return self.limit - self._free
+
+    def acquire(self) -> None:
+        """Take a slot, blocking this thread until one is free."""
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return
+            waiter = _SyncWaiter()
+            self._waiters.append(waiter)
+        # A granted slot is handed over directly: the count was not restored.
+        waiter.event.wait()
+
+    async def aacquire(self) -> None:
+        """Take a slot, suspending (not blocking) the running loop until one is free."""
+        loop = asyncio.get_running_loop()
+        with self._lock:
+            if self._free > 0 and not self._waiters:
+                self._free -= 1
+                return
+            waiter = _AsyncWaiter(loop)
+            self._waiters.append(waiter)
+        try:
+            await waiter.future
+        except asyncio.CancelledError:
+            with self._lock:
+                try:
+                    self._waiters.remove(waiter)
+                    queued = True
+                except ValueError:
+                    queued = False
+            # Not queued any more: the slot was granted (or is being granted;
+            # _grant sees the cancelled future and passes the slot on).
+            if not queued and waiter.future.done() and not waiter.future.cancelled():
+                self.release()
+            raise
+
+    def release(self) -> None:
+        """Give a slot back, to the oldest waiter if there is one."""
+        with self._lock:
+            if not self._waiters:
+                self._free += 1
+                return
+            waiter = self._waiters.popleft()
+        if isinstance(waiter, _SyncWaiter):
+            waiter.event.set()
+            return
+        try:
+            waiter.loop.call_soon_threadsafe(self._grant, waiter)
+        except RuntimeError:  # its loop is closed: nobody is waiting there
+            self.release()
+
+    def _grant(self, waiter: _AsyncWaiter) -> None:
+        if waiter.future.cancelled():
+            self.release()
+        else:
+            waiter.future.set_result(None)
+
+
+# --------------------------------------------------------------------------- pacing
+
+
+@dataclass(frozen=True)
+class RateLimits:
+    """Per-minute budgets a scorer keeps on the client side; ``None`` = unlimited.
+
+    Bytes are counted as ZeroEntropy counts them (``150 + len(query) +
+    len(document)`` per document, UTF-8); tokens are estimated before a request
+    (UTF-8 bytes / 4) and corrected by the ``total_tokens`` the backend reports.
+    """
+
+    requests_per_minute: float | None = None
+    bytes_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("requests_per_minute", "bytes_per_minute", "tokens_per_minute"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigurationError(f"{name} must be a number > 0, got {value!r}")
+            if not (math.isfinite(value) and value > 0):
+                raise ConfigurationError(f"{name} must be a number > 0, got {value!r}")
+
+    @property
+    def any(self) -> bool:
+        return any(
+            v is not None
+            for v in (self.requests_per_minute, self.bytes_per_minute, self.tokens_per_minute)
+        )
+
+
+class Pacer:
+    """Token buckets for one scorer, usable from threads and event loops.
+
+    Each budget is a token bucket that refills at ``limit / 60`` per second and
+    holds one request's worth (the generic cell rate algorithm): a request
+    reserves its cost and learns how long to wait before sending, so waiting is
+    ``time.sleep`` in a thread and ``asyncio.sleep`` in a loop against the same
+    budget. No burst is banked while idle, so a server that counts any rolling
+    minute never sees more than the limit. ``pause`` holds every request back
+    after a 429 (the server's window is spent for all of them, not one).
+    """
+
+    def __init__(self, limits: RateLimits, clock: Callable[[], float] = time.monotonic) -> None:
+        self.limits = limits
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._paused_until = 0.0
+        # Theoretical arrival time per budget: when its bucket holds a request again.
+        self._tat = {"requests": 0.0, "bytes": 0.0, "tokens": 0.0}
+
+    def _rates(self) -> dict[str, float | None]:
+        limits = self.limits
+        return {
+            "requests": limits.requests_per_minute,
+            "bytes": limits.bytes_per_minute,
+            "tokens": limits.tokens_per_minute,
+        }
+
+    def reserve(self, *, bytes_: int = 0, tokens: int = 0) -> float:
+        """Reserve one request of this size; return the seconds to wait before sending it."""
+        costs = {"requests": 1.0, "bytes": float(bytes_), "tokens": float(tokens)}
+        with self._lock:
+            now = self._clock()
+            start = max(now, self._paused_until)
+            rates = self._rates()
+            for name, limit in rates.items():
+                if limit is not None:
+                    start = max(start, self._tat[name])
+            for name, limit in rates.items():
+                if limit is not None:
+                    self._tat[name] = start + costs[name] * 60.0 / limit
+            return start - now
+
+    def charge_tokens(self, tokens: int) -> None:
+        """Add tokens a response reported beyond the estimate to the token budget."""
+        limit = self.limits.tokens_per_minute
+        if limit is None or tokens <= 0:
+            return
+        with self._lock:
+            self._tat["tokens"] = max(self._tat["tokens"], self._clock()) + tokens * 60.0 / limit
+
+    def pause(self, seconds: float) -> None:
+        """Hold every request of this scorer back for ``seconds`` from now."""
+        with self._lock:
+            self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How the engine should treat an exception a request raised.
+
+    ``rate_limited``: a 429; wait ``retry_after`` seconds (when the server
+    said) and resubmit until the deadline. ``transient``: resubmit up to
+    ``max_retries`` times with backoff.
+    """
+
+    kind: Literal["rate_limited", "transient"]
+    retry_after: float | None = None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``retry-after`` (or ``retry-after-ms``-converted) header value."""
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(seconds, 0.0) if math.isfinite(seconds) else None
+
+
+# --------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One planned request: texts ``indices`` of job item ``item``.
+
+    ``number`` is the request's position in the plan (what errors report).
+    """
+
+    number: int
+    item: int
+    indices: tuple[int, ...]
+
+
+def _split_even(n: int, pieces: int) -> list[range]:
+    base, extra = divmod(n, pieces)
+    out, start = [], 0
+    for k in range(pieces):
+        size = base + (1 if k < extra else 0)
+        out.append(range(start, start + size))
+        start += size
+    return out
+
+
+def _makespan(costs: list[int], slots: int) -> int:
+    """Finish time of costs scheduled longest first on ``slots`` parallel slots."""
+    loads = [0] * min(slots, len(costs))
+    heapq.heapify(loads)
+    for cost in sorted(costs, reverse=True):
+        heapq.heapreplace(loads, loads[0] + cost)
+    return max(loads) if loads else 0
+
+
+def plan_requests(
+    queries: Sequence[str],
+    texts: Sequence[Sequence[str]],
+    *,
+    slots: int,
+    max_batch_size: int,
+    max_bytes: int | None = None,
+    fewest_requests: bool = False,
+    overhead: int = REQUEST_OVERHEAD_TEXTS,
+) -> list[Batch]:
+    """Cut a whole job (one text list per query) into requests.
+
+    A request holds texts of one query only, at most ``max_batch_size`` of
+    them and at most ``max_bytes`` (``150 + len(query) + len(text)`` each).
+    Within those limits the size is derived from the job, not tuned:
+
+    1. Candidate sizes ``b`` run from ``max_batch_size`` down to
+       ``overhead`` texts (a request should carry at least as much work as
+       its fixed cost). For each, every query's texts are split into
+       ``ceil(n / b)`` near-equal requests.
+    2. Each candidate is scored by the time the job would take on ``slots``
+       parallel slots when every request costs ``overhead + len(request)``
+       and requests are handed out longest first (which is also the order
+       they are sent in).
+    3. The fastest candidate wins; ties go to the larger size (fewer
+       requests, less per-request overhead and rate-limit budget).
+
+    So a small job is spread over all slots (150 pages × 4 criteria over 16
+    slots: 16 requests of 37–38 pages, one round), and a big one uses the
+    fewest requests that fill every slot evenly (150 × 80 over 16 slots: five
+    full rounds of 150-page requests; cutting them smaller only adds rounds of
+    per-request overhead). ``fewest_requests`` (used under a
+    requests-per-minute limit, where requests are the scarce resource) takes
+    ``b = max_batch_size``.
+    """
+    if max_batch_size < 1:
+        raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    if max_bytes is not None:
+        for item, (query, item_texts) in enumerate(zip(queries, texts, strict=True)):
+            for index, text in enumerate(item_texts):
+                size = request_bytes(query, text)
+                if size > max_bytes:
+                    where = f" of query {item}" if len(queries) > 1 else ""
+                    raise ConfigurationError(
+                        f"text {index}{where} needs {size} bytes with its query, over the "
+                        f"per-request limit of {max_bytes} bytes; split it first"
+                    )
+    sizes = [len(t) for t in texts]
+    total = sum(sizes)
+    if total == 0:
+        return []
+    smallest = max(1, min(overhead, max_batch_size))
+    candidates = [max_batch_size] if fewest_requests else range(max_batch_size, smallest - 1, -1)
+    best: list[tuple[int, range]] | None = None
+    best_time = math.inf
+    seen: set[tuple[int, ...]] = set()
+    for b in candidates:
+        pieces = tuple(math.ceil(n / b) for n in sizes)
+        if pieces in seen:
+            continue
+        seen.add(pieces)
+        # Per-request overhead only grows as b shrinks: once even a perfect
+        # spread of this plan is slower than the best, no smaller b can win.
+        if (sum(pieces) * overhead + total) / slots >= best_time:
+            break
+        chunks = [
+            (item, piece)
+            for item, (n, p) in enumerate(zip(sizes, pieces, strict=True))
+            if n
+            for piece in _split_even(n, p)
+        ]
+        chunks = _split_bytes(chunks, queries, texts, max_bytes)
+        elapsed = _makespan([overhead + len(c) for _, c in chunks], slots)
+        if elapsed < best_time:
+            best, best_time = chunks, elapsed
+    assert best is not None
+    ordered = sorted(best, key=lambda c: (-len(c[1]), c[0], c[1].start))
+    return [
+        Batch(number=n, item=item, indices=tuple(piece)) for n, (item, piece) in enumerate(ordered)
+    ]
+
+
+def _split_bytes(
+    chunks: list[tuple[int, range]],
+    queries: Sequence[str],
+    texts: Sequence[Sequence[str]],
+    max_bytes: int | None,
+) -> list[tuple[int, range]]:
+    if max_bytes is None:
+        return chunks
+    out: list[tuple[int, range]] = []
+    for item, piece in chunks:
+        query = queries[item]
+        start, used = piece.start, 0
+        for index in piece:
+            size = request_bytes(query, texts[item][index])
+            if index > start and used + size > max_bytes:
+                out.append((item, range(start, index)))
+                start, used = index, 0
+            used += size
+        out.append((item, range(start, piece.stop)))
+    return out
+
+
+# --------------------------------------------------------------------------- engine
+
+
+@dataclass
+class _Budget:
+    """One batch's retry accounting, and the job's deadline."""
+
+    deadline: float
+    transient: int = 0
+    rate_limited: int = 0
+
+
+class Engine:
+    """Slots, pacing and retries for one scorer instance; see the module docstring.
+
+    ``classify`` tells a backend's rate-limit and transient errors from the
+    rest; :class:`InvalidResponseError` is always transient (a truncated or
+    garbled body is worth one more try, and a server that keeps sending them
+    still ends in the error after ``max_retries``).
+    """
+
+    def __init__(
+        self,
+        *,
+        max_concurrency: int,
+        max_retries: int,
+        limits: RateLimits,
+        deadline: float | None,
+        classify: Callable[[BaseException], Failure | None],
+        on_retry: Callable[[Failure], None] | None = None,
+    ) -> None:
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int):
+            raise ConfigurationError(f"max_retries must be an integer >= 0, got {max_retries!r}")
+        if max_retries < 0:
+            raise ConfigurationError(f"max_retries must be >= 0, got {max_retries}")
+        if deadline is not None and not (
+            isinstance(deadline, int | float) and not isinstance(deadline, bool) and deadline >= 0
+        ):
+            raise ConfigurationError(f"deadline must be a number of seconds >= 0, got {deadline!r}")
+        self.slots = Slots(max_concurrency)
+        self.pacer = Pacer(limits)
+        self.max_retries = max_retries
+        self.deadline = deadline
+        self._classify = classify
+        self._on_retry = on_retry
+        self._random = random.Random()
+        self._random_lock = threading.Lock()
+
+    @property
+    def limits(self) -> RateLimits:
+        return self.pacer.limits
+
+    def job_deadline(self) -> float:
+        """The monotonic time past which a job started now stops retrying."""
+        return math.inf if self.deadline is None else time.monotonic() + self.deadline
+
+    def failure(self, exc: BaseException) -> Failure | None:
+        if isinstance(exc, InvalidResponseError):
+            return Failure("transient")
+        if isinstance(exc, BackendError) and exc.__cause__ is not None:
+            # Scorers raise typed errors; what to do depends on what caused them.
+            return self._classify(exc.__cause__)
+        return self._classify(exc)
+
+    def _jitter(self, high: float) -> float:
+        with self._random_lock:
+            return self._random.uniform(0.0, high)
+
+    # tenacity's three hooks, sharing one batch's _Budget.
+
+    def _retry(self, budget: _Budget) -> Callable[[tenacity.RetryCallState], bool]:
+        def retry(state: tenacity.RetryCallState) -> bool:
+            outcome = state.outcome
+            if outcome is None or not outcome.failed:
+                return False
+            exc = outcome.exception()
+            failure = self.failure(exc) if exc is not None else None
+            if failure is None:
+                return False
+            if failure.kind == "rate_limited":
+                budget.rate_limited += 1
+            else:
+                budget.transient += 1
+            return True
+
+        return retry
+
+    def _stop(self, budget: _Budget) -> Callable[[tenacity.RetryCallState], bool]:
+        def stop(state: tenacity.RetryCallState) -> bool:
+            return budget.transient > self.max_retries or time.monotonic() >= budget.deadline
+
+        return stop
+
+    def _wait(self, budget: _Budget) -> Callable[[tenacity.RetryCallState], float]:
+        def wait(state: tenacity.RetryCallState) -> float:
+            outcome = state.outcome
+            exc = outcome.exception() if outcome is not None else None
+            failure = self.failure(exc) if exc is not None else None
+            if failure is not None and failure.kind == "rate_limited":
+                if failure.retry_after is not None:
+                    # The server said when: wait that long plus up to 10 %, so
+                    # that the requests it refused together do not return together.
+                    delay = failure.retry_after + self._jitter(0.1 * failure.retry_after + 0.05)
+                else:
+                    cap = min(_RATE_LIMIT_BACKOFF_CAP_S, 1.0 * 2.0 ** (budget.rate_limited - 1))
+                    delay = cap / 2 + self._jitter(cap / 2)
+                self.pacer.pause(delay)
+            else:
+                cap = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2.0 ** (budget.transient - 1))
+                delay = self._jitter(cap)  # full jitter
+            return max(0.0, min(delay, budget.deadline - time.monotonic()))
+
+        return wait
+
+    def _before_sleep(self, state: tenacity.RetryCallState) -> None:
+        outcome = state.outcome
+        exc = outcome.exception() if outcome is not None else None
+        failure = self.failure(exc) if exc is not None else None
+        if failure is not None and self._on_retry is not None:
+            self._on_retry(failure)
+
+    def _policy(self, budget: _Budget) -> dict[str, object]:
+        return {
+            "retry": self._retry(budget),
+            "stop": self._stop(budget),
+            "wait": self._wait(budget),
+            "before_sleep": self._before_sleep,
+            "reraise": True,
+        }
+
+    def call(self, attempt: Callable[[], T], *, bytes_: int, tokens: int, deadline: float) -> T:
+        """Run one request to completion in this thread: slot, pacing, retries."""
+        budget = _Budget(deadline=deadline)
+        for trial in tenacity.Retrying(**self._policy(budget)):  # type: ignore[arg-type]
+            with trial:
+                self.slots.acquire()
+                try:
+                    delay = self.pacer.reserve(bytes_=bytes_, tokens=tokens)
+                    if delay > 0:
+                        time.sleep(delay)
+                    return attempt()
+                finally:
+                    self.slots.release()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def acall(
+        self, attempt: Callable[[], Awaitable[T]], *, bytes_: int, tokens: int, deadline: float
+    ) -> T:
+        """Async :meth:`call`: waits without blocking the loop."""
+        budget = _Budget(deadline=deadline)
+        async for trial in tenacity.AsyncRetrying(**self._policy(budget)):  # type: ignore[arg-type]
+            with trial:
+                await self.slots.aacquire()
+                try:
+                    delay = self.pacer.reserve(bytes_=bytes_, tokens=tokens)
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                    return await attempt()
+                finally:
+                    self.slots.release()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def run_all(
+    count: int, work: Callable[[int], None], *, workers: int, stop: threading.Event | None = None
+) -> None:
+    """Run ``work(0..count-1)`` on ``workers`` threads, in order of index.
+
+    On the first error no new work starts, work already running finishes
+    (its results are kept), and the error is raised. A ``KeyboardInterrupt``
+    in the caller stops new work the same way.
+    """
+    stop = stop or threading.Event()
+    lock = threading.Lock()
+    next_index = [0]
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        while not stop.is_set():
+            with lock:
+                index = next_index[0]
+                if index >= count:
+                    return
+                next_index[0] += 1
+            try:
+                work(index)
+            except BaseException as exc:
+                with lock:
+                    errors.append(exc)
+                stop.set()
+                return
+
+    if workers <= 1 or count <= 1:
+        worker()
+    else:
+        threads = [
+            threading.Thread(target=worker, name=f"zerank-request-{i}", daemon=True)
+            for i in range(min(workers, count))
+        ]
+        for thread in threads:
+            thread.start()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            stop.set()
+            raise
+    if errors:
+        raise errors[0]
+
+
+async def arun_all(count: int, work: Callable[[int], Awaitable[None]], *, workers: int) -> None:
+    """Async :func:`run_all`: ``workers`` coroutines take work in order of index."""
+    next_index = 0
+    errors: list[BaseException] = []
+
+    async def worker() -> None:
+        nonlocal next_index
+        while not errors and next_index < count:
+            index = next_index
+            next_index += 1
+            try:
+                await work(index)
+            except Exception as exc:
+                errors.append(exc)
+                return
+
+    await asyncio.gather(*(worker() for _ in range(max(1, min(workers, count)))))
+    if errors:
+        raise errors[0]
