@@ -82,12 +82,12 @@ def main() -> None:
 
     choice = scorer_from_env()
     print(f"backend: {choice.name} — {choice.reason}")
-    if getattr(choice.scorer, "scale", Scale.PROBABILITY) is Scale.UNCALIBRATED:
+    if choice.scorer.scale is Scale.UNCALIBRATED:
         # BM25 is max-scaled per question: keep the best few within 40 % of the best.
-        compressor = ZeRankCompressor(scorer=choice.scorer, threshold=0.4, top_k=3, min_keep=1)
+        compressor = ZeRankCompressor(scorer=choice.scorer, threshold=0.4, top_n=3, min_keep=1)
     else:
         # Calibrated: keep what is at least 50 % likely to be relevant.
-        compressor = ZeRankCompressor(scorer=choice.scorer, threshold=0.5, top_k=4, min_keep=1)
+        compressor = ZeRankCompressor(scorer=choice.scorer, threshold=0.5, top_n=4, min_keep=1)
     gated = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base)
 
     prompt = ChatPromptTemplate.from_messages(

@@ -54,6 +54,7 @@ class KeywordScorer:
 
     model = "keywords"
     scale = Scale.PROBABILITY
+    usage = None
 
     def __init__(self) -> None:
         self.calls = 0

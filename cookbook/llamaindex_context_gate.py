@@ -71,7 +71,7 @@ async def main() -> None:
     ]
     index = VectorStoreIndex(nodes, embed_model=MockEmbedding(embed_dim=16))
     retriever = index.as_retriever(similarity_top_k=len(nodes))
-    gate = ZeRankPostprocessor(scorer=choice.scorer, threshold=0.5, top_k=3)
+    gate = ZeRankPostprocessor(scorer=choice.scorer, threshold=0.5, top_n=3)
     engine = RetrieverQueryEngine.from_args(retriever, llm=MockLLM(), node_postprocessors=[gate])
     print(f"policy: {gate.policy}\n")
 

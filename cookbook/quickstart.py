@@ -24,7 +24,7 @@ def main() -> None:
     scorer = choice.scorer
     print(f"backend: {choice.name} — {choice.reason}")
 
-    if getattr(scorer, "scale", Scale.PROBABILITY) is Scale.UNCALIBRATED:
+    if scorer.scale is Scale.UNCALIBRATED:
         # BM25 scores are max-scaled per question, not probabilities: keep the
         # best few that score at least 40 % of the best one.
         policy = SelectionPolicy(threshold=0.4, top_k=3, min_keep=1)

@@ -1,97 +1,136 @@
-"""The scorer settings both LangChain adapters share, and how they become a scorer.
+"""The backend settings both LangChain components share, and how they become a scorer.
 
-A default scorer is built on first use, not at construction: building one may
-load open weights or open clients, and a component that is only configured,
-serialised or printed should do neither. The API key lives in a ``SecretStr``
-field and the scorer is kept out of ``repr`` and ``model_dump``.
+The scorer is built when the component is built, through the core's one
+resolver (:func:`zerank_core.scorers.auto.resolve_backend`), so a missing
+setting fails at construction with the same message as everywhere else.
+Pickles and copies follow :mod:`zerank_core.components`: an explicit scorer
+is kept, a scorer built from settings is rebuilt, and the API key is never
+pickled or serialised.
 """
 
 from __future__ import annotations
 
-import os
-import threading
-from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 from langchain_core.utils import secret_from_env
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, SkipValidation
 
-from zerank_core.scorers.auto import scorer_from_env
+from zerank_core.components import (
+    BACKEND_SETTINGS,
+    BackendSettings,
+    build_scorer,
+    check_arguments,
+    merge_alias,
+    rebuild_scorer,
+)
 from zerank_core.scorers.base import Scorer
 
-__all__ = ["DeferredScorer", "ScorerSettings"]
+__all__ = ["ScorerSettings"]
 
-# Taken only while a default scorer is built, so that concurrent first calls
-# build one scorer, not several.
-_BUILD_LOCK = threading.Lock()
-
-
-class DeferredScorer:
-    """A :class:`Scorer` that asks ``resolve`` for the real one at each call.
-
-    Lets core objects that need a scorer be built (and validate their
-    settings) before any backend exists.
-    """
-
-    def __init__(self, resolve: Callable[[], Scorer]) -> None:
-        self._resolve = resolve
-
-    def score(
-        self, query: str, texts: Sequence[str], *, instruction: str | None = None
-    ) -> list[float]:
-        return self._resolve().score(query, texts, instruction=instruction)
-
-    async def ascore(
-        self, query: str, texts: Sequence[str], *, instruction: str | None = None
-    ) -> list[float]:
-        return await self._resolve().ascore(query, texts, instruction=instruction)
+_read_key = secret_from_env("ZEROENTROPY_API_KEY", default=None)
 
 
 class ScorerSettings(BaseModel):
-    """Which scorer an adapter uses: ``scorer``, else ``api_key``, else the environment."""
+    """Which scorer a component uses: ``scorer``, else the backend its settings name.
+
+    With neither ``scorer`` nor a setting, the environment decides
+    (``ZEROENTROPY_API_KEY`` → ``ZERANK_SERVER_URL`` → ``ZERANK_LOCAL_MODEL``;
+    ``ZERANK_BACKEND`` forces one); with nothing configured construction
+    raises an error naming every option. BM25 is used only when asked for by
+    name (``model="bm25"``, ``backend="lexical"``, ``ZERANK_BACKEND=lexical``).
+    """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
-    scorer: Scorer | None = Field(default=None, exclude=True, repr=False)
-    """Any object with the core's ``score``/``ascore`` contract (a
-    ``zerank_core`` backend, a cache wrapper, your own). When unset, the
-    scorer is built on first use: a ``ZeroEntropyScorer`` if ``api_key`` was
-    passed, otherwise ``zerank_core.scorer_from_env(allow_lexical=False)``
-    (``ZEROENTROPY_API_KEY`` → ``ZERANK_SERVER_URL`` → ``ZERANK_LOCAL_MODEL``;
-    ``ZERANK_BACKEND`` overrides the order), which raises an error naming
-    these options when none is set."""
+    #: Accepted spellings mapped to the documented field name.
+    aliases: ClassVar[dict[str, str]] = {}
 
-    api_key: SecretStr | None = Field(
-        default_factory=secret_from_env("ZEROENTROPY_API_KEY", default=None)
-    )
-    """ZeroEntropy API key for the hosted API. Read from ``ZEROENTROPY_API_KEY``
-    when not passed; never shown in ``repr``, logs or serialised output."""
+    # Checked by the core's require_scorer, whose message says what a scorer lacks.
+    scorer: SkipValidation[Scorer | None] = Field(default=None, exclude=True, repr=False)
+    """Any object with the core's scorer contract (``score``, ``ascore``,
+    ``model``, ``scale``, ``usage``): a ``zerank_core`` backend, a cache
+    wrapper, your own. Excludes every other backend setting."""
 
-    _default_scorer: Scorer | None = PrivateAttr(default=None)
+    model: str | None = None
+    """The model: a ZeroEntropy API name (``"zerank-2"``: the hosted API with
+    a key, or the model served at ``server_url``), a Hugging Face id or folder
+    (``"zeroentropy/zerank-2-reranker"``: open weights in-process, needs
+    ``pip install 'zerank-gate[local]'``), or ``"bm25"`` for the offline,
+    uncalibrated lexical baseline."""
+
+    device: str | None = None
+    """Device for open weights in-process (``"cpu"``, ``"cuda"``, ``"mps"``);
+    implies the local backend. Default: CUDA, then MPS, then CPU."""
+
+    api_key: SecretStr | None = Field(default_factory=_read_key, repr=False)
+    """ZeroEntropy API key (or a rerank server's bearer token with
+    ``server_url``). Read from ``ZEROENTROPY_API_KEY`` when not passed; never
+    shown in ``repr``, logs, pickles or serialised output."""
+
+    base_url: str | None = None
+    """Base URL of ZeroEntropy's API (a regional endpoint or a self-hosted
+    ZeroEntropy deployment), as ``ZEROENTROPY_BASE_URL``; implies the hosted
+    backend."""
+
+    server_url: str | None = None
+    """Full endpoint of your rerank server (vLLM, llama.cpp, Infinity), e.g.
+    ``http://localhost:8000/v1/rerank``, as ``ZERANK_SERVER_URL``."""
+
+    backend: str | None = None
+    """Force a backend: ``"hosted"``, ``"server"``, ``"local"`` or ``"lexical"``
+    (default ``ZERANK_BACKEND``, then the rules above)."""
+
+    _scorer: Scorer = PrivateAttr()
+
+    def __init__(self, **data: Any) -> None:
+        owner = type(self).__name__
+        for alias, name in self.aliases.items():
+            merge_alias(data, name, alias, owner)
+        check_arguments(owner, data, type(self).model_fields)
+        super().__init__(**data)
+        # Here rather than in model_post_init, so that pydantic does not wrap
+        # the resolver's error: the message is the same as everywhere else.
+        self._scorer = build_scorer(self.scorer, self._settings(explicit_key=True))
+
+    def _settings(self, *, explicit_key: bool) -> BackendSettings:
+        # A key read from the environment is not a choice of backend: only a
+        # key passed by the caller makes the hosted API the explicit choice.
+        # Next to an explicit scorer only settings the caller passed count,
+        # not a subclass's defaults.
+        passed = self.model_fields_set
+        values = {
+            name: getattr(self, name)
+            for name in BACKEND_SETTINGS
+            if name in passed or (self.scorer is None and name != "api_key")
+        }
+        if not explicit_key:
+            values.pop("api_key", None)
+        return BackendSettings(**values)
 
     def get_scorer(self) -> Scorer:
-        """The scorer in use (``scorer``, or the default one, built now if needed)."""
-        if self.scorer is not None:
-            return self.scorer
-        if self._default_scorer is None:
-            with _BUILD_LOCK:
-                if self._default_scorer is None:
-                    self._default_scorer = self._build_default_scorer()
-        return self._default_scorer
+        """The scorer in use (``scorer``, or the one the settings resolved to)."""
+        return self._scorer
 
-    def _build_default_scorer(self) -> Scorer:
-        if self.api_key is not None and "api_key" in self.model_fields_set:
-            from zerank_core.scorers.zeroentropy import ZeroEntropyScorer
+    def __getstate__(self) -> dict[Any, Any]:
+        state = dict(super().__getstate__())
+        values = dict(state["__dict__"])
+        values["api_key"] = None
+        state["__dict__"] = values
+        private = dict(state.get("__pydantic_private__") or {})
+        if self.scorer is None:
+            private.pop("_scorer", None)
+        state["__pydantic_private__"] = private
+        return state
 
-            model = os.environ.get("ZERANK_MODEL", "zerank-2")
-            return ZeroEntropyScorer(model=model, api_key=self.api_key)
-        return scorer_from_env(allow_lexical=False).scorer
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)
+        object.__setattr__(self, "__dict__", {**self.__dict__, "api_key": _read_key()})
+        if self.scorer is None:
+            self._scorer = rebuild_scorer(self._settings(explicit_key=False), type(self).__name__)
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
-        # A scorer is a resource (clients, connection pools, locks), not a
-        # value: copies of an adapter share it.
+        # A scorer is a resource (clients, connection pools, weights, locks),
+        # not a value: copies of a component share it.
         memo = {} if memo is None else memo
-        for scorer in (self.scorer, self._default_scorer):
-            if scorer is not None:
-                memo[id(scorer)] = scorer
+        memo[id(self._scorer)] = self._scorer
         return super().__deepcopy__(memo)

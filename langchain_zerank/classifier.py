@@ -18,7 +18,7 @@ from langchain_core.messages import BaseMessage
 from langchain_core.runnables import Runnable, RunnableConfig, RunnableLambda, RunnableSerializable
 from pydantic import ConfigDict
 
-from langchain_zerank._scorer import DeferredScorer, ScorerSettings
+from langchain_zerank._scorer import ScorerSettings
 from zerank_core.classify import Classification, LabelClassifier
 from zerank_core.errors import ConfigurationError
 
@@ -50,8 +50,9 @@ class ZeRankClassifier(ScorerSettings, RunnableSerializable[Any, Classification]
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
     labels: dict[str, str]
-    """Label name → description. The description is what the scorer reads as
-    the query, so write it as the question the label answers."""
+    """Label name → description. The description is scored as the query and
+    the input as the document (see :class:`zerank_core.LabelClassifier` for
+    why), so write it as the question the label answers."""
 
     threshold: float | dict[str, float] = 0.5
     """Floor a label's probability must reach: one for all labels, or one per
@@ -59,6 +60,9 @@ class ZeRankClassifier(ScorerSettings, RunnableSerializable[Any, Classification]
 
     multi_label: bool = False
     """Choose every label at or above its floor, best first, instead of the best one."""
+
+    max_labels: int | None = None
+    """With ``multi_label``: choose at most this many labels (>= 1)."""
 
     default: str | None = None
     """Label chosen when no label reaches its floor (it need not be one of ``labels``)."""
@@ -69,16 +73,17 @@ class ZeRankClassifier(ScorerSettings, RunnableSerializable[Any, Classification]
     input_key: str = "input"
     """Key (or attribute of a state object) that holds the text in dict inputs."""
 
-    def model_post_init(self, context: Any, /) -> None:
-        super().model_post_init(context)
+    def __init__(self, **data: Any) -> None:
+        super().__init__(**data)
         self._classifier()  # validates labels and thresholds now, not at the first input
 
     def _classifier(self) -> LabelClassifier:
         return LabelClassifier(
-            DeferredScorer(self.get_scorer),
+            self.get_scorer(),
             self.labels,
             threshold=self.threshold,
             multi_label=self.multi_label,
+            max_labels=self.max_labels,
             default=self.default,
             instruction=self.instruction,
         )

@@ -11,18 +11,20 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Sequence
-from typing import Any, Literal
+from dataclasses import asdict
+from typing import Any, ClassVar, Literal
 
-from langchain_core.callbacks import Callbacks
+from langchain_core.callbacks import AsyncCallbackManager, CallbackManager, Callbacks
 from langchain_core.documents import BaseDocumentCompressor, Document
 from pydantic import ConfigDict, Field
 
 from langchain_zerank._scorer import ScorerSettings
+from zerank_core.components import check_top_n
 from zerank_core.dedupe import Duplicates, afind_duplicates, find_duplicates
-from zerank_core.errors import ConfigurationError
+from zerank_core.scorers.base import Usage, check_scores
 from zerank_core.select import SelectionPolicy
 
-__all__ = ["ZeRankCompressor"]
+__all__ = ["ZeRankCompressor", "ZeroEntropyRerank"]
 
 
 class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
@@ -31,6 +33,10 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
     Returns copies of the kept documents (ids kept, metadata deep-copied) with
     ``metadata["relevance_score"]`` set; the input is never modified. By
     default every document scoring at least 0.5 is returned, best first.
+    Each call is reported to the callbacks it receives (a LangSmith or
+    Phoenix trace, any callback handler) as a child run named
+    ``ZeRankCompressor`` whose outputs hold the scores, the kept and dropped
+    counts, the policy and the usage.
 
     Example:
         .. code-block:: python
@@ -38,7 +44,7 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
             from langchain_classic.retrievers import ContextualCompressionRetriever
             from langchain_zerank import ZeRankCompressor
 
-            compressor = ZeRankCompressor(threshold=0.5, top_k=5)
+            compressor = ZeRankCompressor(model="zeroentropy/zerank-2-reranker", top_n=5)
             retriever = ContextualCompressionRetriever(
                 base_compressor=compressor, base_retriever=vector_store.as_retriever(k=30)
             )
@@ -46,13 +52,16 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
 
+    aliases: ClassVar[dict[str, str]] = {"top_k": "top_n"}
+
     threshold: float | None = 0.5
     """Keep documents whose score is at least this probability, in [0, 1]
     (``None``: no floor). The default matches the LlamaIndex postprocessor and
     the command line: keep what is at least even odds to be relevant."""
 
-    top_k: int | None = None
-    """Keep at most this many documents (with ``threshold``: top-K with a floor)."""
+    top_n: int | None = None
+    """Keep at most this many documents, >= 1 (with ``threshold``: top-N with a
+    floor). ``top_k`` is accepted as an alias."""
 
     max_chars: int | None = None
     """Character budget: best documents first, skipping any that would overflow it."""
@@ -74,7 +83,7 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
 
     dedupe: bool = False
     """Keep one of each set of near-duplicate documents: a duplicate of a
-    better-scoring kept document is dropped before ``top_k`` and the budgets
+    better-scoring kept document is dropped before ``top_n`` and the budgets
     apply, so its slot goes to the next distinct document. Kept documents
     name the dropped ones in ``metadata["duplicates"]`` (``index`` in the
     input, ``id``, ``similarity``, ``method``)."""
@@ -90,8 +99,14 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
     primary sources". Lexical scorers ignore it."""
 
     def model_post_init(self, context: Any, /) -> None:
-        super().model_post_init(context)
+        check_top_n(self.top_n)
         self._policy()  # validates the selection options now, not at the first query
+        super().model_post_init(context)
+
+    @property
+    def top_k(self) -> int | None:
+        """The core's name for :attr:`top_n`."""
+        return self.top_n
 
     def _policy(self) -> SelectionPolicy:
         return SelectionPolicy.from_attributes(self)
@@ -106,10 +121,21 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
         documents = list(documents)
         if not documents:
             return []
-        texts = [document.page_content for document in documents]
-        scores = self.get_scorer().score(query, texts, instruction=self.instruction)
-        duplicates = find_duplicates(self.dedupe, self.duplicate_detector, texts, scores)
-        return self._select(documents, scores, duplicates)
+        run = CallbackManager.configure(inheritable_callbacks=callbacks).on_chain_start(
+            None, self._trace_inputs(documents, query), name=type(self).__name__
+        )
+        try:
+            scorer = self.get_scorer()
+            before = scorer.usage
+            texts = [document.page_content for document in documents]
+            scores = self._checked(scorer.score(query, texts, instruction=self.instruction), texts)
+            duplicates = find_duplicates(self.dedupe, self.duplicate_detector, texts, scores)
+            kept, outputs = self._select(documents, scores, duplicates, before)
+        except BaseException as exc:
+            run.on_chain_error(exc)
+            raise
+        run.on_chain_end(outputs)
+        return kept
 
     async def acompress_documents(
         self,
@@ -121,19 +147,43 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
         documents = list(documents)
         if not documents:
             return []
-        texts = [document.page_content for document in documents]
-        scores = await self.get_scorer().ascore(query, texts, instruction=self.instruction)
-        duplicates = await afind_duplicates(self.dedupe, self.duplicate_detector, texts, scores)
-        return self._select(documents, scores, duplicates)
+        run = await AsyncCallbackManager.configure(inheritable_callbacks=callbacks).on_chain_start(
+            None, self._trace_inputs(documents, query), name=type(self).__name__
+        )
+        try:
+            scorer = self.get_scorer()
+            before = scorer.usage
+            texts = [document.page_content for document in documents]
+            scores = self._checked(
+                await scorer.ascore(query, texts, instruction=self.instruction), texts
+            )
+            duplicates = await afind_duplicates(self.dedupe, self.duplicate_detector, texts, scores)
+            kept, outputs = self._select(documents, scores, duplicates, before)
+        except BaseException as exc:
+            await run.on_chain_error(exc)
+            raise
+        await run.on_chain_end(outputs)
+        return kept
+
+    @staticmethod
+    def _trace_inputs(documents: list[Document], query: str) -> dict[str, Any]:
+        # Ids and a count, not the texts: the parent retriever run already holds them.
+        return {"query": query, "documents": len(documents), "ids": [d.id for d in documents]}
+
+    def _checked(self, scores: Sequence[float], texts: list[str]) -> list[float]:
+        return check_scores(
+            scores, len(texts), context=f"scorer {self.get_scorer().model!r}", items="documents"
+        )
 
     def _select(
-        self, documents: list[Document], scores: list[float], duplicates: Duplicates | None
-    ) -> list[Document]:
-        if len(scores) != len(documents):
-            raise ConfigurationError(
-                f"scorer returned {len(scores)} scores for {len(documents)} documents"
-            )
-        selection = self._policy().select(
+        self,
+        documents: list[Document],
+        scores: list[float],
+        duplicates: Duplicates | None,
+        before: Usage | None,
+    ) -> tuple[list[Document], dict[str, Any]]:
+        policy = self._policy()
+        selection = policy.select(
             scores,
             lengths=[len(document.page_content) for document in documents],
             duplicates=duplicates,
@@ -153,7 +203,54 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
                     for d in dropped
                 ]
             kept.append(copied)
-        return kept
+        scorer = self.get_scorer()
+        after = scorer.usage
+        outputs = {
+            "model": scorer.model,
+            "scale": scorer.scale.value,
+            "scores": scores,
+            "kept": len(kept),
+            "dropped": len(documents) - len(kept),
+            "kept_indices": list(selection.indices),
+            "policy": asdict(policy),
+            "usage": None if after is None else asdict(after if before is None else after - before),
+        }
+        return kept, outputs
+
+
+class ZeroEntropyRerank(ZeRankCompressor):
+    """Drop-in for the ``ZeroEntropyRerank`` of PyPI's ``langchain-zerank`` 0.1.
+
+    Same name, arguments and defaults: ``model="zerank-1-small"``,
+    ``top_n=3``, ``api_key`` (else ``ZEROENTROPY_API_KEY``) and an optional
+    SDK ``client``; it keeps the ``top_n`` best documents whatever their
+    score (``threshold=None``), best first, with ``metadata["relevance_score"]``.
+    Unlike 0.1 it returns copies instead of modifying the caller's
+    documents, and it takes every option of :class:`ZeRankCompressor`.
+    """
+
+    model: str | None = "zerank-1-small"
+    """ZeroEntropy API model name (see :attr:`ZeRankCompressor.model`)."""
+
+    top_n: int | None = 3
+    """Keep the ``top_n`` best documents."""
+
+    threshold: float | None = None
+    """No floor by default, as in ``langchain-zerank`` 0.1."""
+
+    client: Any = Field(default=None, exclude=True, repr=False)
+    """A ``zeroentropy.ZeroEntropy`` client to send requests with."""
+
+    def __init__(self, **data: Any) -> None:
+        client = data.get("client")
+        if client is not None and data.get("scorer") is None:
+            from zerank_core.scorers.zeroentropy import ZeroEntropyScorer
+
+            # The client carries its own key and base URL: it is this component's scorer.
+            model = data.pop("model", None) or "zerank-1-small"
+            data["scorer"] = ZeroEntropyScorer(model=model, client=client)
+            data["model"] = None
+        super().__init__(**data)
 
 
 def _scored_copy(document: Document, score: float) -> Document:

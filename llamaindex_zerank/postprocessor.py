@@ -16,12 +16,19 @@ from llama_index.core.callbacks import CBEventType, EventPayload
 from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
 from llama_index.core.postprocessor.types import BaseNodePostprocessor
 from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
-from llamaindex_zerank._backend import as_secret, check_scorer_arg, model_name, resolve_scorer
+from zerank_core.components import (
+    BackendSettings,
+    build_scorer,
+    check_arguments,
+    check_top_n,
+    merge_alias,
+    rebuild_scorer,
+)
 from zerank_core.dedupe import Duplicates, afind_duplicates, find_duplicates
 from zerank_core.errors import ConfigurationError
-from zerank_core.scorers.base import Scorer
+from zerank_core.scorers.base import Scorer, check_scores
 from zerank_core.select import Selection, SelectionPolicy
 
 __all__ = [
@@ -50,9 +57,14 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
     ``metadata["retrieval_score"]``, both hidden from the LLM and embedding
     views. The input nodes are never modified.
 
-    The scorer is ``scorer=`` when given, else the hosted API when ``api_key``
-    is given, else whatever the environment configures (see
-    :func:`zerank_core.scorer_from_env`); it is resolved on first use.
+    The scorer is ``scorer=`` when given, else the backend that ``model``,
+    ``device``, ``api_key``, ``base_url``, ``server_url`` and ``backend``
+    name, then the environment, resolved when the postprocessor is built by
+    :func:`zerank_core.scorers.auto.resolve_backend` (the rules are in its
+    module). With nothing configured, construction raises an error naming
+    every option: BM25 is used only when asked for (``model="bm25"`` or
+    ``ZERANK_BACKEND=lexical``). Pickles and copies keep an explicit scorer
+    and never hold the API key; see :mod:`zerank_core.components`.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -61,9 +73,10 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         default=0.5,
         description="Keep nodes whose calibrated probability is at least this (None: no floor).",
     )
-    top_k: int | None = Field(
+    top_n: int | None = Field(
         default=None,
-        description="Keep at most this many nodes (with threshold: top-K with a floor).",
+        description="Keep at most this many nodes, >= 1 (with threshold: top-N with a floor); "
+        "top_k is accepted as an alias.",
     )
     max_chars: int | None = Field(
         default=None,
@@ -108,14 +121,33 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         default=True,
         description="Copy the retriever's score into metadata['retrieval_score'].",
     )
-    model: str = Field(
-        default="zerank-2", description="ZeroEntropy model used when api_key is given."
+    model: str | None = Field(
+        default=None,
+        description="Model: a ZeroEntropy API name ('zerank-2': hosted with a key, or served at "
+        "server_url), a Hugging Face id or folder (open weights in-process, needs the 'local' "
+        "extra), or 'bm25' for the offline, uncalibrated lexical baseline.",
+    )
+    device: str | None = Field(
+        default=None,
+        description="Device for open weights in-process ('cpu', 'cuda', 'mps'); implies local.",
     )
     base_url: str | None = Field(
-        default=None, description="ZeroEntropy API base URL used when api_key is given."
+        default=None,
+        description="Base URL of ZeroEntropy's API (regional or self-hosted ZeroEntropy), as "
+        "ZEROENTROPY_BASE_URL; implies the hosted backend.",
+    )
+    server_url: str | None = Field(
+        default=None,
+        description="Your rerank server's endpoint (vLLM, llama.cpp), e.g. "
+        "http://localhost:8000/v1/rerank, as ZERANK_SERVER_URL.",
+    )
+    backend: str | None = Field(
+        default=None,
+        description="Force a backend: 'hosted', 'server', 'local' or 'lexical' (default "
+        "ZERANK_BACKEND, then the settings above and the environment).",
     )
 
-    _scorer: Scorer | None = PrivateAttr(default=None)
+    _scorer: Scorer = PrivateAttr()
     _scorer_given: bool = PrivateAttr(default=False)
     _api_key: SecretStr | None = PrivateAttr(default=None)
 
@@ -126,24 +158,68 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         api_key: str | SecretStr | None = None,
         **data: Any,
     ) -> None:
+        merge_alias(data, "top_n", "top_k", "ZeRankPostprocessor")
+        check_arguments(
+            "ZeRankPostprocessor", data, [*type(self).model_fields, "scorer", "api_key"]
+        )
         super().__init__(**data)
-        self._api_key = as_secret(api_key)
-        self._scorer = check_scorer_arg(scorer, self._api_key)
-        self._scorer_given = scorer is not None
+        check_top_n(self.top_n)
         _ = self.policy  # the core validates the selection options now, not at the first query
+        settings = BackendSettings(
+            backend=self.backend,
+            model=self.model,
+            device=self.device,
+            api_key=api_key
+            if api_key is None or isinstance(api_key, SecretStr)
+            else SecretStr(api_key),
+            base_url=self.base_url,
+            server_url=self.server_url,
+        )
+        self._api_key = settings.api_key
+        self._scorer = build_scorer(scorer, settings)
+        self._scorer_given = scorer is not None
 
     @classmethod
     def class_name(cls) -> str:
         return "ZeRankPostprocessor"
 
+    @property
+    def top_k(self) -> int | None:
+        """The core's name for :attr:`top_n`."""
+        return self.top_n
+
     def __getstate__(self) -> dict[Any, Any]:
-        state = super().__getstate__()
-        private = state.get("__pydantic_private__") or {}
-        # A pickle is a serialisation too: the key and a scorer built from it stay out.
+        # Not BaseComponent's: it silently drops what does not pickle (an
+        # explicit scorer among them) and rebuilds through __init__.
+        state = dict(BaseModel.__getstate__(self))
+        private = dict(state.get("__pydantic_private__") or {})
         private.pop("_api_key", None)
         if not self._scorer_given:
             private.pop("_scorer", None)
+        state["__pydantic_private__"] = private
         return state
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        BaseModel.__setstate__(self, state)
+        self._api_key = None
+        if not self._scorer_given:
+            self._scorer = rebuild_scorer(self._settings(), "ZeRankPostprocessor")
+
+    def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
+        # Copies share the scorer: it is a resource (clients, weights, locks), not a value.
+        memo = {} if memo is None else memo
+        memo[id(self._scorer)] = self._scorer
+        return super().__deepcopy__(memo)
+
+    def _settings(self) -> BackendSettings:
+        return BackendSettings(
+            backend=self.backend,
+            model=self.model,
+            device=self.device,
+            api_key=self._api_key,
+            base_url=self.base_url,
+            server_url=self.server_url,
+        )
 
     @property
     def policy(self) -> SelectionPolicy:
@@ -152,9 +228,7 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
 
     @property
     def scorer(self) -> Scorer:
-        """The scorer in use, resolved on first access."""
-        if self._scorer is None:
-            self._scorer = resolve_scorer(self._api_key, self.model, self.base_url)
+        """The scorer in use: ``scorer=``, or the one the settings resolved to."""
         return self._scorer
 
     @dispatcher.span
@@ -172,7 +246,7 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         with self.callback_manager.event(
             CBEventType.RERANKING, payload=self._payload(nodes, query, scorer)
         ) as event:
-            scores = scorer.score(query, texts, instruction=self.instruction)
+            scores = self._checked(nodes, scorer.score(query, texts, instruction=self.instruction))
             duplicates = find_duplicates(
                 self.dedupe, self.duplicate_detector, _contents(nodes), scores
             )
@@ -195,7 +269,9 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         with self.callback_manager.event(
             CBEventType.RERANKING, payload=self._payload(nodes, query, scorer)
         ) as event:
-            scores = await scorer.ascore(query, texts, instruction=self.instruction)
+            scores = self._checked(
+                nodes, await scorer.ascore(query, texts, instruction=self.instruction)
+            )
             duplicates = await afind_duplicates(
                 self.dedupe, self.duplicate_detector, _contents(nodes), scores
             )
@@ -210,8 +286,8 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
             ReRankStartEvent(
                 query=query_bundle,
                 nodes=nodes,
-                top_n=self.top_k if self.top_k is not None else len(nodes),
-                model_name=model_name(scorer),
+                top_n=self.top_n if self.top_n is not None else len(nodes),
+                model_name=scorer.model,
             )
         )
 
@@ -223,22 +299,22 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
     def _payload(self, nodes: list[NodeWithScore], query: str, scorer: Scorer) -> dict[str, Any]:
         return {
             EventPayload.NODES: nodes,
-            EventPayload.MODEL_NAME: model_name(scorer),
+            EventPayload.MODEL_NAME: scorer.model,
             EventPayload.QUERY_STR: query,
-            EventPayload.TOP_K: self.top_k if self.top_k is not None else len(nodes),
+            EventPayload.TOP_K: self.top_n if self.top_n is not None else len(nodes),
         }
+
+    def _checked(self, nodes: list[NodeWithScore], scores: Sequence[float]) -> list[float]:
+        return check_scores(
+            scores, len(nodes), context=f"scorer {self.scorer.model!r}", items="nodes"
+        )
 
     def _keep(
         self,
         nodes: list[NodeWithScore],
-        scores: Sequence[float],
+        scores: list[float],
         duplicates: Duplicates | None,
     ) -> list[NodeWithScore]:
-        if len(scores) != len(nodes):
-            raise ConfigurationError(
-                f"scorer {model_name(self.scorer)!r} returned {len(scores)} scores "
-                f"for {len(nodes)} nodes"
-            )
         lengths = [len(n.node.get_content(metadata_mode=MetadataMode.LLM)) for n in nodes]
         selection: Selection = self.policy.select(scores, lengths=lengths, duplicates=duplicates)
         return [

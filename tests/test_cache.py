@@ -17,7 +17,7 @@ from zerank_core import InvalidResponseError
 from zerank_core.cache import CachedScorer, ScoreStore, default_cache_path, score_key
 from zerank_core.documents import PageGate, load_criteria, load_document
 from zerank_core.errors import ConfigurationError
-from zerank_core.scorers.base import Scale, Scorer
+from zerank_core.scorers.base import Scale
 from zerank_core.scorers.lexical import BM25Scorer
 from zerank_core.scorers.server import RerankServerScorer
 
@@ -29,6 +29,7 @@ class Recorder:
 
     model = "recorder"
     scale = Scale.PROBABILITY
+    usage = None
 
     def __init__(self, bad: object = None) -> None:
         self.calls: list[list[str]] = []
@@ -134,7 +135,7 @@ def test_invalid_scores_are_errors_and_never_stored(tmp_path: Path) -> None:
     for bad in (math.nan, "0.3", math.inf):
         with (
             CachedScorer(Recorder(bad=bad), path) as scorer,
-            pytest.raises(InvalidResponseError, match="score 0 is not"),
+            pytest.raises(InvalidResponseError, match="as score 0 \\(scorer 'recorder'\\)"),
         ):
             scorer.score("q", ["a", "b"])
     store = ScoreStore(path)
@@ -142,8 +143,10 @@ def test_invalid_scores_are_errors_and_never_stored(tmp_path: Path) -> None:
     store.close()
 
 
-def test_scorer_without_a_model_needs_one(tmp_path: Path) -> None:
+def test_a_scorer_must_declare_its_model_scale_and_usage(tmp_path: Path) -> None:
     class Anonymous:
+        """A scorer written before the contract named its model, scale and usage."""
+
         def score(
             self, query: str, texts: Sequence[str], *, instruction: str | None = None
         ) -> list[float]:
@@ -154,11 +157,8 @@ def test_scorer_without_a_model_needs_one(tmp_path: Path) -> None:
         ) -> list[float]:
             return [0.5] * len(texts)
 
-    with pytest.raises(ConfigurationError, match="pass model="):
+    with pytest.raises(ConfigurationError, match="Anonymous lacks model, scale, usage"):
         CachedScorer(Anonymous(), tmp_path / "c.sqlite3")
-    with CachedScorer(Anonymous(), tmp_path / "c.sqlite3", model="anon") as scorer:
-        assert isinstance(scorer, Scorer)
-        assert scorer.score("q", ["a"]) == [0.5]
 
 
 def test_not_a_database_is_a_clear_error(tmp_path: Path) -> None:
@@ -218,9 +218,12 @@ def test_threads_share_one_cache(tmp_path: Path) -> None:
 WRITER = """
 import sys
 from zerank_core.cache import CachedScorer
+from zerank_core.scorers.base import Scale
 
 class Lengths:
     model = "lengths"
+    scale = Scale.PROBABILITY
+    usage = None
     def score(self, query, texts, *, instruction=None):
         return [(len(t) % 10) / 10 for t in texts]
     async def ascore(self, query, texts, *, instruction=None):

@@ -436,5 +436,5 @@ def test_calibrated_scorer_refuses_an_unfitted_calibrator() -> None:
         CalibratedScorer(BM25Scorer(), IsotonicCalibrator())
     with pytest.raises(ConfigurationError, match="must have predict_proba"):
         CalibratedScorer(BM25Scorer(), object())  # type: ignore[arg-type]
-    with pytest.raises(ConfigurationError, match="scorer must have score"):
+    with pytest.raises(ConfigurationError, match="lacks score, ascore, model, scale, usage"):
         CalibratedScorer(object(), PlattCalibrator().fit([0.1, 0.9], [0, 1]))  # type: ignore[arg-type]

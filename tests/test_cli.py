@@ -246,9 +246,15 @@ def test_corrupt_pdf_exits_with_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--backend", "lexical", "--server-url", "http://x"], "--server-url needs the server"),
+        (
+            ["--backend", "lexical", "--server-url", "http://x"],
+            "--server-url does not apply to the lexical backend (chosen by --backend)",
+        ),
         (["--backend", "lexical", "--model", "zerank-2"], "--model does not apply"),
-        (["--backend", "hosted"], "ZEROENTROPY_API_KEY"),
+        (["--backend", "hosted"], "needs a ZeroEntropy API key: set ZEROENTROPY_API_KEY"),
+        (["--backend", "server"], "use --server-url URL or set ZERANK_SERVER_URL"),
+        (["--backend", "local", "--server-url", "http://x"], "--server-url does not apply"),
+        (["--model", "zerank-2"], "for its open weights in-process, use --model zeroentropy/"),
     ],
 )
 def test_backend_flag_errors(args: list[str], message: str) -> None:
@@ -256,6 +262,9 @@ def test_backend_flag_errors(args: list[str], message: str) -> None:
     assert code == 2
     assert out == ""
     assert message in err
+    # The command line has no api_key=/url= arguments: errors never tell the user to pass them.
+    assert "=..." not in err
+    assert "pass " not in err
 
 
 def test_bad_option_values_are_named(capsys: pytest.CaptureFixture[str]) -> None:
@@ -301,7 +310,7 @@ def test_local_backend_with_a_tiny_model(tmp_path: Path) -> None:
         str(tmp_path / "c.sqlite3"),
     )
     assert code == 0, err
-    assert err.startswith(f"backend: local — open weights in-process ({model})")
+    assert err.startswith(f"backend: local — open weights in-process ({model}, cpu)")
     data = json.loads(out)
     assert data["scale"] == "probability"
     assert data["report"]["empty_pages"] == [3]

@@ -105,6 +105,10 @@ def test_reference_pair_check_catches_a_misconfigured_server(
     class SigmoidWithoutTemperature:
         """Applies sigmoid(x) where zerank needs sigmoid(x / 5): a common mistake."""
 
+        model = "sigmoid-without-temperature"
+        scale = Scale.PROBABILITY
+        usage = None
+
         def score(self, query: str, texts: Sequence[str], *, instruction: str | None = None):
             return [0.995 if t == "4" else 0.011 for t in texts]
 
@@ -117,6 +121,10 @@ def test_reference_pair_check_catches_a_misconfigured_server(
 
 class CountingScorer:
     """Keyword-overlap scorer that counts its calls (a real scorer, not a mock)."""
+
+    model = "counting"
+    scale = Scale.PROBABILITY
+    usage = None
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, int]] = []

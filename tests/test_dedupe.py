@@ -25,7 +25,7 @@ from zerank_core.dedupe import (
 from zerank_core.errors import ConfigurationError, InvalidResponseError, MissingDependencyError
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
 from zerank_core.loaders import Document, load_document
-from zerank_core.scorers import BM25Scorer, RerankServerScorer
+from zerank_core.scorers import BM25Scorer, RerankServerScorer, Scale
 from zerank_core.select import SelectionPolicy
 
 PACKET = Path(__file__).resolve().parent.parent / "cookbook" / "prior_auth" / "packet.txt"
@@ -247,6 +247,10 @@ def test_model_detector_refuses_uncalibrated_scorers() -> None:
 
 def test_model_detector_rejects_a_bad_score_from_the_scorer() -> None:
     class Broken:
+        model = "broken"
+        scale = Scale.PROBABILITY
+        usage = None
+
         def score(self, query: str, texts: object, *, instruction: str | None = None) -> list:
             return [1.7]
 

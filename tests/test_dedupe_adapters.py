@@ -211,7 +211,7 @@ def test_llamaindex_dedupe_judges_text_not_metadata(fake_server: FakeRerankServe
 
 
 def test_llamaindex_dedupe_round_trips_through_dict() -> None:
-    postprocessor = ZeRankPostprocessor(top_k=3, dedupe=True)
+    postprocessor = ZeRankPostprocessor(model="bm25", top_n=3, dedupe=True)
     restored = ZeRankPostprocessor.from_dict(postprocessor.to_dict())
     assert restored.dedupe is True
     assert restored.policy == postprocessor.policy

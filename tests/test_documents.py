@@ -75,6 +75,7 @@ class FixedScorer:
 
     model = "fixed"
     scale = Scale.PROBABILITY
+    usage = None
 
     def __init__(self, scores: Sequence[float]) -> None:
         self.scores = list(scores)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from zerank_core.errors import ConfigurationError, MissingDependencyError
+from zerank_core.errors import ConfigurationError, InvalidResponseError, MissingDependencyError
 from zerank_core.evaluate import (
     LabelledQuery,
     ascore_examples,
@@ -19,6 +19,7 @@ from zerank_core.evaluate import (
     recall_at_k,
     score_examples,
 )
+from zerank_core.scorers.base import Scale
 from zerank_core.scorers.lexical import BM25Scorer
 from zerank_core.select import SelectionPolicy
 
@@ -191,6 +192,10 @@ async def test_ascore_examples_matches_score_examples() -> None:
 class _ShortScorer:
     """A broken scorer that drops the last score."""
 
+    model = "short"
+    scale = Scale.PROBABILITY
+    usage = None
+
     def score(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
@@ -203,7 +208,7 @@ class _ShortScorer:
 
 
 def test_a_missing_score_is_an_error_not_a_zero() -> None:
-    with pytest.raises(ConfigurationError, match="returned 2 scores for 3 units"):
+    with pytest.raises(InvalidResponseError, match="returned 2 scores for 3 units"):
         score_examples(_ShortScorer(), EXAMPLES)
 
 

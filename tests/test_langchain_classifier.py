@@ -15,7 +15,7 @@ from langchain_core.load import dumps
 from langchain_core.messages import AIMessage, AnyMessage, HumanMessage
 from langchain_core.runnables import ConfigurableField, RunnableLambda
 from langgraph.graph import END, START, StateGraph
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 from langchain_zerank import Classification, ZeRankClassifier, input_text
 from tests.fake_servers import FakeRerankServer
@@ -229,7 +229,7 @@ def test_threshold_as_a_configurable_field() -> None:
 
     assert model.invoke(MIXED).label == "billing"
     assert model.with_config(configurable={"floor": 0.9}).invoke(MIXED).label == "general"
-    with pytest.raises(ValidationError, match=r"got 1\.9"):
+    with pytest.raises(ConfigurationError, match=r"got 1\.9"):
         model.with_config(configurable={"floor": 1.9}).invoke(MIXED)
 
 
@@ -321,11 +321,13 @@ def test_langgraph_fans_out_to_every_passing_label() -> None:
         ({"labels": {"a": "  "}}, "label 'a' needs a non-empty description"),
         ({"threshold": 1.2}, "must be in \\[0, 1\\], got 1.2"),
         ({"threshold": {"refunds": 0.5}}, "unknown labels: \\['refunds'\\]"),
-        ({"top_k": 2}, "top_k"),
+        ({"top_k": 2}, "unknown argument 'top_k'"),
+        ({"multi_lable": True}, "unknown argument 'multi_lable'; did you mean 'multi_label'\\?"),
+        ({"max_labels": 0}, "max_labels must be an integer >= 1, got 0"),
     ],
 )
 def test_bad_settings_are_named(options: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
+    with pytest.raises(ValueError, match=message):
         classifier(**options)
 
 

@@ -16,11 +16,11 @@ from langchain_core.prompts import ChatPromptTemplate
 from langchain_core.runnables import RunnableLambda
 from langchain_core.vectorstores import InMemoryVectorStore
 from langchain_text_splitters import CharacterTextSplitter
-from pydantic import SecretStr, ValidationError
+from pydantic import SecretStr
 
 from langchain_zerank import ZeRankCompressor
 from tests.fake_servers import FakeRerankServer
-from zerank_core import ConfigurationError, Scale
+from zerank_core import ConfigurationError, InvalidResponseError, Scale
 from zerank_core.scorers import BM25Scorer, RerankServerScorer
 
 QUERY = "apple banana cherry date"
@@ -42,6 +42,7 @@ class OverlapScorer:
 
     model = "overlap"
     scale = Scale.PROBABILITY
+    usage = None
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str, int, str | None]] = []
@@ -117,7 +118,8 @@ async def test_retriever_async_uses_the_scorers_own_ascore() -> None:
         ({"threshold": None}, [3, 5, 1, 4, 0, 2]),
         ({"threshold": 0.0}, [3, 5, 1, 4, 0, 2]),
         ({"threshold": None, "top_k": 2}, [3, 5]),
-        ({"top_k": 0}, []),
+        ({"threshold": None, "top_n": 2}, [3, 5]),
+        ({"top_n": 1}, [3]),
         ({"threshold": 0.5, "top_k": 3}, [3, 5, 1]),
         ({"threshold": 0.9, "top_k": 3}, [3]),
         ({"threshold": 0.5, "order": "original"}, [1, 3, 4, 5]),
@@ -228,16 +230,21 @@ def test_core_lexical_scorer_drives_the_compressor() -> None:
     ("options", "message"),
     [
         ({"threshold": 1.5}, "threshold must be in \\[0, 1\\], got 1.5"),
-        ({"top_k": -1}, "top_k must be an integer >= 0, got -1"),
+        ({"top_k": -1}, "top_n must be an integer >= 1 \\(or None for no cap\\), got -1"),
+        ({"top_n": 0}, "top_n must be an integer >= 1 \\(or None for no cap\\), got 0"),
+        ({"top_n": 2, "top_k": 2}, "pass top_n=... or its alias top_k=..., not both"),
+        ({"top_m": 3}, "unknown argument 'top_m'; did you mean 'top_n'\\?"),
+        ({"treshold": 0.5}, "unknown argument 'treshold'; did you mean 'threshold'\\?"),
         ({"max_chars": -5}, "max_chars must be an integer >= 0, got -5"),
         ({"neighbors": -1}, "neighbors must be an integer >= 0, got -1"),
         ({"order": "random"}, "order"),
-        ({"top_n": 3}, "top_n"),
-        ({"scorer": "not a scorer"}, "scorer"),
+        ({"scorer": "not a scorer"}, "scorer str lacks score, ascore, model, scale, usage"),
     ],
 )
 def test_bad_options_are_named(options: dict[str, object], message: str) -> None:
-    with pytest.raises(ValidationError, match=message):
+    # pydantic reports field errors as ValidationError, the package as
+    # ConfigurationError: both are ValueErrors naming the bad value.
+    with pytest.raises(ValueError, match=message):
         ZeRankCompressor(**{"scorer": OverlapScorer(), **options})  # type: ignore[arg-type]
 
 
@@ -261,18 +268,17 @@ def test_wrong_number_of_scores_is_an_error() -> None:
             return super().score(query, texts)[:-1]
 
     compressor = ZeRankCompressor(scorer=ShortScorer())
-    with pytest.raises(ConfigurationError, match="5 scores for 6 documents"):
+    with pytest.raises(InvalidResponseError, match="5 scores for 6 documents"):
         compressor.compress_documents(make_documents(), QUERY)
 
 
-def test_no_backend_configured_names_the_options_on_first_use() -> None:
-    compressor = ZeRankCompressor(threshold=0.5)  # building it needs nothing
-
+def test_no_backend_configured_fails_at_construction_naming_the_options() -> None:
     with pytest.raises(ConfigurationError) as caught:
-        compressor.compress_documents(make_documents(), QUERY)
+        ZeRankCompressor(threshold=0.5)
 
     for option in ("scorer=", "ZEROENTROPY_API_KEY", "ZERANK_SERVER_URL", "ZERANK_LOCAL_MODEL"):
         assert option in str(caught.value)
+    assert "model='bm25' or set ZERANK_BACKEND=lexical" in str(caught.value)
 
 
 async def test_default_scorer_is_the_rerank_server_from_the_environment(

@@ -20,7 +20,7 @@ from llama_index.core.tools import QueryEngineTool, RetrieverTool, ToolMetadata
 
 from llamaindex_zerank import ZeRankSelector
 from tests.fake_servers import FakeRerankServer
-from zerank_core.errors import ConfigurationError
+from zerank_core.errors import ConfigurationError, InvalidResponseError
 from zerank_core.scorers.base import Scale
 from zerank_core.scorers.lexical import BM25Scorer
 
@@ -28,13 +28,20 @@ KEY = "sk-zerank-selector-key-9876543210"
 
 
 class OverlapScorer:
-    """0.05 + 0.9 × the share of the query's words found in the text; records its calls."""
+    """0.05 + 0.9 × the share of the text's words found in the query; records its calls.
+
+    The selector scores each choice's description as the query and the
+    user's query as the text, so this is the share of the user's words that
+    the description covers. ``fixed`` gives each choice of ``CHOICES`` a
+    fixed score instead, in their order.
+    """
 
     model = "overlap"
     scale = Scale.PROBABILITY
+    usage = None
 
     def __init__(self, fixed: Sequence[float] | None = None) -> None:
-        self.fixed = fixed
+        self.fixed = None if fixed is None else dict(zip(DESCRIPTIONS, fixed, strict=False))
         self.calls: list[tuple[str, list[str], str | None]] = []
 
     def score(
@@ -42,12 +49,13 @@ class OverlapScorer:
     ) -> list[float]:
         self.calls.append((query, list(texts), instruction))
         if self.fixed is not None:
-            return list(self.fixed)
-        words = set(re.findall(r"\w+", query.lower()))
-        return [
-            0.05 + 0.9 * len(words & set(re.findall(r"\w+", text.lower()))) / len(words)
-            for text in texts
-        ]
+            return [self.fixed[query] for _ in texts] if query in self.fixed else []
+        described = set(re.findall(r"\w+", query.lower()))
+        scores = []
+        for text in texts:
+            words = set(re.findall(r"\w+", text.lower()))
+            scores.append(0.05 + 0.9 * len(words & described) / len(words))
+        return scores
 
     async def ascore(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
@@ -71,6 +79,7 @@ ROUTES = {
     ),
 }
 CHOICES = [ToolMetadata(name=name, description=desc) for name, (desc, _) in ROUTES.items()]
+DESCRIPTIONS = [desc for desc, _ in ROUTES.values()]
 
 
 def route_index(name: str) -> VectorStoreIndex:
@@ -130,11 +139,11 @@ async def test_router_query_engine_async() -> None:
 
     assert selected(response).inds == [1]
     assert ROUTES["bananas"][1][0] in str(response)
-    assert len(scorer.calls) == 1
+    assert len(scorer.calls) == len(CHOICES)
 
 
 async def test_router_query_engine_multi_selection_combines_routes() -> None:
-    engine = router_engine(ZeRankSelector(OverlapScorer(), multi=True, threshold=0.3))
+    engine = router_engine(ZeRankSelector(OverlapScorer(), multi_label=True, threshold=0.3))
 
     sync_response = engine.query("paris museums bananas")
     async_response = await engine.aquery("paris museums bananas")
@@ -159,7 +168,7 @@ async def test_router_retriever_sync_and_async() -> None:
 
 
 async def test_router_retriever_multi() -> None:
-    retriever = router_retriever(ZeRankSelector(OverlapScorer(), multi=True, threshold=0.3))
+    retriever = router_retriever(ZeRankSelector(OverlapScorer(), multi_label=True, threshold=0.3))
 
     nodes = await retriever.aretrieve("paris museums bananas")
 
@@ -176,13 +185,14 @@ def test_router_with_bm25_scores() -> None:
 # --- selection rules -------------------------------------------------------------------------
 
 
-def test_scores_descriptions_against_the_query_in_one_call() -> None:
+def test_each_description_is_the_query_and_the_users_query_the_document() -> None:
     scorer = OverlapScorer()
 
     ZeRankSelector(scorer, instruction="Pick the best data source.").select(CHOICES, "Paris")
 
+    # The core classifier's direction: one call per choice, as for ZeRankClassifier.
     assert scorer.calls == [
-        ("Paris", [desc for desc, _ in ROUTES.values()], "Pick the best data source.")
+        (desc, ["Paris"], "Pick the best data source.") for desc in DESCRIPTIONS
     ]
 
 
@@ -229,9 +239,10 @@ def test_multi_returns_all_passing_best_first_capped_by_max_outputs() -> None:
 
     everything = ZeRankSelector(scorer, multi=True).select(CHOICES, "q")
     capped = ZeRankSelector(scorer, multi=True, max_outputs=2).select(CHOICES, "q")
+    same = ZeRankSelector(scorer, multi_label=True, max_labels=2).select(CHOICES, "q")
 
     assert everything.inds == [1, 2, 0]
-    assert capped.inds == [1, 2]
+    assert capped.inds == same.inds == [1, 2]
     assert everything.reasons[0].startswith("overlap probability 0.900 for choice 1")
 
 
@@ -260,7 +271,11 @@ async def test_aselect_applies_the_same_rules() -> None:
     ("kwargs", "message"),
     [
         ({"threshold": 1.2}, "threshold must be in \\[0, 1\\], got 1.2"),
-        ({"max_outputs": 0}, "max_outputs must be an integer >= 1, got 0"),
+        ({"max_outputs": 0}, "max_labels must be an integer >= 1, got 0"),
+        ({"max_labels": 0}, "max_labels must be an integer >= 1, got 0"),
+        ({"multi": True, "multi_label": True}, "multi_label=... or its alias multi=..., not both"),
+        ({"multi_lable": True}, "unknown argument 'multi_lable'; did you mean 'multi_label'\\?"),
+        ({"threshold": {"paris": 1.5}}, "threshold must be in \\[0, 1\\], got 1.5"),
         ({"default": -1}, "default must be a choice index >= 0 or a tool name, got -1"),
         ({"default": 1.5}, "default must be a choice index >= 0 or a tool name, got 1.5"),
     ],
@@ -285,15 +300,25 @@ def test_bad_choices_and_defaults_are_named() -> None:
 
 
 def test_a_missing_or_nan_score_is_an_error() -> None:
-    with pytest.raises(ConfigurationError, match="returned 2 scores for 3 choices"):
+    with pytest.raises(
+        InvalidResponseError, match="returned 0 scores for 1 texts \\(label \"2 \\('plants'\\)\"\\)"
+    ):
         ZeRankSelector(OverlapScorer([0.9, 0.8])).select(CHOICES, "q")
-    with pytest.raises(ConfigurationError, match="scores\\[1\\] must be a number"):
+    with pytest.raises(InvalidResponseError, match="returned nan as score 0"):
         ZeRankSelector(OverlapScorer([0.9, math.nan, 0.1])).select(CHOICES, "q")
 
 
-def test_no_backend_configured_names_the_options() -> None:
+def test_threshold_per_choice_by_tool_name() -> None:
+    selector = ZeRankSelector(OverlapScorer([0.6, 0.7, 0.9]), threshold={"plants": 0.95})
+
+    assert selector.select(CHOICES, "q").inds == [1]
+    with pytest.raises(ConfigurationError, match="\\['rivers'\\], which are not among"):
+        ZeRankSelector(OverlapScorer(), threshold={"rivers": 0.5}).select(CHOICES, "q")
+
+
+def test_no_backend_configured_fails_at_construction() -> None:
     with pytest.raises(ConfigurationError, match="ZERANK_SERVER_URL"):
-        ZeRankSelector().select(CHOICES, "q")
+        ZeRankSelector()
 
 
 def test_scorer_and_api_key_together_are_rejected() -> None:

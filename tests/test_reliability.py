@@ -121,6 +121,8 @@ class Custom:
     """A user scorer with a model name and no ``cache_identity``."""
 
     model = "my-reranker"
+    scale = Scale.PROBABILITY
+    usage = None
 
     def __init__(self, offset: float) -> None:
         self.offset = offset

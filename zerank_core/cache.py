@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-import math
 import os
 import sqlite3
 import threading
@@ -27,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zerank_core.errors import ConfigurationError, InvalidResponseError
+from zerank_core.errors import ConfigurationError
 from zerank_core.scorers.base import (
     BatchCallback,
     Scale,
@@ -36,7 +35,9 @@ from zerank_core.scorers.base import (
     Usage,
     ascore_many,
     check_query,
+    check_scores,
     check_texts,
+    require_scorer,
     score_many,
 )
 
@@ -218,12 +219,11 @@ class CachedScorer:
         pairwise: bool | None = None,
         timeout: float = 30.0,
     ) -> None:
+        scorer = require_scorer(scorer)
         explicit = model
-        model = model or getattr(scorer, "model", None)
+        model = model or scorer.model
         if not isinstance(model, str) or not model:
-            raise ConfigurationError(
-                f"{scorer!r} has no 'model' attribute: pass model=... to name it in the cache key"
-            )
+            raise ConfigurationError(f"model must be a non-empty str, got {model!r}")
         identity = getattr(scorer, "cache_identity", None)
         if not isinstance(identity, str) or not identity:
             identity = json.dumps({"model": model})
@@ -233,7 +233,7 @@ class CachedScorer:
         self.model = model
         #: What the cache key says about where a score came from.
         self.identity = identity
-        self.scale = Scale(getattr(scorer, "scale", Scale.PROBABILITY))
+        self.scale = scorer.scale
         self.pairwise = self.scale is not Scale.UNCALIBRATED if pairwise is None else pairwise
         self.store = ScoreStore(path, timeout=timeout)
         self._lock = threading.Lock()
@@ -253,10 +253,9 @@ class CachedScorer:
         return self.identity
 
     @property
-    def usage(self) -> Usage:
-        """The wrapped scorer's usage: what the misses cost."""
-        usage = getattr(self.scorer, "usage", None)
-        return usage if isinstance(usage, Usage) else Usage()
+    def usage(self) -> Usage | None:
+        """The wrapped scorer's usage: what the misses cost (None: it does not count)."""
+        return self.scorer.usage
 
     @property
     def stats(self) -> CacheStats:
@@ -313,25 +312,8 @@ class CachedScorer:
         self, missing_keys: list[bytes], indices: Sequence[int], fresh: Sequence[float]
     ) -> None:
         """Store one completed request's scores now, so a later failure loses nothing."""
-        if len(fresh) != len(indices):
-            raise InvalidResponseError(
-                f"{self.scorer!r} returned {len(fresh)} scores for {len(indices)} texts",
-                batch=0,
-                batch_size=len(indices),
-            )
-        new: list[tuple[bytes, float]] = []
-        for position, (index, value) in enumerate(zip(indices, fresh, strict=True)):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise InvalidResponseError(
-                    f"score {position} is not a number: {value!r}",
-                    batch=0,
-                    batch_size=len(indices),
-                )
-            if not math.isfinite(value):
-                raise InvalidResponseError(
-                    f"score {position} is not finite: {value}", batch=0, batch_size=len(indices)
-                )
-            new.append((missing_keys[index], float(value)))
+        checked = check_scores(fresh, len(indices), context=f"scorer {self.model!r}")
+        new = [(missing_keys[index], value) for index, value in zip(indices, checked, strict=True)]
         if new:
             self.store.store(new)
 
@@ -342,14 +324,9 @@ class CachedScorer:
         missing_keys: list[bytes],
         fresh: Sequence[float],
     ) -> list[float]:
-        if len(fresh) != len(missing_keys):
-            raise InvalidResponseError(
-                f"{self.scorer!r} returned {len(fresh)} scores for {len(missing_keys)} texts",
-                batch=0,
-                batch_size=len(missing_keys),
-            )
+        checked = check_scores(fresh, len(missing_keys), context=f"scorer {self.model!r}")
         scores = dict(found)
-        scores.update(zip(missing_keys, (float(v) for v in fresh), strict=True))
+        scores.update(zip(missing_keys, checked, strict=True))
         with self._lock:
             self._misses += len(missing_keys)
             self._hits += max(len(keys) - len(missing_keys), 0)

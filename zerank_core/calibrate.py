@@ -29,7 +29,7 @@ import numpy.typing as npt
 
 from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.evaluate import LabelledQuery
-from zerank_core.scorers.base import Scale, Scorer, Usage
+from zerank_core.scorers.base import Scale, Scorer, Usage, require_scorer
 from zerank_core.select import SelectionPolicy
 
 __all__ = [
@@ -425,10 +425,7 @@ class CalibratedScorer:
     """
 
     def __init__(self, scorer: Scorer, calibrator: Calibrator) -> None:
-        if not isinstance(scorer, Scorer):
-            raise ConfigurationError(
-                f"scorer must have score() and ascore(), got {type(scorer).__name__}"
-            )
+        scorer = require_scorer(scorer)
         if not callable(getattr(calibrator, "predict_proba", None)):
             raise ConfigurationError(
                 f"calibrator must have predict_proba(), got {type(calibrator).__name__}"
@@ -446,14 +443,11 @@ class CalibratedScorer:
 
     @property
     def model(self) -> str:
-        return str(getattr(self.scorer, "model", type(self.scorer).__name__))
+        return self.scorer.model
 
     @property
-    def usage(self) -> Usage:
-        usage = getattr(self.scorer, "usage", None)
-        if not isinstance(usage, Usage):
-            raise AttributeError(f"{type(self.scorer).__name__} does not report usage")
-        return usage
+    def usage(self) -> Usage | None:
+        return self.scorer.usage
 
     def __repr__(self) -> str:
         return f"CalibratedScorer({self.scorer!r}, {self.calibrator!r})"

@@ -1,8 +1,10 @@
-"""Labels → calibrated probabilities → decisions.
+"""Labels → calibrated probabilities → decisions, with one meaning for every router.
 
 A :class:`LabelClassifier` scores inputs against label descriptions with any
-scorer. For N inputs and M labels it makes M scorer calls (the description is
-the query, the inputs are the documents), never N × M.
+scorer. The label description is the *query* and the input is the *document*;
+both framework routers (LangChain's ``ZeRankClassifier``, LlamaIndex's
+``ZeRankSelector``) and ``zerank classify`` go through it, so the same labels
+give the same probabilities everywhere.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 from zerank_core.errors import ConfigurationError
-from zerank_core.scorers.base import ScoreItem, Scorer, ascore_many, score_many
+from zerank_core.scorers.base import (
+    ScoreItem,
+    Scorer,
+    ascore_many,
+    check_scores,
+    require_scorer,
+    score_many,
+)
 
 __all__ = ["Classification", "LabelClassifier"]
 
@@ -41,11 +50,22 @@ class Classification:
 class LabelClassifier:
     """Route inputs on calibrated label probabilities.
 
-    ``labels`` maps a label name to its description (what the scorer reads as
-    the query). ``threshold`` is one floor for all labels or one per label
-    (labels missing from the mapping use 0.5). With ``multi_label=False`` the
-    best label at or above its floor wins; otherwise every such label is
-    chosen. When nothing passes, ``default`` (if set) is chosen.
+    ``labels`` maps a label name to its description. ``threshold`` is one
+    floor for all labels or one per label (labels missing from the mapping
+    use 0.5). With ``multi_label=False`` the best label at or above its floor
+    wins; otherwise every such label is chosen, best first, at most
+    ``max_labels``. When nothing passes, ``default`` (if set; it need not be
+    one of the labels) is chosen.
+
+    Direction: the label description is scored as the query and each input as
+    the document. zerank's score is not symmetric, so this is fixed once,
+    here, for three reasons: the document side is the one the model reads in
+    full (32k tokens) while the query side is meant to be a short question,
+    and inputs (tickets, e-mails, pages) are the long side; a description
+    written as the question the label answers ("is this about an invoice or a
+    payment?") is what zerank was trained to read as a query; and N inputs
+    against M labels take M scorer calls (one per description, all inputs as
+    its documents), not N × M.
     """
 
     def __init__(
@@ -55,9 +75,17 @@ class LabelClassifier:
         *,
         threshold: float | Mapping[str, float] = 0.5,
         multi_label: bool = False,
+        max_labels: int | None = None,
         default: str | None = None,
         instruction: str | None = None,
     ) -> None:
+        scorer = require_scorer(scorer)
+        if max_labels is not None and (
+            isinstance(max_labels, bool) or not isinstance(max_labels, int) or max_labels < 1
+        ):
+            raise ConfigurationError(f"max_labels must be an integer >= 1, got {max_labels!r}")
+        if default is not None and (not isinstance(default, str) or not default):
+            raise ConfigurationError(f"default must be a non-empty label name, got {default!r}")
         if not labels:
             raise ConfigurationError("labels must name at least one label")
         for name, description in labels.items():
@@ -77,6 +105,7 @@ class LabelClassifier:
         self.labels = MappingProxyType(dict(labels))
         self.thresholds = MappingProxyType(thresholds)
         self.multi_label = multi_label
+        self.max_labels = max_labels
         self.default = default
         self.instruction = instruction
 
@@ -108,6 +137,8 @@ class LabelClassifier:
         passing.sort(key=lambda name: -probabilities[name])
         if not self.multi_label:
             passing = passing[:1]
+        elif self.max_labels is not None:
+            passing = passing[: self.max_labels]
         is_default = False
         if not passing and self.default is not None:
             passing, is_default = [self.default], True
@@ -118,9 +149,8 @@ class LabelClassifier:
         )
 
     def _decide(self, columns: Mapping[str, list[float]], n: int) -> list[Classification]:
-        for name, column in columns.items():
-            if len(column) != n:
-                raise ConfigurationError(
-                    f"scorer returned {len(column)} scores for {n} texts (label {name!r})"
-                )
-        return [self.decide({name: columns[name][i] for name in columns}) for i in range(n)]
+        checked = {
+            name: check_scores(column, n, context=f"label {name!r}")
+            for name, column in columns.items()
+        }
+        return [self.decide({name: checked[name][i] for name in checked}) for i in range(n)]

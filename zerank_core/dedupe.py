@@ -299,8 +299,9 @@ class ModelDetector:
     max_concurrency: int = 4
 
     def __post_init__(self) -> None:
-        from zerank_core.scorers.base import Scale
+        from zerank_core.scorers.base import Scale, require_scorer
 
+        require_scorer(self.scorer)
         _check_probability("threshold", self.threshold, low_open=True)
         _check_probability("score_gap", self.score_gap, low_open=False)
         if not isinstance(self.lexical, LexicalDetector):
@@ -312,8 +313,7 @@ class ModelDetector:
             low = 1 if name == "max_concurrency" else 0
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ConfigurationError(f"{name} must be an integer >= {low}, got {value!r}")
-        scale = getattr(self.scorer, "scale", Scale.PROBABILITY)
-        if Scale(scale) is Scale.UNCALIBRATED:
+        if self.scorer.scale is Scale.UNCALIBRATED:
             raise ConfigurationError(
                 f"the model duplicate detector needs calibrated probabilities; "
                 f"{type(self.scorer).__name__} returns uncalibrated scores"

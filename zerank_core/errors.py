@@ -6,7 +6,9 @@
     ├── BackendError                       a request for one batch failed: HTTP status,
     │   │                                  timeout, connection or SDK error
     │   └── InvalidResponseError           a backend answered, but not with a valid
-    │                                      score for every input
+    │       │                              score for every input
+    │       └── ScorerOutputError          a scorer's call returned the wrong number
+    │                                      of scores, or a value that is no number
     └── DocumentError (ValueError)         an input document cannot be read
 
 Errors of the ``zeroentropy`` SDK and of ``httpx`` raised while scoring a batch
@@ -29,6 +31,7 @@ __all__ = [
     "DocumentError",
     "InvalidResponseError",
     "MissingDependencyError",
+    "ScorerOutputError",
     "ZeRankError",
     "as_backend_error",
 ]
@@ -125,6 +128,20 @@ class InvalidResponseError(BackendError):
 
     def __init__(self, message: str, *, batch: int, batch_size: int) -> None:
         super().__init__(message, batch=batch, batch_size=batch_size)
+
+
+class ScorerOutputError(InvalidResponseError):
+    """A scorer's whole call returned the wrong number of scores, or a non-number.
+
+    Raised by :func:`zerank_core.scorers.base.check_scores`, wherever scores
+    from any scorer (a backend, a wrapper, your own) are consumed. The whole
+    call is at fault, not one batch: ``batch`` is ``None`` and ``batch_size``
+    (also ``expected``) the number of texts sent.
+    """
+
+    def __init__(self, message: str, *, expected: int) -> None:
+        BackendError.__init__(self, message, batch_size=expected)
+        self.expected = expected
 
 
 class DocumentError(ZeRankError, ValueError):

@@ -20,7 +20,7 @@ from typing import Protocol
 import numpy as np
 
 from zerank_core.errors import ConfigurationError
-from zerank_core.scorers.base import Scorer
+from zerank_core.scorers.base import Scorer, check_scores
 from zerank_core.select import CHARS_PER_TOKEN, SelectionPolicy
 
 __all__ = [
@@ -256,13 +256,11 @@ async def ascore_examples(
 
 
 def _labelled(example: Example, scores: Sequence[float]) -> LabelledQuery:
-    if len(scores) != len(example.units):
-        raise ConfigurationError(
-            f"example {example.id!r}: scorer returned {len(scores)} scores "
-            f"for {len(example.units)} units"
-        )
+    checked = check_scores(
+        scores, len(example.units), context=f"example {example.id!r}", items="units"
+    )
     return LabelledQuery(
-        scores=tuple(scores),
+        scores=tuple(checked),
         lengths=tuple(len(u) for u in example.units),
         relevant=example.relevant,
         query_id=example.id,

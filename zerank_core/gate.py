@@ -23,7 +23,6 @@ from zerank_core.dedupe import Duplicates, LexicalDetector
 from zerank_core.errors import (
     ConfigurationError,
     DocumentError,
-    InvalidResponseError,
     ZeRankError,
 )
 from zerank_core.loaders import Document, Page
@@ -36,11 +35,12 @@ from zerank_core.results import (
 )
 from zerank_core.scorers.base import (
     BatchCallback,
-    Scale,
     ScoreItem,
     Scorer,
     Usage,
     ascore_many,
+    check_scores,
+    require_scorer,
     score_many,
 )
 from zerank_core.select import SelectionPolicy, estimate_tokens
@@ -86,6 +86,7 @@ class PageGate:
     _cache_stats: Callable[[], CacheStats] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
+        require_scorer(self.scorer)
         if not isinstance(self.policy, SelectionPolicy):
             raise ConfigurationError(
                 f"policy must be a SelectionPolicy, got {type(self.policy).__name__}"
@@ -189,9 +190,8 @@ class PageGate:
         return tqdm(total=total, desc="criteria", unit="criterion", disable=not show, leave=False)
 
     def _snapshot(self) -> tuple[Usage | None, CacheStats | None]:
-        usage = getattr(self.scorer, "usage", None)
         stats = self._cache_stats() if self._cache_stats is not None else None
-        return (usage if isinstance(usage, Usage) else None), stats
+        return self.scorer.usage, stats
 
     def _finish(
         self,
@@ -250,8 +250,8 @@ class PageGate:
             results=tuple(results),
             report=report,
             policy=self.policy,
-            scale=Scale(getattr(self.scorer, "scale", Scale.PROBABILITY)),
-            model=getattr(self.scorer, "model", None),
+            scale=self.scorer.scale,
+            model=self.scorer.model,
             duplicates=()
             if duplicates is None
             else tuple(
@@ -342,26 +342,13 @@ def _progress(bar: Any, pages: int, criteria: int) -> BatchCallback:
 def _checked_column(
     criterion: Criterion, column: list[float] | None, pages: list[Page]
 ) -> list[float]:
-    n = len(pages)
-    if column is None or len(column) != n:
-        got = "nothing" if column is None else f"{len(column)} scores"
-        raise InvalidResponseError(
-            f"scorer returned {got} for {n} pages (criterion {criterion.id!r})",
-            batch=0,
-            batch_size=n,
-        )
-    for page, value in zip(pages, column, strict=True):
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            bad = True
-        else:
-            bad = not math.isfinite(value)
-        if bad:
-            raise InvalidResponseError(
-                f"scorer returned {value!r} for page {page.number} (criterion {criterion.id!r})",
-                batch=0,
-                batch_size=n,
-            )
-    return [float(v) for v in column]
+    return check_scores(
+        [] if column is None else column,
+        len(pages),
+        context=f"criterion {criterion.id!r}",
+        items="pages",
+        names=[f"page {page.number}" for page in pages],
+    )
 
 
 def _complete(columns: list[list[float] | None], n: int) -> list[list[float]]:

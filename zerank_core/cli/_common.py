@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
-import os
 from pathlib import Path
 from typing import Any, TextIO
 
 from zerank_core.cache import CachedScorer, default_cache_path
-from zerank_core.errors import ConfigurationError
 from zerank_core.redaction import redact
-from zerank_core.scorers.auto import BACKENDS, BackendChoice, scorer_from_env
+from zerank_core.scorers.auto import BACKENDS, BackendChoice, Vocabulary, resolve_backend
 from zerank_core.scorers.base import Scorer
 
 __all__ = ["add_backend_options", "add_output_option", "choose_backend", "make_scorer"]
@@ -79,7 +76,13 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
         "server; scale from $ZERANK_SERVER_SCALE)",
     )
     group.add_argument(
-        "--model", help="model name (hosted or server) or model id/folder (local backend)"
+        "--model",
+        help="ZeroEntropy model name (hosted, or served by --server-url), Hugging Face id or "
+        "folder (open weights in-process), or 'bm25' for the offline baseline",
+    )
+    group.add_argument(
+        "--device",
+        help="device for open weights in-process: cpu, cuda, cuda:1, mps (implies local)",
     )
     cache = parser.add_argument_group("score cache")
     cache.add_argument(
@@ -101,45 +104,48 @@ def add_output_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: How backend errors name settings on the command line: flags, or the
+#: environment variable alone where there is no flag (the API key).
+CLI_VOCABULARY = Vocabulary(
+    {
+        "backend": "--backend",
+        "model": "--model",
+        "device": "--device",
+        "server_url": "--server-url",
+        "api_key": None,
+        "base_url": None,
+        "scorer": None,
+    },
+    flags=True,
+)
+
+
 def choose_backend(
-    backend: str | None = None, *, server_url: str | None = None, model: str | None = None
+    backend: str | None = None,
+    *,
+    server_url: str | None = None,
+    model: str | None = None,
+    device: str | None = None,
 ) -> BackendChoice:
-    """The scorer the flags ask for; without flags, :func:`scorer_from_env`'s choice."""
-    name = backend or os.environ.get("ZERANK_BACKEND") or ("server" if server_url else None)
-    if server_url and name != "server":
-        raise ConfigurationError(f"--server-url needs the server backend, not {name!r}")
-    if model is None and server_url is None:
-        return scorer_from_env(name)
-    if name is None:
-        name = scorer_from_env(None).name
-    if name == "hosted":
-        from zerank_core.scorers.zeroentropy import ZeroEntropyScorer
+    """The scorer the flags and the environment ask for, through :func:`resolve_backend`.
 
-        hosted = ZeroEntropyScorer(model=model or os.environ.get("ZERANK_MODEL", "zerank-2"))
-        return BackendChoice("hosted", hosted, f"ZeroEntropy API ({hosted.model})")
-    if name == "server":
-        from zerank_core.scorers.server import RerankServerScorer
-
-        server = RerankServerScorer(server_url, model=model)
-        return BackendChoice(
-            "server",
-            server,
-            f"rerank server {server.url} ({server.model}, {server.backend_scale.value} scores)",
-        )
-    if name == "local":
-        try:
-            local = importlib.import_module("zerank_core.scorers.local")
-        except ImportError as exc:
-            raise ConfigurationError(
-                f"the local backend is not available ({exc}): pip install 'zerank-gate[local]'"
-            ) from exc
-        scorer = local.LocalScorer(model)
-        return BackendChoice("local", scorer, f"open weights in-process ({model})")
-    raise ConfigurationError(f"--model does not apply to the {name} backend")
+    The command line adds only its offline default: with nothing configured
+    it runs on the BM25 baseline (and says so) instead of failing.
+    """
+    return resolve_backend(
+        backend=backend,
+        model=model,
+        device=device,
+        server_url=server_url,
+        allow_lexical=True,
+        vocabulary=CLI_VOCABULARY,
+    )
 
 
 def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer | None]:
-    choice = choose_backend(args.backend, server_url=args.server_url, model=args.model)
+    choice = choose_backend(
+        args.backend, server_url=args.server_url, model=args.model, device=args.device
+    )
     reason = redact(choice.reason)
     args.backend_used = {"name": choice.name, "description": reason}
     print(f"backend: {choice.name} — {reason}", file=err)

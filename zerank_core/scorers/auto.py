@@ -1,23 +1,71 @@
-"""Pick the best backend the environment offers, and say which.
+"""The one place that turns settings into a scorer: adapters, CLI and library all call it.
 
-Order: hosted API key (``ZEROENTROPY_API_KEY``) → rerank server
-(``ZERANK_SERVER_URL``) → open weights in-process (``ZERANK_LOCAL_MODEL``, or
-zerank-2 when its weights are already on disk and the ``local`` extra is
-installed) → the lexical BM25 baseline, which needs nothing.
+:func:`resolve_backend` reads explicit settings (``backend``, ``model``,
+``device``, ``api_key``, ``base_url``, ``server_url``) and then the
+environment, and builds the scorer at once, so a missing or contradictory
+setting is an error where the component is built, not at its first query.
+
+Rules, in order:
+
+1. ``backend`` (or ``ZERANK_BACKEND``) names one of ``hosted``, ``server``,
+   ``local``, ``lexical``; ``model="bm25"`` means ``lexical``.
+2. Otherwise an explicit endpoint decides: ``server_url`` → a rerank server
+   (vLLM, llama.cpp, Infinity; ``api_key`` is then its bearer token);
+   ``api_key`` or ``base_url`` → ZeroEntropy's API (``base_url`` is the API's
+   base, as ``ZEROENTROPY_BASE_URL``: a regional endpoint or a self-hosted
+   ZeroEntropy deployment); ``device`` or a model folder → open weights
+   in-process.
+3. Otherwise ``model`` and the environment: a Hugging Face id (``org/name``)
+   is served by ``ZERANK_SERVER_URL`` when set, else loaded in-process; a
+   plain name (``zerank-2``) is a ZeroEntropy API model, served by the API
+   (``ZEROENTROPY_API_KEY``) or by ``ZERANK_SERVER_URL``; without a model the
+   order is ``ZEROENTROPY_API_KEY`` → ``ZERANK_SERVER_URL`` →
+   ``ZERANK_LOCAL_MODEL`` (or zerank-2's weights already on disk with the
+   ``local`` extra installed).
+4. Nothing configured: the uncalibrated BM25 baseline when
+   ``allow_lexical=True`` (the command line's offline default), else
+   :class:`ConfigurationError` with one message naming every option. The
+   framework adapters never fall back to BM25 unless asked by name.
+
+Error messages speak the caller's language through a :class:`Vocabulary`:
+keyword arguments for the library (:data:`LIBRARY`), flags for the command
+line (the CLI passes its own).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import SecretStr
 
 from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.redaction import redact
 from zerank_core.scorers.base import Scorer
 
-__all__ = ["BACKENDS", "BackendChoice", "scorer_from_env"]
+__all__ = [
+    "BACKENDS",
+    "LEXICAL_MODELS",
+    "LIBRARY",
+    "BackendChoice",
+    "Vocabulary",
+    "resolve_backend",
+    "scorer_from_env",
+]
 
 BACKENDS = ("hosted", "server", "local", "lexical")
+
+#: ``model=`` values that name the lexical baseline instead of a model.
+LEXICAL_MODELS = ("bm25", "lexical")
+
+#: ZeroEntropy API model names and the open weights they correspond to.
+OPEN_WEIGHTS = {
+    "zerank-2": "zeroentropy/zerank-2-reranker",
+    "zerank-1-small": "zeroentropy/zerank-1-small",
+    "zerank-1": "zeroentropy/zerank-1",
+}
 
 
 @dataclass(frozen=True)
@@ -33,72 +81,311 @@ class BackendChoice:
         object.__setattr__(self, "reason", redact(self.reason))
 
 
-def _local_choice(model: str | None) -> BackendChoice | None:
-    """The local backend if configured, or if zerank-2's weights are on disk.
+SETTINGS = ("backend", "model", "device", "api_key", "base_url", "server_url", "scorer")
 
-    Named explicitly (``ZERANK_LOCAL_MODEL``), a missing extra is an error; found
-    only by looking in the model cache, it is skipped when the extra is missing.
+_METAVARS = {"backend": "NAME", "model": "MODEL", "device": "DEVICE", "server_url": "URL"}
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """How error messages name each setting: keyword arguments, or command-line flags.
+
+    ``names`` maps a setting (``"api_key"``, ``"server_url"``, ...) to the
+    caller's name for it (``"api_key"``, ``"--server-url"``), or to ``None``
+    when the caller has no such argument, so that only the environment
+    variable is named. ``flags=True`` phrases advice as "use --flag VALUE"
+    instead of "pass name=...".
     """
-    from zerank_core.scorers.local import DEFAULT_MODEL, LocalScorer, weights_available
 
-    if model is not None:
-        return BackendChoice("local", LocalScorer(model), f"open weights in-process ({model})")
-    if not weights_available(DEFAULT_MODEL):
-        return None
-    try:
-        scorer = LocalScorer(DEFAULT_MODEL)
-    except MissingDependencyError:
-        return None
-    return BackendChoice("local", scorer, f"open weights in-process ({DEFAULT_MODEL})")
+    names: Mapping[str, str | None]
+    flags: bool = False
+
+    def spell(self, setting: str) -> str:
+        """The setting's name as the caller knows it (``api_key``, ``--backend``)."""
+        return self.names.get(setting) or setting
+
+    def advice(self, setting: str) -> str | None:
+        """How to give the setting ("pass api_key=...", "use --server-url URL"), or None."""
+        name = self.names.get(setting)
+        if name is None:
+            return None
+        if self.flags:
+            return f"use {name} {_METAVARS.get(setting, 'VALUE')}"
+        return f"pass {name}=..."
 
 
-def scorer_from_env(backend: str | None = None, *, allow_lexical: bool = True) -> BackendChoice:
-    """Build the first available backend, or the one named by ``backend``.
+LIBRARY = Vocabulary({setting: setting for setting in SETTINGS})
 
-    ``backend`` is one of ``hosted``, ``server``, ``local``, ``lexical`` (default
-    ``ZERANK_BACKEND``, then automatic). Naming a backend whose settings are
-    missing is an error that says what to set. With ``allow_lexical=False``
-    (what the framework adapters use) the automatic choice never falls back
-    to BM25: when no model is configured it raises an error naming the options.
+
+def _ask(vocabulary: Vocabulary, setting: str, value: str) -> str:
+    """'pass model='bm25'' or 'use --model bm25'."""
+    name = vocabulary.spell(setting)
+    return f"use {name} {value}" if vocabulary.flags else f"pass {name}={value!r}"
+
+
+def _how(vocabulary: Vocabulary, setting: str, env: str | None) -> str:
+    """'pass api_key=... or set ZEROENTROPY_API_KEY', in the caller's words."""
+    parts = [p for p in (vocabulary.advice(setting), f"set {env}" if env else None) if p]
+    return " or ".join(parts)
+
+
+def nothing_configured(vocabulary: Vocabulary = LIBRARY) -> str:
+    """The one message for 'no backend is configured', in the caller's words."""
+    options = []
+    if vocabulary.advice("scorer"):
+        options.append(f"{vocabulary.advice('scorer')} (any scorer object)")
+    options.append(
+        f"{_how(vocabulary, 'model', 'ZERANK_LOCAL_MODEL')} (open weights in-process, e.g. "
+        "zeroentropy/zerank-2-reranker; needs pip install 'zerank-gate[local]')"
+    )
+    options.append(f"{_how(vocabulary, 'api_key', 'ZEROENTROPY_API_KEY')} (ZeroEntropy API)")
+    options.append(
+        f"{_how(vocabulary, 'server_url', 'ZERANK_SERVER_URL')} (a rerank server such as "
+        "vLLM or llama.cpp)"
+    )
+    lexical = "set ZERANK_BACKEND=lexical"
+    if vocabulary.names.get("model"):
+        lexical = f"{_ask(vocabulary, 'model', 'bm25')} or {lexical}"
+    return (
+        "no zerank backend is configured. Either "
+        + "; or ".join(options)
+        + f". For the uncalibrated BM25 baseline (offline, no model), {lexical}"
+    )
+
+
+def resolve_backend(
+    *,
+    backend: str | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    api_key: str | SecretStr | None = None,
+    base_url: str | None = None,
+    server_url: str | None = None,
+    allow_lexical: bool = False,
+    vocabulary: Vocabulary = LIBRARY,
+    environ: Mapping[str, str] | None = None,
+) -> BackendChoice:
+    """Build the scorer these settings and the environment ask for; see the module docstring.
+
+    Raises :class:`ConfigurationError` (in ``vocabulary``'s words) when a
+    setting is missing, malformed, or does not apply to the backend chosen,
+    and :class:`MissingDependencyError` when the ``local`` extra is needed
+    but not installed.
     """
-    backend = backend or os.environ.get("ZERANK_BACKEND") or None
-    if backend is not None and backend not in BACKENDS:
-        raise ConfigurationError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
-
-    if backend == "hosted" or (backend is None and os.environ.get("ZEROENTROPY_API_KEY")):
-        from zerank_core.scorers.zeroentropy import ZeroEntropyScorer
-
-        scorer = ZeroEntropyScorer(model=os.environ.get("ZERANK_MODEL", "zerank-2"))
-        return BackendChoice("hosted", scorer, f"ZeroEntropy API ({scorer.model})")
-
-    if backend == "server" or (backend is None and os.environ.get("ZERANK_SERVER_URL")):
-        from zerank_core.scorers.server import RerankServerScorer
-
-        server = RerankServerScorer()
-        return BackendChoice(
-            "server", server, f"rerank server {server.url} ({server.backend_scale.value} scores)"
-        )
-
-    if backend == "local" or backend is None:
-        choice = _local_choice(os.environ.get("ZERANK_LOCAL_MODEL"))
-        if choice is not None:
-            return choice
-        if backend == "local":
+    env = os.environ if environ is None else environ
+    say = vocabulary.spell
+    for setting, value in (
+        ("backend", backend),
+        ("model", model),
+        ("device", device),
+        ("base_url", base_url),
+        ("server_url", server_url),
+    ):
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise ConfigurationError(f"{say(setting)} must be a non-empty string, got {value!r}")
+    key = _secret(api_key, say("api_key"))
+    for setting, url in (("base_url", base_url), ("server_url", server_url)):
+        if url is not None and not url.startswith(("http://", "https://")):
             raise ConfigurationError(
-                "the local backend needs the open weights and the 'local' extra: "
-                "pip install 'zerank-gate[local]' and set ZERANK_LOCAL_MODEL to a model "
-                "id or folder"
+                f"{say(setting)} must start with http:// or https://, got {url!r}"
             )
-
-    if backend is None and not allow_lexical:
+    if base_url is not None and base_url.rstrip("/").endswith(("/rerank", "/invocations")):
         raise ConfigurationError(
-            "no zerank backend is configured. Pass scorer=..., or set one of: "
-            "ZEROENTROPY_API_KEY (hosted API), ZERANK_SERVER_URL (a rerank server such "
-            "as vLLM or llama.cpp), ZERANK_LOCAL_MODEL (open weights in-process, needs "
-            "pip install 'zerank-gate[local]'), or ZERANK_BACKEND=lexical for the "
-            "uncalibrated BM25 baseline"
+            f"{say('base_url')} is the base of ZeroEntropy's API (as ZEROENTROPY_BASE_URL); "
+            f"{base_url!r} looks like a rerank server's endpoint: "
+            f"{_how(vocabulary, 'server_url', 'ZERANK_SERVER_URL')} instead"
         )
 
+    source = say("backend")
+    if backend is None and env.get("ZERANK_BACKEND"):
+        backend, source = env["ZERANK_BACKEND"].strip().lower(), "ZERANK_BACKEND"
+    if backend is not None and backend not in BACKENDS:
+        raise ConfigurationError(f"{source} must be one of {', '.join(BACKENDS)}; got {backend!r}")
+    if model is not None and model.strip().lower() in LEXICAL_MODELS:
+        if backend not in (None, "lexical"):
+            raise ConfigurationError(
+                f"{say('model')}={model!r} names the lexical baseline, but {source} is {backend!r}"
+            )
+        backend, source, model = "lexical", say("model"), None
+
+    name = backend or _infer(model, device, key, base_url, server_url, env)
+    if name is None:
+        if allow_lexical:
+            name = "lexical"
+        else:
+            raise ConfigurationError(nothing_configured(vocabulary))
+    given = {
+        "model": model,
+        "device": device,
+        "api_key": key,
+        "base_url": base_url,
+        "server_url": server_url,
+    }
+    applies = {
+        "hosted": ("model", "api_key", "base_url"),
+        "server": ("model", "api_key", "server_url"),
+        "local": ("model", "device"),
+        "lexical": (),
+    }[name]
+    extra = [setting for setting, value in given.items() if value is not None]
+    wrong = [setting for setting in extra if setting not in applies]
+    if wrong:
+        why = f" (chosen by {source})" if backend is not None else ""
+        raise ConfigurationError(
+            f"{', '.join(say(s) for s in wrong)} does not apply to the {name} backend{why}"
+        )
+    if name == "hosted":
+        return _hosted(model, key, base_url, env, vocabulary)
+    if name == "server":
+        return _server(model, key, server_url, env, vocabulary)
+    if name == "local":
+        return _local(model, device, env, vocabulary)
     from zerank_core.scorers.lexical import BM25Scorer
 
     return BackendChoice("lexical", BM25Scorer(), "BM25 lexical baseline (offline, uncalibrated)")
+
+
+def _secret(api_key: object, name: str) -> SecretStr | None:
+    if api_key is None:
+        return None
+    if isinstance(api_key, SecretStr):
+        value = api_key.get_secret_value()
+    elif isinstance(api_key, str):
+        value = api_key
+    else:
+        raise ConfigurationError(f"{name} must be a str or SecretStr, got {type(api_key).__name__}")
+    if not value.strip():
+        raise ConfigurationError(f"{name} must not be empty")
+    return api_key if isinstance(api_key, SecretStr) else SecretStr(value)
+
+
+def _is_folder(model: str) -> bool:
+    return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().is_dir()
+
+
+def _infer(
+    model: str | None,
+    device: str | None,
+    key: SecretStr | None,
+    base_url: str | None,
+    server_url: str | None,
+    env: Mapping[str, str],
+) -> str | None:
+    """The backend that explicit settings, then the environment, point to (None: nothing)."""
+    if server_url is not None:
+        return "server"
+    if key is not None or base_url is not None:
+        return "hosted"
+    if device is not None or (model is not None and _is_folder(model)):
+        return "local"
+    has_key, has_server = bool(env.get("ZEROENTROPY_API_KEY")), bool(env.get("ZERANK_SERVER_URL"))
+    if model is not None and "/" in model:
+        return "server" if has_server else "local"
+    if has_key:
+        return "hosted"
+    if has_server:
+        return "server"
+    if model is not None:
+        # A plain name is an API model; loading weights for it is left to an explicit id.
+        return "hosted"
+    if env.get("ZERANK_LOCAL_MODEL") or _default_weights_usable():
+        return "local"
+    return None
+
+
+def _default_weights_usable() -> bool:
+    """Whether zerank-2's weights are on disk and the ``local`` extra is installed."""
+    try:
+        from zerank_core.scorers.local import DEFAULT_MODEL, weights_available
+    except ImportError:
+        return False
+    if not weights_available(DEFAULT_MODEL):
+        return False
+    try:
+        import sentence_transformers  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _hosted(
+    model: str | None,
+    key: SecretStr | None,
+    base_url: str | None,
+    env: Mapping[str, str],
+    vocabulary: Vocabulary,
+) -> BackendChoice:
+    from zerank_core.scorers.zeroentropy import ZeroEntropyScorer
+
+    if key is None and env.get("ZEROENTROPY_API_KEY"):
+        key = SecretStr(env["ZEROENTROPY_API_KEY"])
+    if key is None:
+        hint = ""
+        if model is not None and model in OPEN_WEIGHTS:
+            weights = _ask(vocabulary, "model", OPEN_WEIGHTS[model])
+            hint = (
+                f"; for its open weights in-process, {weights} (pip install 'zerank-gate[local]')"
+            )
+        what = f"model {model!r} (a ZeroEntropy API model name)" if model else "the hosted backend"
+        raise ConfigurationError(
+            f"{what} needs a ZeroEntropy API key: "
+            f"{_how(vocabulary, 'api_key', 'ZEROENTROPY_API_KEY')}{hint}"
+        )
+    model = model or env.get("ZERANK_MODEL") or "zerank-2"
+    scorer = ZeroEntropyScorer(model=model, api_key=key, base_url=base_url)
+    return BackendChoice("hosted", scorer, f"ZeroEntropy API ({scorer.model})")
+
+
+def _server(
+    model: str | None,
+    key: SecretStr | None,
+    server_url: str | None,
+    env: Mapping[str, str],
+    vocabulary: Vocabulary,
+) -> BackendChoice:
+    from zerank_core.scorers.server import RerankServerScorer
+
+    url = server_url or env.get("ZERANK_SERVER_URL")
+    if not url:
+        raise ConfigurationError(
+            "the server backend needs the rerank endpoint's URL, e.g. "
+            "http://localhost:8000/v1/rerank: "
+            f"{_how(vocabulary, 'server_url', 'ZERANK_SERVER_URL')}"
+        )
+    server = RerankServerScorer(url, model=model, api_key=key)
+    return BackendChoice(
+        "server",
+        server,
+        f"rerank server {server.url} ({server.model}, {server.backend_scale.value} scores)",
+    )
+
+
+def _local(
+    model: str | None, device: str | None, env: Mapping[str, str], vocabulary: Vocabulary
+) -> BackendChoice:
+    try:
+        from zerank_core.scorers.local import DEFAULT_MODEL, LocalScorer, weights_available
+    except ImportError as exc:  # pragma: no cover - local.py imports torch lazily
+        raise MissingDependencyError("sentence-transformers", "local") from exc
+
+    model = model or env.get("ZERANK_LOCAL_MODEL") or None
+    if model is None:
+        if not weights_available(DEFAULT_MODEL):
+            raise ConfigurationError(
+                "the local backend needs a model id or folder: "
+                f"{_how(vocabulary, 'model', 'ZERANK_LOCAL_MODEL')} (e.g. {DEFAULT_MODEL}; "
+                "needs pip install 'zerank-gate[local]')"
+            )
+        model = DEFAULT_MODEL
+    scorer = LocalScorer(model, device=device)
+    return BackendChoice("local", scorer, f"open weights in-process ({model}, {scorer.device})")
+
+
+def scorer_from_env(backend: str | None = None, *, allow_lexical: bool = True) -> BackendChoice:
+    """The environment's backend: :func:`resolve_backend` with only ``backend`` given.
+
+    With ``allow_lexical=True`` (the default, for scripts and the command
+    line) nothing configured means the BM25 baseline; with ``False`` it is
+    an error naming the options.
+    """
+    return resolve_backend(backend=backend, allow_lexical=allow_lexical)

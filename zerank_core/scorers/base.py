@@ -24,11 +24,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from enum import StrEnum
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, Self, TypeVar, cast, runtime_checkable
 
 from zerank_core.errors import (
     ConfigurationError,
     InvalidResponseError,
+    ScorerOutputError,
     ZeRankError,
     as_backend_error,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "ascore_many",
     "check_count",
     "check_query",
+    "check_scores",
     "check_texts",
     "check_timeout",
     "check_url",
@@ -70,6 +72,7 @@ __all__ = [
     "plan_batches",
     "query_with_instruction",
     "request_bytes",
+    "require_scorer",
     "results_from_json",
     "score_many",
     "to_probability",
@@ -146,11 +149,23 @@ def fingerprint(backend: str, **settings: object) -> str:
 
 @runtime_checkable
 class Scorer(Protocol):
-    """Anything with these two methods can drive every adapter of the package.
+    """What every adapter, the gate and the classifier need from a scorer.
 
-    Both return one score per text, in input order, on the calibrated scale
-    unless the scorer declares otherwise in its ``scale`` attribute.
+    ``score``/``ascore`` return one number per text, in input order, on
+    ``scale`` (:attr:`Scale.PROBABILITY` for zerank's calibrated probability).
+    ``model`` names the model (it goes into cache keys, reports and traces);
+    ``usage`` is what the scorer has spent so far, or ``None`` when it does
+    not count its calls. A class attribute or a property satisfies each.
     """
+
+    @property
+    def model(self) -> str: ...
+
+    @property
+    def scale(self) -> Scale: ...
+
+    @property
+    def usage(self) -> Usage | None: ...
 
     def score(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
@@ -159,6 +174,72 @@ class Scorer(Protocol):
     async def ascore(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]: ...
+
+
+SCORER_MEMBERS = ("score", "ascore", "model", "scale", "usage")
+
+
+def require_scorer(scorer: object, *, name: str = "scorer") -> Scorer:
+    """Return ``scorer`` if it fulfils :class:`Scorer`, else say what it lacks.
+
+    Checked where a scorer enters the package (adapters, gate, classifier,
+    cache), so a scorer written for an older version fails with the list of
+    what to add, not with an ``AttributeError`` in the middle of a job.
+    """
+    missing = [member for member in SCORER_MEMBERS if not hasattr(scorer, member)]
+    if missing:
+        raise ConfigurationError(
+            f"{name} {type(scorer).__name__} lacks {', '.join(missing)}: a scorer has "
+            "score() and ascore(), and declares model (a str), scale (a zerank_core.Scale) "
+            "and usage (a zerank_core.Usage, or None if it does not count its calls)"
+        )
+    checked = cast(Scorer, scorer)
+    for member in ("score", "ascore"):
+        if not callable(getattr(checked, member)):
+            raise ConfigurationError(f"{name} {type(scorer).__name__}.{member} is not callable")
+    if not isinstance(checked.model, str) or not checked.model:
+        raise ConfigurationError(
+            f"{name} {type(scorer).__name__}.model must be a non-empty str, got {checked.model!r}"
+        )
+    if not isinstance(checked.scale, Scale):
+        raise ConfigurationError(
+            f"{name} {type(scorer).__name__}.scale must be a zerank_core.Scale, "
+            f"got {checked.scale!r}"
+        )
+    return checked
+
+
+def check_scores(
+    scores: Sequence[object],
+    n: int,
+    *,
+    context: str,
+    items: str = "texts",
+    names: Sequence[object] | None = None,
+) -> list[float]:
+    """The one check of a scorer call's output: ``n`` finite numbers, as floats.
+
+    ``context`` says which call it was (``"criterion 'DX'"``, ``"label
+    'billing'"``), ``items`` what was scored (``"pages"``), and ``names``
+    optionally how to name each item in a message (``["page 1", ...]``). A
+    wrong count or a value that is not a finite number raises
+    :class:`ScorerOutputError`: a missing score is never read as 0.
+    """
+    if len(scores) != n:
+        raise ScorerOutputError(
+            f"scorer returned {len(scores)} scores for {n} {items} ({context})", expected=n
+        )
+    out = []
+    for index, value in enumerate(scores):
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            where = f"for {names[index]}" if names is not None else f"as score {index}"
+            raise ScorerOutputError(f"scorer returned {value!r} {where} ({context})", expected=n)
+        out.append(float(value))
+    return out
 
 
 @dataclass(frozen=True)

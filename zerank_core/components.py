@@ -1,0 +1,133 @@
+"""What the LangChain and LlamaIndex components share, with no framework imported.
+
+Argument spelling (the ``top_n`` / ``top_k`` alias, a suggestion for a
+misspelt name), the backend settings every component accepts and how they
+become a scorer (always through :func:`~zerank_core.scorers.auto.resolve_backend`),
+and what a pickled component holds.
+
+Pickling and copying a component:
+
+- an explicit ``scorer=`` is kept: pickled as it is, shared (not copied) by
+  ``copy.deepcopy``, since a scorer is a resource (clients, pools, weights);
+- a scorer built from settings is never pickled: the settings are, without
+  the API key, and unpickling builds the scorer again from them and the
+  unpickling process's environment (so the key comes from
+  ``ZEROENTROPY_API_KEY`` there). Without a key there, unpickling a
+  component that needs one raises :class:`ConfigurationError` saying so.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, MutableMapping
+from dataclasses import dataclass, field, fields
+
+from pydantic import SecretStr
+
+from zerank_core.errors import ConfigurationError
+from zerank_core.scorers.auto import resolve_backend
+from zerank_core.scorers.base import Scorer, require_scorer
+
+__all__ = [
+    "BACKEND_SETTINGS",
+    "BackendSettings",
+    "build_scorer",
+    "check_arguments",
+    "check_top_n",
+    "merge_alias",
+    "rebuild_scorer",
+]
+
+#: The settings every component takes to choose its backend, besides ``scorer``.
+BACKEND_SETTINGS = ("backend", "model", "device", "api_key", "base_url", "server_url")
+
+
+def check_arguments(owner: str, given: Iterable[str], accepted: Iterable[str]) -> None:
+    """Refuse an unknown argument, suggesting the closest accepted name."""
+    accepted = sorted(set(accepted))
+    for name in given:
+        if name in accepted:
+            continue
+        close = difflib.get_close_matches(name, accepted, n=1, cutoff=0.6)
+        hint = f"did you mean {close[0]!r}?" if close else f"accepted: {', '.join(accepted)}"
+        raise ConfigurationError(f"{owner} got an unknown argument {name!r}; {hint}")
+
+
+def merge_alias(data: MutableMapping[str, object], name: str, alias: str, owner: str) -> None:
+    """Move ``data[alias]`` to ``data[name]``; giving both is an error."""
+    if alias not in data:
+        return
+    if name in data:
+        raise ConfigurationError(f"{owner}: pass {name}=... or its alias {alias}=..., not both")
+    data[name] = data.pop(alias)
+
+
+def check_top_n(value: object, name: str = "top_n") -> None:
+    """``top_n`` is ``None`` (no cap) or an integer >= 1: a cap of 0 would keep nothing."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigurationError(
+            f"{name} must be an integer >= 1 (or None for no cap), got {value!r}"
+        )
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    """The backend a component was asked for; see :func:`resolve_backend`."""
+
+    backend: str | None = None
+    model: str | None = None
+    device: str | None = None
+    api_key: SecretStr | None = field(default=None, repr=False)
+    base_url: str | None = None
+    server_url: str | None = None
+
+    def given(self) -> list[str]:
+        """Names of the settings that were set."""
+        return [f.name for f in fields(self) if getattr(self, f.name) is not None]
+
+    def without_key(self) -> BackendSettings:
+        """The settings a pickle may hold."""
+        return BackendSettings(
+            backend=self.backend,
+            model=self.model,
+            device=self.device,
+            base_url=self.base_url,
+            server_url=self.server_url,
+        )
+
+
+def build_scorer(scorer: object | None, settings: BackendSettings) -> Scorer:
+    """``scorer`` itself (checked against the contract), else the one ``settings`` resolve to.
+
+    Raises at once when nothing is configured: a component never falls back
+    to the BM25 baseline unless asked for it by name (``model="bm25"``,
+    ``backend="lexical"`` or ``ZERANK_BACKEND=lexical``).
+    """
+    if scorer is not None:
+        given = settings.given()
+        if given:
+            raise ConfigurationError(
+                f"pass either scorer=... or backend settings ({', '.join(given)}), not both"
+            )
+        return require_scorer(scorer)
+    return resolve_backend(
+        backend=settings.backend,
+        model=settings.model,
+        device=settings.device,
+        api_key=settings.api_key,
+        base_url=settings.base_url,
+        server_url=settings.server_url,
+    ).scorer
+
+
+def rebuild_scorer(settings: BackendSettings, owner: str) -> Scorer:
+    """Build an unpickled component's scorer from its settings and this environment."""
+    try:
+        return build_scorer(None, settings.without_key())
+    except ConfigurationError as exc:
+        raise ConfigurationError(
+            f"cannot unpickle {owner}: its scorer is rebuilt from its settings and this "
+            f"process's environment, and API keys are never pickled ({exc})"
+        ) from exc
