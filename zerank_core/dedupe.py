@@ -26,6 +26,7 @@ import hashlib
 import math
 import re
 import unicodedata
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -250,10 +251,14 @@ class LexicalDetector:
         keyed = [(index, shingle_set) for index, shingle_set in sets.items() if shingle_set]
         if len(keyed) < 2:
             return set()
+        # CRC-32 in C instead of datasketch's per-shingle SHA-1 in Python: the
+        # signature only needs a deterministic, well-spread 32-bit value, and
+        # this is most of the pass's time.
         signatures = MinHash.bulk(
-            [[s.encode("utf-8") for s in shingle_set] for _, shingle_set in keyed],
+            [[zlib.crc32(s.encode("utf-8")) for s in shingle_set] for _, shingle_set in keyed],
             num_perm=self.num_perm,
             seed=self.seed,
+            hashfunc=int,
         )
         # LSH tuned below the threshold: candidates are verified exactly
         # afterwards, so extra candidates cost a set comparison each while a
