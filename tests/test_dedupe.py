@@ -240,6 +240,19 @@ def test_model_detector_threshold_rejects_weak_pairs(fake_server: FakeRerankServ
     assert len(fake_server.requests) == 1
 
 
+def test_model_detector_never_asks_about_blank_texts(fake_server: FakeRerankServer) -> None:
+    found = server_detector(fake_server).find(
+        [LAB, "  ", "", FAXED_LAB], score_columns=[[0.5, 0.5, 0.5, 0.5]]
+    )
+    assert [(p.first, p.second, p.method) for p in found.pairs] == [
+        (0, 3, "model"),
+        (1, 2, "exact"),
+    ]
+    for request in fake_server.requests:
+        assert request.body["query"].strip()
+        assert all(d.strip() for d in request.body["documents"])
+
+
 def test_model_detector_refuses_uncalibrated_scorers() -> None:
     with pytest.raises(ConfigurationError, match="needs calibrated probabilities"):
         ModelDetector(BM25Scorer())
@@ -380,6 +393,21 @@ def test_cli_compress_dedupe_threshold_and_model_errors() -> None:
     assert main([*args, "--dedupe", "--dedupe-threshold", "0.95"], stdout=out, stderr=err) == 0
     assert "duplicate pages: none found" in err.getvalue()
     err = io.StringIO()
-    assert main([*args, "--dedupe", "model"], stdout=io.StringIO(), stderr=err) == 2
+    assert main([*args, "--dedupe-with", "model"], stdout=io.StringIO(), stderr=err) == 2
     assert "needs calibrated probabilities" in err.getvalue()
     assert "BM25Scorer" in err.getvalue()
+    err = io.StringIO()
+    assert main([*args, "--dedupe-threshold", "0.5"], stdout=io.StringIO(), stderr=err) == 2
+    assert "--dedupe-threshold needs --dedupe" in err.getvalue()
+
+
+def test_cli_compress_dedupe_without_datasketch_fails_before_scoring(
+    monkeypatch: pytest.MonkeyPatch, fake_server: FakeRerankServer
+) -> None:
+    monkeypatch.setitem(sys.modules, "datasketch", None)
+    err = io.StringIO()
+    args = ["compress", str(PACKET), "--criteria", str(CRITERIA), "--no-cache", "--dedupe"]
+    url = f"{fake_server.url}/v1/rerank"
+    assert main([*args, "--server-url", url], stdout=io.StringIO(), stderr=err) != 0
+    assert "pip install 'zerank-gate[dedupe]'" in err.getvalue()
+    assert fake_server.requests == []

@@ -370,10 +370,12 @@ class ModelDetector:
         asked = {(p.first, p.second) for p in lexical.pairs if p.method != "exact"}
         for column in score_columns:
             asked |= close_pairs(column, len(texts), self.score_gap, self.max_close)
+        # A blank text has no content to compare (and is no valid query);
+        # blank copies are already exact duplicates of each other.
         pairs = {
             (min(ra, rb), max(ra, rb))
             for ra, rb in ((representative[a], representative[b]) for a, b in asked)
-            if ra != rb
+            if ra != rb and texts[ra].strip() and texts[rb].strip()
         }
         # The shorter text is the query: a copy with an added header contains
         # the shorter one, which is what "same content" asks of the document.

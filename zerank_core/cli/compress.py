@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -28,7 +29,7 @@ from zerank_core.cli._reading import (
 )
 from zerank_core.criteria import load_criteria
 from zerank_core.dedupe import DuplicateDetector, LexicalDetector, ModelDetector
-from zerank_core.errors import MissingDependencyError
+from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
 from zerank_core.plots import plot_heatmap
 from zerank_core.results import GateResult
@@ -118,14 +119,15 @@ def add_parser(commands: Any) -> None:
     )
     policy.add_argument(
         "--dedupe",
-        nargs="?",
-        const="lexical",
-        choices=("lexical", "model"),
-        action=_DedupeAction,
-        default=False,
+        action="store_true",
         help="keep one page of each set of duplicates, giving the freed slots to the next "
-        "distinct page: 'lexical' (the default: exact and near-duplicate text) or 'model' "
-        "(zerank confirms each candidate pair); needs zerank-gate[dedupe]",
+        "distinct page (needs zerank-gate[dedupe])",
+    )
+    policy.add_argument(
+        "--dedupe-with",
+        choices=("lexical", "model"),
+        help="how duplicates are found (implies --dedupe): 'lexical' (the default: exact and "
+        "near-duplicate text) or 'model' (zerank also judges each candidate pair)",
     )
     policy.add_argument(
         "--dedupe-threshold",
@@ -170,21 +172,22 @@ def add_parser(commands: Any) -> None:
     add_backend_options(parser)
 
 
-class _DedupeAction(argparse.Action):
-    """``--dedupe [METHOD]``: the policy's ``dedupe`` flag and the detector to use."""
-
-    def __call__(
-        self, parser: Any, namespace: argparse.Namespace, values: Any, option: Any = None
-    ) -> None:
-        namespace.dedupe = True
-        namespace.dedupe_method = values
+def _dedupe_policy(args: argparse.Namespace, policy: SelectionPolicy) -> SelectionPolicy:
+    if args.dedupe_with is not None:
+        policy = replace(policy, dedupe=True)
+    if args.dedupe_threshold is not None and not policy.dedupe:
+        raise ConfigurationError("--dedupe-threshold needs --dedupe")
+    if policy.dedupe and importlib.util.find_spec("datasketch") is None:
+        # Fail before scoring, not after the whole run.
+        raise MissingDependencyError("datasketch", "dedupe")
+    return policy
 
 
 def _detector(args: argparse.Namespace, scorer: Scorer) -> DuplicateDetector | None:
-    if not args.dedupe:
+    if not args.dedupe and args.dedupe_with is None:
         return None
     threshold = args.dedupe_threshold
-    if getattr(args, "dedupe_method", "lexical") == "model":
+    if args.dedupe_with == "model":
         if threshold is None:
             return ModelDetector(scorer)
         return ModelDetector(scorer, threshold=threshold)
@@ -299,7 +302,7 @@ def _summary(result: GateResult, err: TextIO) -> None:
 
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    policy = SelectionPolicy.from_attributes(args)
+    policy = _dedupe_policy(args, SelectionPolicy.from_attributes(args))
     if args.heatmap is not None and importlib.util.find_spec("matplotlib") is None:
         # Fail before scoring, not after the whole run.
         raise MissingDependencyError("matplotlib", "eval")
