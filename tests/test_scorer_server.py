@@ -56,7 +56,7 @@ def test_retries_429_and_503_then_succeeds(fake_server: FakeRerankServer) -> Non
 
 def test_429_surfaces_only_past_the_deadline(fake_server: FakeRerankServer) -> None:
     fake_server.faults.extend(["429"] * 1000)
-    scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank", max_retries=0, deadline=0.3)
+    scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank", max_retries=0, deadline=1.0)
     with pytest.raises(BackendError, match=r"batch 0 .* HTTP 429") as info:
         scorer.score(QUERY, TEXTS)
     assert info.value.status_code == 429
