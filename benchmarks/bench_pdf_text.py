@@ -26,6 +26,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+# Run from a clone without installing: the package is the folder above.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
 from fpdf import FPDF
 
 from zerank_core.cli import main as zerank

@@ -67,12 +67,15 @@ def tiny_dir(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_path_comes_from_argument_then_environment_then_shared_folder(
+def test_path_comes_from_argument_then_environment_then_the_repository_copy(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv(CONTRACTNLI_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
-    assert contractnli_dir() == tmp_path / ".." / "shared" / "data" / "contractnli"
+    repository = Path(__file__).resolve().parent.parent / "benchmarks" / "data" / "contractnli"
+    assert contractnli_dir() == repository
+    assert (repository / "dev.json").is_file()
+    assert (repository / "README.md").read_text(encoding="utf-8").count("CC BY 4.0") >= 1
     monkeypatch.setenv(CONTRACTNLI_ENV, "/data/cnli")
     assert contractnli_dir() == Path("/data/cnli")
     assert contractnli_dir("/elsewhere") == Path("/elsewhere")
@@ -151,9 +154,6 @@ def test_missing_or_malformed_files_are_clear_errors(tmp_path: Path) -> None:
 # --- the real files ------------------------------------------------------------------
 
 REAL = contractnli_dir()
-needs_data = pytest.mark.skipif(
-    not (REAL / "test.json").is_file(), reason=f"ContractNLI not found at {REAL}"
-)
 
 
 def _raw(split: str) -> dict[str, Any]:
@@ -161,7 +161,6 @@ def _raw(split: str) -> dict[str, Any]:
     return result
 
 
-@needs_data
 @pytest.mark.parametrize(("split", "documents"), [("dev", 61), ("test", 123)])
 def test_counts_match_the_files(split: str, documents: int) -> None:
     raw = _raw(split)
@@ -191,7 +190,6 @@ def test_counts_match_the_files(split: str, documents: int) -> None:
     assert sum(len(e.units) for e in examples) == 17 * spans
 
 
-@needs_data
 def test_span_units_are_the_annotated_character_ranges() -> None:
     raw = _raw("dev")["documents"][0]
     example = span_examples(load_contractnli("dev"))[0]
@@ -199,7 +197,6 @@ def test_span_units_are_the_annotated_character_ranges() -> None:
     assert example.units[5] == raw["text"][start:end]
 
 
-@needs_data
 def test_real_pages_cover_every_character_and_every_evidence_span() -> None:
     data = load_contractnli("test")
     examples = page_examples(data, contracts_per_document=10, page_chars=2500)

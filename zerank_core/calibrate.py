@@ -1,6 +1,6 @@
 """Choose thresholds on purpose and check that scores read as probabilities.
 
-Three tools, for zerank or any other scorer, fitted on your own labelled data:
+Four tools, for zerank or any other scorer, fitted on your own labelled data:
 
 - thresholds for a recall target: :func:`empirical_threshold` (the highest
   threshold whose mean recall on the labelled queries reaches the target) and
@@ -10,7 +10,10 @@ Three tools, for zerank or any other scorer, fitted on your own labelled data:
   :func:`expected_calibration_error`;
 - recalibration: :class:`PlattCalibrator` and :class:`IsotonicCalibrator`
   (scikit-learn contract), and :class:`CalibratedScorer`, which wraps any
-  scorer with a fitted calibrator and meets the scorer contract.
+  scorer with a fitted calibrator and meets the scorer contract;
+- policies: :func:`fit_policy` fits a global threshold and, optionally, one
+  per criterion, into a :class:`ThresholdPolicy` that ``zerank calibrate``
+  writes as JSON and ``zerank compress --policy`` applies.
 
 scikit-learn is needed only for the calibrators (``pip install
 'zerank-gate[eval]'``); it is imported when one is fitted.
@@ -18,10 +21,14 @@ scikit-learn is needed only for the calibrators (``pip install
 
 from __future__ import annotations
 
+import json
 import math
+import os
 from collections import Counter
-from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
 from typing import Any, Literal, Protocol, Self
 
 import numpy as np
@@ -39,9 +46,11 @@ __all__ = [
     "PlattCalibrator",
     "ReliabilityBins",
     "ThresholdFit",
+    "ThresholdPolicy",
     "conformal_threshold",
     "empirical_threshold",
     "expected_calibration_error",
+    "fit_policy",
     "reliability_bins",
 ]
 
@@ -202,6 +211,214 @@ def _fit(
         recall=float(1.0 - risk[best]),
         corrected_risk=float(corrected[best]),
     )
+
+
+# --- threshold policies ------------------------------------------------------------
+
+POLICY_FORMAT = "zerank-gate/threshold-policy"
+POLICY_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CriterionFit:
+    """One criterion's own threshold, and what it did on that criterion's queries."""
+
+    threshold: float
+    n_queries: int
+    n: int
+    recall: float
+
+
+@dataclass(frozen=True)
+class ThresholdPolicy:
+    """Thresholds fitted for a recall target: one global, optionally one per criterion.
+
+    ``fit`` is the global fit over every query. ``criteria`` holds the
+    criteria that got their own threshold; ``fallback`` maps the others that
+    were asked for to the reason they use the global one (too few labelled
+    queries for the target). ``grouped_by`` is ``"query"`` or ``"document"``:
+    the exchangeable unit of the conformal guarantee. ``backend`` and
+    ``data`` record what produced the scores (a threshold is only meaningful
+    for the scorer it was fitted on).
+    """
+
+    fit: ThresholdFit
+    criteria: Mapping[str, CriterionFit] = field(default_factory=dict)
+    fallback: Mapping[str, str] = field(default_factory=dict)
+    grouped_by: Literal["query", "document"] = "query"
+    backend: Mapping[str, Any] = field(default_factory=dict)
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("criteria", "fallback", "backend", "data"):
+            object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+
+    @property
+    def target(self) -> float:
+        return self.fit.target
+
+    @property
+    def alpha(self) -> float:
+        """The tolerated expected share of evidence missed: ``1 - target``."""
+        return 1.0 - self.fit.target
+
+    @property
+    def threshold(self) -> float:
+        """The global threshold (for every criterion without its own)."""
+        return self.fit.threshold
+
+    def threshold_for(self, criterion: str | None) -> float:
+        """``criterion``'s own threshold, else the global one."""
+        own = self.criteria.get(criterion) if criterion is not None else None
+        return own.threshold if own is not None else self.fit.threshold
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "format": POLICY_FORMAT,
+            "version": POLICY_VERSION,
+            "method": self.fit.method,
+            "target": self.fit.target,
+            "alpha": round(self.alpha, 12),
+            "threshold": self.fit.threshold,
+            "thresholds": {k: v.threshold for k, v in self.criteria.items()},
+            "grouped_by": self.grouped_by,
+            "fit": {
+                "n_queries": self.fit.n_queries,
+                "n": self.fit.n,
+                "recall": self.fit.recall,
+                "corrected_risk": self.fit.corrected_risk,
+            },
+            "criteria": {
+                k: {
+                    "threshold": v.threshold,
+                    "n_queries": v.n_queries,
+                    "n": v.n,
+                    "recall": v.recall,
+                }
+                for k, v in self.criteria.items()
+            },
+            "fallback": dict(self.fallback),
+            "backend": dict(self.backend),
+            "data": dict(self.data),
+        }
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        """Write the policy as JSON (no document text: thresholds, counts, names)."""
+        out = Path(path)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "policy") -> ThresholdPolicy:
+        """Read :meth:`to_dict`'s output back; a wrong or damaged file is named."""
+        if not isinstance(data, Mapping) or data.get("format") != POLICY_FORMAT:
+            raise ConfigurationError(f"{source} is not a zerank threshold policy ({POLICY_FORMAT})")
+        if data.get("version") != POLICY_VERSION:
+            raise ConfigurationError(
+                f"{source}: policy version {data.get('version')!r} is not supported "
+                f"(expected {POLICY_VERSION})"
+            )
+        try:
+            fit = ThresholdFit(
+                method=data["method"],
+                target=float(data["target"]),
+                threshold=_finite(data["threshold"], f"{source}: threshold"),
+                n_queries=int(data["fit"]["n_queries"]),
+                n=int(data["fit"]["n"]),
+                recall=float(data["fit"]["recall"]),
+                corrected_risk=float(data["fit"]["corrected_risk"]),
+            )
+            criteria = {
+                str(k): CriterionFit(
+                    threshold=_finite(v["threshold"], f"{source}: threshold of {k}"),
+                    n_queries=int(v["n_queries"]),
+                    n=int(v["n"]),
+                    recall=float(v["recall"]),
+                )
+                for k, v in data.get("criteria", {}).items()
+            }
+            grouped_by = data.get("grouped_by", "query")
+            if grouped_by not in ("query", "document"):
+                raise ValueError(f"grouped_by is {grouped_by!r}")
+            return cls(
+                fit=fit,
+                criteria=criteria,
+                fallback={str(k): str(v) for k, v in data.get("fallback", {}).items()},
+                grouped_by=grouped_by,
+                backend=dict(data.get("backend", {})),
+                data=dict(data.get("data", {})),
+            )
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ConfigurationError(f"{source} is a damaged threshold policy: {exc!r}") from exc
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ThresholdPolicy:
+        """Read a policy file that :meth:`save` (or ``zerank calibrate``) wrote."""
+        file = Path(path)
+        try:
+            data = json.loads(file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigurationError(f"policy file not found: {file}") from None
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ConfigurationError(f"cannot read the policy file {file}: {exc}") from exc
+        return cls.from_dict(data, str(file))
+
+
+def fit_policy(
+    queries: Sequence[LabelledQuery],
+    target: float,
+    *,
+    method: Literal["empirical", "conformal"] = "conformal",
+    criteria: Sequence[str | None] | None = None,
+    per_criterion: bool = False,
+    groups: Sequence[Hashable] | None = None,
+    backend: Mapping[str, Any] | None = None,
+    data: Mapping[str, Any] | None = None,
+) -> ThresholdPolicy:
+    """Fit a global threshold and, with ``per_criterion``, one per criterion.
+
+    ``criteria`` names each query's criterion (required with
+    ``per_criterion``). A criterion whose queries are too few for the target
+    (or that has no relevant unit) keeps the global threshold; the reason is
+    recorded in ``fallback``. ``groups`` works as in :func:`conformal_threshold`.
+    """
+    if method not in ("empirical", "conformal"):
+        raise ConfigurationError(f"method must be 'empirical' or 'conformal', got {method!r}")
+    fit = _fit(method, queries, target, None, groups)
+    own: dict[str, CriterionFit] = {}
+    fallback: dict[str, str] = {}
+    if per_criterion:
+        if criteria is None or len(criteria) != len(queries):
+            raise ConfigurationError("per_criterion needs one criterion name per query")
+        names = sorted({c for c in criteria if c is not None})
+        if not names:
+            raise ConfigurationError("per_criterion: no query names a criterion")
+        for name in names:
+            picked = [i for i, c in enumerate(criteria) if c == name]
+            subset = [queries[i] for i in picked]
+            subgroups = None if groups is None else [groups[i] for i in picked]
+            try:
+                one = _fit(method, subset, target, None, subgroups)
+            except ConfigurationError as exc:
+                fallback[name] = str(exc)
+                continue
+            own[name] = CriterionFit(one.threshold, one.n_queries, one.n, one.recall)
+    return ThresholdPolicy(
+        fit=fit,
+        criteria=own,
+        fallback=fallback,
+        grouped_by="query" if groups is None else "document",
+        backend=backend or {},
+        data=data or {},
+    )
+
+
+def _finite(value: Any, name: str) -> float:
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return number
 
 
 # --- calibration diagnostics -------------------------------------------------------

@@ -26,9 +26,11 @@ from zerank_core.select import CHARS_PER_TOKEN, SelectionPolicy
 __all__ = [
     "Example",
     "LabelledQuery",
+    "NoEvidenceReport",
     "RecallReport",
     "ascore_examples",
     "evaluate_selection",
+    "no_evidence_detection",
     "pooled_units",
     "recall_at_fraction",
     "recall_at_k",
@@ -192,14 +194,81 @@ def recall_at_k(queries: Sequence[LabelledQuery], ks: Iterable[int]) -> list[Rec
     return reports
 
 
-def evaluate_selection(queries: Sequence[LabelledQuery], policy: SelectionPolicy) -> RecallReport:
-    """Recall and savings of a :class:`SelectionPolicy` applied to every query."""
+def evaluate_selection(
+    queries: Sequence[LabelledQuery], policy: SelectionPolicy | Sequence[SelectionPolicy]
+) -> RecallReport:
+    """Recall and savings of a :class:`SelectionPolicy` applied to every query.
+
+    ``policy`` may also be one policy per query (for instance a threshold per
+    criterion).
+    """
     queries = _check_queries(queries)
     kept = [
-        policy.select(q.scores, lengths=q.lengths, token_counts=q.token_counts).indices
-        for q in queries
+        p.select(q.scores, lengths=q.lengths, token_counts=q.token_counts).indices
+        for q, p in zip(queries, _per_query(policy, len(queries)), strict=True)
     ]
     return _report(queries, kept, None)
+
+
+@dataclass(frozen=True)
+class NoEvidenceReport:
+    """How well a policy says "nothing here".
+
+    A query "keeps nothing" when no unit passes the policy itself (units
+    added by ``neighbors`` or ``min_keep`` do not count, as in
+    ``zerank compress``'s "no evidence"). Of the ``n_without_evidence``
+    queries with no relevant unit, ``correct_empty`` kept nothing (right);
+    of the ``n_with_evidence`` others, ``wrong_empty`` kept nothing (all of
+    their evidence lost).
+    """
+
+    n_without_evidence: int
+    correct_empty: int
+    n_with_evidence: int
+    wrong_empty: int
+
+    @property
+    def detection_rate(self) -> float | None:
+        """Share of no-evidence queries that kept nothing (``None`` if there are none)."""
+        return self.correct_empty / self.n_without_evidence if self.n_without_evidence else None
+
+    @property
+    def false_empty_rate(self) -> float | None:
+        """Share of queries with evidence that kept nothing (``None`` if there are none)."""
+        return self.wrong_empty / self.n_with_evidence if self.n_with_evidence else None
+
+
+def no_evidence_detection(
+    queries: Sequence[LabelledQuery], policy: SelectionPolicy | Sequence[SelectionPolicy]
+) -> NoEvidenceReport:
+    """Count the queries where ``policy`` keeps nothing, with and without evidence."""
+    queries = _check_queries(queries)
+    without = correct = with_evidence = wrong = 0
+    for q, p in zip(queries, _per_query(policy, len(queries)), strict=True):
+        empty = not p.select(q.scores, lengths=q.lengths, token_counts=q.token_counts).selected
+        if q.relevant:
+            with_evidence += 1
+            wrong += empty
+        else:
+            without += 1
+            correct += empty
+    return NoEvidenceReport(without, correct, with_evidence, wrong)
+
+
+def _per_query(
+    policy: SelectionPolicy | Sequence[SelectionPolicy], n: int
+) -> list[SelectionPolicy]:
+    if isinstance(policy, SelectionPolicy):
+        return [policy] * n
+    policies = list(policy)
+    if len(policies) != n:
+        raise ConfigurationError(f"got {len(policies)} policies for {n} queries")
+    for index, item in enumerate(policies):
+        if not isinstance(item, SelectionPolicy):
+            raise ConfigurationError(
+                f"policy[{index}] must be a SelectionPolicy, got {type(item).__name__}"
+            )
+    return policies
 
 
 def pooled_units(queries: Sequence[LabelledQuery]) -> tuple[list[float], list[int]]:

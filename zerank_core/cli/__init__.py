@@ -19,7 +19,7 @@ from typing import TextIO
 import httpx
 
 from zerank_core import __version__
-from zerank_core.cli import cache, classify, compress
+from zerank_core.cli import cache, calibrate, classify, compress, evaluate
 from zerank_core.cli._common import choose_backend
 from zerank_core.errors import ZeRankError
 from zerank_core.redaction import redact
@@ -44,6 +44,9 @@ score cache: on by default at $ZERANK_CACHE or ~/.cache/zerank-gate/scores.sqlit
 examples:
   zerank compress packet.pdf --criteria criteria.yaml -o result.json
   zerank compress packet.txt --criteria criteria.yaml --heatmap heatmap.png
+  zerank calibrate evidence.yaml --target 0.9 -o policy.json
+  zerank compress packet.pdf --criteria criteria.yaml --policy policy.json
+  zerank evaluate evidence.yaml --policy policy.json --png recall.png
   zerank classify tickets.txt --labels labels.yaml --multi-label
   zerank cache info
 """
@@ -90,7 +93,13 @@ def describe_error(exc: BaseException) -> str:
     return redact(" ".join(text.split()))
 
 
-COMMANDS = {"compress": compress, "classify": classify, "cache": cache}
+COMMANDS = {
+    "compress": compress,
+    "classify": classify,
+    "calibrate": calibrate,
+    "evaluate": evaluate,
+    "cache": cache,
+}
 
 
 def main(

@@ -21,6 +21,7 @@ from zerank_core.cli._common import (
     threshold_arg,
     write_json,
 )
+from zerank_core.cli._policy import add_policy_option, apply_policy_file
 from zerank_core.cli._reading import (
     add_reading_options,
     print_reading,
@@ -169,6 +170,7 @@ def add_parser(commands: Any) -> None:
         help="progress bar on stderr (default: only when stderr is a terminal)",
     )
     add_reading_options(parser)
+    add_policy_option(parser)
     add_backend_options(parser)
 
 
@@ -310,6 +312,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     criteria = load_criteria(args.criteria)
     scorer, cached = make_scorer(args, err)
     print_reading(document, args, err)
+    policy, criteria = apply_policy_file(args, policy, criteria, err)
     plain_text = not args.document.is_dir() and args.document.suffix.lower() not in (
         ".pdf",
         ".json",
