@@ -117,6 +117,38 @@ def test_server_and_hosted_deployments_of_one_model_do_not_share_entries(
         assert api.stats.misses == 1
 
 
+def test_refitting_a_calibrator_is_a_cache_miss(tmp_path: Path) -> None:
+    from zerank_core.calibrate import CalibratedScorer, PlattCalibrator
+
+    path = tmp_path / "c.sqlite3"
+    scores, labels = [0.1, 0.2, 0.7, 0.9, 0.3, 0.8], [0, 0, 1, 1, 0, 1]
+    first = CalibratedScorer(BM25Scorer(), PlattCalibrator().fit(scores, labels))
+    refit = CalibratedScorer(BM25Scorer(), PlattCalibrator().fit(scores, [0, 1, 1, 1, 0, 0]))
+    texts = ["termination notice", "notice"]
+    with CachedScorer(first, path) as cached:
+        old = cached.score(QUERY, texts)
+    with CachedScorer(refit, path) as cached:
+        assert cached.score(QUERY, texts) == refit.score(QUERY, texts) != old
+        assert cached.stats.hits == 0
+    with CachedScorer(first, path) as cached:
+        assert cached.score(QUERY, texts) == old
+        assert cached.stats.misses == 0
+
+
+def test_a_calibrated_bm25_is_still_cached_per_whole_call(tmp_path: Path) -> None:
+    """BM25's scores depend on the call's corpus, with or without a calibrator on top."""
+    from zerank_core.calibrate import CalibratedScorer, PlattCalibrator
+
+    calibrator = PlattCalibrator().fit([0.1, 0.2, 0.7, 0.9], [0, 0, 1, 1])
+    scorer = CalibratedScorer(BM25Scorer(), calibrator)
+    small = ["termination notice period", "termination notice"]
+    large = ["termination notice", "termination", "notice"]
+    with CachedScorer(scorer, tmp_path / "c.sqlite3") as cached:
+        assert not cached.pairwise
+        cached.score(QUERY, small)
+        assert cached.score(QUERY, large) == scorer.score(QUERY, large)
+
+
 class Custom:
     """A user scorer with a model name and no ``cache_identity``."""
 

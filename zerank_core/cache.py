@@ -203,8 +203,10 @@ class CachedScorer:
     the key.
 
     ``pairwise`` says whether a score depends on the (query, text) pair alone,
-    as zerank's does. The lexical baseline's does not (IDF and max scaling come
-    from the whole call), so by default uncalibrated scorers are keyed also by
+    as zerank's does (default: the scorer's own ``pairwise`` attribute, else
+    true unless its scale is uncalibrated). The lexical baseline's does not
+    (IDF and max scaling come from the whole call, also under a calibrator),
+    so such scorers are keyed also by
     a digest of the call's full text list and rescored whole on any miss: a
     rerun of the same call hits, a different page set never gets scores
     computed against another corpus.
@@ -234,7 +236,12 @@ class CachedScorer:
         #: What the cache key says about where a score came from.
         self.identity = identity
         self.scale = scorer.scale
-        self.pairwise = self.scale is not Scale.UNCALIBRATED if pairwise is None else pairwise
+        if pairwise is None:
+            declared = getattr(scorer, "pairwise", None)
+            pairwise = (
+                declared if isinstance(declared, bool) else self.scale is not Scale.UNCALIBRATED
+            )
+        self.pairwise = pairwise
         self.store = ScoreStore(path, timeout=timeout)
         self._lock = threading.Lock()
         self._hits = 0

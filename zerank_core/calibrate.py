@@ -21,9 +21,11 @@ scikit-learn is needed only for the calibrators (``pip install
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+import pickle
 from collections import Counter
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +38,7 @@ import numpy.typing as npt
 
 from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.evaluate import LabelledQuery
-from zerank_core.scorers.base import Scale, Scorer, Usage, require_scorer
+from zerank_core.scorers.base import Scale, Scorer, Usage, fingerprint, require_scorer
 from zerank_core.select import SelectionPolicy
 
 __all__ = [
@@ -637,8 +639,9 @@ class CalibratedScorer:
 
     Meets the :class:`~zerank_core.scorers.base.Scorer` contract, so it plugs
     into every adapter and selection policy. ``model`` and ``usage`` are the
-    wrapped scorer's. If you cache scores, cache the wrapped scorer: refitting
-    the calibrator changes these outputs under the same model name.
+    wrapped scorer's. Its ``cache_identity`` holds the wrapped scorer's and a
+    digest of the fitted calibrator, so a cache never serves scores of an
+    earlier fit.
     """
 
     def __init__(self, scorer: Scorer, calibrator: Calibrator) -> None:
@@ -661,6 +664,25 @@ class CalibratedScorer:
     @property
     def model(self) -> str:
         return self.scorer.model
+
+    @property
+    def pairwise(self) -> bool:
+        """Whether a score depends on its pair alone: as for the wrapped scorer."""
+        declared = getattr(self.scorer, "pairwise", None)
+        if isinstance(declared, bool):
+            return declared
+        return Scale(getattr(self.scorer, "scale", Scale.PROBABILITY)) is not Scale.UNCALIBRATED
+
+    @property
+    def cache_identity(self) -> str:
+        """The wrapped scorer's identity (else its model) and the fitted calibrator's digest."""
+        inner = getattr(self.scorer, "cache_identity", None) or self.model
+        try:
+            fitted = pickle.dumps(self.calibrator)
+        except (pickle.PicklingError, TypeError, AttributeError):
+            fitted = repr(sorted(vars(self.calibrator).items())).encode()
+        digest = hashlib.sha256(fitted).hexdigest()
+        return fingerprint("calibrated", scorer=inner, calibrator=digest)
 
     @property
     def usage(self) -> Usage | None:

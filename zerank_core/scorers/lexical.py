@@ -36,6 +36,8 @@ class BM25Scorer:
     """
 
     model = "bm25"
+    #: A score depends on the whole call (IDF, max scaling), not on the pair alone.
+    pairwise = False
 
     def __init__(
         self,
