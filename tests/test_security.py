@@ -67,7 +67,7 @@ def evidence(caplog: pytest.LogCaptureFixture) -> Iterator[Evidence]:
     yield found
     found.add("log records", "\n".join(r.getMessage() for r in caplog.records))
     found.add("formatted logs", caplog.text)
-    assert found.leaks() == []
+    assert sorted(set(found.leaks())) == []
 
 
 def server_url(server: FakeRerankServer) -> str:
@@ -179,3 +179,51 @@ def test_a_recorded_cassette(
     evidence.add("recorded cassette", cassette)
     for path in (Path(__file__).parent / "cassettes").rglob("*.yaml"):
         evidence.add(f"committed cassette {path.name}", path)
+
+
+def test_scorers_pickle_as_settings_and_read_credentials_from_the_environment(
+    fake_server: FakeRerankServer,
+    evidence: Evidence,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    from zerank_core.scorers import BM25Scorer
+
+    server = RerankServerScorer(
+        server_url(fake_server),
+        api_key=CANARY_KEY,
+        scale="probability",
+        headers={"X-Api-Key": CANARY_KEY, "X-Team": "legal"},
+        max_batch_size=7,
+    )
+    api = ZeroEntropyScorer(api_key=CANARY_KEY, base_url=hosted_url(fake_server), latency="slow")
+    cached = CachedScorer(server, tmp_path / "c.sqlite3", model="custom-name")
+    for name, scorer in (("server", server), ("hosted", api), ("cached", cached)):
+        scorer.score(QUERY, TEXTS)
+        evidence.add(f"{name} pickle", pickle.dumps(scorer))
+
+    # Without credentials in the environment the copies know every other setting.
+    monkeypatch.setenv("ZEROENTROPY_API_KEY", "another-key-from-env")
+    copy = pickle.loads(pickle.dumps(server))
+    assert (copy.max_batch_size, copy.backend_scale, copy.model) == (7, "probability", "zerank-2")
+    assert copy.cache_identity == server.cache_identity
+    assert "X-Api-Key" not in copy._headers
+    hosted_copy = pickle.loads(pickle.dumps(api))
+    assert (hosted_copy.latency, hosted_copy.cache_identity) == ("slow", api.cache_identity)
+    cached_copy = pickle.loads(pickle.dumps(cached))
+    assert cached_copy.identity == cached.identity
+    assert cached_copy.score(QUERY, TEXTS) == cached.score(QUERY, TEXTS)
+    assert cached_copy.stats.misses == 0
+    bm25 = pickle.loads(pickle.dumps(BM25Scorer(k1=1.2)))
+    assert bm25.cache_identity == BM25Scorer(k1=1.2).cache_identity
+
+    # With them, the copy authenticates as the original did.
+    fake_server.requests.clear()
+    monkeypatch.setenv("ZERANK_SERVER_URL", server_url(fake_server))
+    monkeypatch.setenv("ZERANK_SERVER_API_KEY", CANARY_KEY)
+    rebuilt = pickle.loads(pickle.dumps(server))
+    assert rebuilt.score(QUERY, TEXTS) == server.score(QUERY, TEXTS)
+    assert (
+        fake_server.requests[0].headers["Authorization"]
+        == (fake_server.requests[1].headers["Authorization"])
+    )

@@ -37,6 +37,7 @@ from zerank_core.scorers.base import (
     check_query,
     check_scores,
     check_texts,
+    rebuild,
     require_scorer,
     score_many,
 )
@@ -115,6 +116,7 @@ class ScoreStore:
 
     def __init__(self, path: str | os.PathLike[str], *, timeout: float = 30.0) -> None:
         self.path = Path(path).expanduser()
+        self.timeout = timeout
         self._lock = threading.Lock()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -233,6 +235,7 @@ class CachedScorer:
             identity = json.dumps({"scorer": identity, "model": explicit})
         self.scorer = scorer
         self.model = model
+        self._explicit_model = explicit
         #: What the cache key says about where a score came from.
         self.identity = identity
         self.scale = scorer.scale
@@ -249,6 +252,17 @@ class CachedScorer:
 
     def __repr__(self) -> str:
         return f"CachedScorer({self.scorer!r}, path={str(self.path)!r})"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # The database connection stays behind; the copy opens the same file.
+        settings = {
+            "scorer": self.scorer,
+            "path": self.path,
+            "model": self._explicit_model,
+            "pairwise": self.pairwise,
+            "timeout": self.store.timeout,
+        }
+        return (rebuild, (type(self), settings))
 
     @property
     def path(self) -> Path:

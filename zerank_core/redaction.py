@@ -23,10 +23,12 @@ __all__ = [
     "RedactingFilter",
     "deployment_url",
     "install_log_filter",
+    "is_secret_header",
     "redact",
     "redact_url",
     "register_secret",
     "register_url_secrets",
+    "without_credentials",
 ]
 
 MASK = "***"
@@ -127,6 +129,27 @@ def deployment_url(url: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     pairs = [p for p in parts.query.split("&") if p and not _is_secret_parameter(p)]
     return urlunsplit((parts.scheme, netloc.lower(), parts.path, "&".join(pairs), ""))
+
+
+def without_credentials(url: str) -> str:
+    """``url`` with its userinfo and secret query parameters removed (not masked)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact(url)
+    netloc = parts.netloc.rpartition("@")[2]
+    pairs = [p for p in parts.query.split("&") if p and not _is_secret_parameter(p)]
+    return urlunsplit((parts.scheme, netloc, parts.path, "&".join(pairs), parts.fragment))
+
+
+#: Request headers whose values are credentials; they are never pickled.
+SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key", "api-key")
+
+
+def is_secret_header(name: str) -> bool:
+    """True for a header that carries a credential (by name)."""
+    lowered = name.lower()
+    return lowered in SECRET_HEADERS or "token" in lowered or "secret" in lowered
 
 
 def _is_secret_parameter(pair: str) -> bool:

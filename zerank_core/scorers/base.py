@@ -66,11 +66,13 @@ __all__ = [
     "check_texts",
     "check_timeout",
     "check_url",
+    "engine_settings",
     "fingerprint",
     "is_blank",
     "json_body",
     "plan_batches",
     "query_with_instruction",
+    "rebuild",
     "request_bytes",
     "require_scorer",
     "results_from_json",
@@ -939,6 +941,28 @@ async def ascore_many(
         return scores
 
     return list(await asyncio.gather(*(one(i) for i in range(len(jobs)))))
+
+
+def engine_settings(scorer: BatchedScorer) -> dict[str, Any]:
+    """The constructor arguments that rebuild ``scorer``'s engine (for pickling)."""
+    limits = scorer.limits
+    return {
+        "max_concurrency": scorer.max_concurrency,
+        "max_retries": scorer.max_retries,
+        "requests_per_minute": limits.requests_per_minute,
+        "bytes_per_minute": limits.bytes_per_minute,
+        "tokens_per_minute": limits.tokens_per_minute,
+        "deadline": scorer.deadline,
+    }
+
+
+def rebuild(cls: Callable[..., T], settings: dict[str, object]) -> T:
+    """Unpickle a scorer by constructing it anew from the settings it pickled.
+
+    Scorers pickle as their settings, never as their clients, locks or
+    credentials: a rebuilt scorer reads its keys from the environment again.
+    """
+    return cls(**settings)
 
 
 def typed_error(exc: Exception, *, batch: int, batch_size: int) -> Exception | None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from typing import Any
 
 from zerank_core.errors import MissingDependencyError
 from zerank_core.scorers.base import (
@@ -22,6 +23,7 @@ from zerank_core.scorers.base import (
     check_query,
     check_texts,
     fingerprint,
+    rebuild,
 )
 
 __all__ = ["BM25Scorer"]
@@ -71,6 +73,10 @@ class BM25Scorer:
         return fingerprint(
             "lexical", k1=self.k1, b=self.b, stopwords=self.stopwords, normalize=self.normalize
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        settings = {"k1": self.k1, "b": self.b, "stopwords": self.stopwords}
+        return (rebuild, (type(self), {**settings, "normalize": self.normalize}))
 
     def __repr__(self) -> str:
         return f"BM25Scorer(k1={self.k1}, b={self.b}, normalize={self.normalize})"

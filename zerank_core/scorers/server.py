@@ -28,9 +28,11 @@ from pydantic import SecretStr
 from zerank_core.errors import ConfigurationError
 from zerank_core.redaction import (
     deployment_url,
+    is_secret_header,
     redact_url,
     register_secret,
     register_url_secrets,
+    without_credentials,
 )
 from zerank_core.scorers.base import (
     INSTRUCTION_CONVENTION,
@@ -42,8 +44,10 @@ from zerank_core.scorers.base import (
     check_count,
     check_timeout,
     check_url,
+    engine_settings,
     fingerprint,
     json_body,
+    rebuild,
     results_from_json,
 )
 from zerank_core.scorers.engine import DEFAULT_DEADLINE_S, Failure, parse_retry_after
@@ -156,6 +160,27 @@ class RerankServerScorer(BatchedScorer):
             extra_body=self._extra_body,
             instruction=INSTRUCTION_CONVENTION,
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A pickle keeps the settings, never a credential or a connection. The
+        # rebuilt scorer reads ZERANK_SERVER_API_KEY again, and takes
+        # ZERANK_SERVER_URL (with its credentials) when it names the same server.
+        url = without_credentials(self.url)
+        from_env = os.environ.get("ZERANK_SERVER_URL")
+        settings: dict[str, Any] = {
+            "url": url,
+            "model": self.model,
+            "scale": self.backend_scale.value,
+            "api": self.api,
+            "headers": {k: v for k, v in self._headers.items() if not is_secret_header(k)},
+            "extra_body": self._extra_body,
+            "max_batch_size": self.max_batch_size,
+            "timeout": self.timeout,
+            **engine_settings(self),
+        }
+        if from_env and without_credentials(from_env) == url:
+            settings["url"] = None
+        return (rebuild, (type(self), settings))
 
     def _all_headers(self) -> dict[str, str]:
         headers = dict(self._headers)

@@ -26,6 +26,7 @@ from zerank_core.redaction import (
     redact_url,
     register_secret,
     register_url_secrets,
+    without_credentials,
 )
 from zerank_core.scorers.base import (
     INSTRUCTION_CONVENTION,
@@ -37,8 +38,10 @@ from zerank_core.scorers.base import (
     check_count,
     check_timeout,
     check_url,
+    engine_settings,
     fingerprint,
     json_body,
+    rebuild,
     results_from_json,
 )
 from zerank_core.scorers.engine import DEFAULT_DEADLINE_S, Failure, parse_retry_after
@@ -167,6 +170,30 @@ class ZeroEntropyScorer(BatchedScorer):
             latency=self.latency,
             instruction=INSTRUCTION_CONVENTION,
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A pickle keeps the settings, never the key or a client: the rebuilt
+        # scorer reads ZEROENTROPY_API_KEY (and ZEROENTROPY_BASE_URL when it names
+        # the same deployment) again.
+        base_url = self._base_url
+        for client in (self._client, self._user_async_client):
+            if base_url is None and client is not None:
+                base_url = str(client.base_url)
+        if base_url is not None:
+            from_env = os.environ.get("ZEROENTROPY_BASE_URL")
+            base_url = without_credentials(base_url)
+            if from_env and without_credentials(from_env) == base_url:
+                base_url = None
+        settings = {
+            "model": self.model,
+            "base_url": base_url,
+            "latency": self.latency,
+            "timeout": self._timeout,
+            "max_batch_size": self.max_batch_size,
+            "max_bytes": self.max_bytes,
+            **engine_settings(self),
+        }
+        return (rebuild, (type(self), settings))
 
     def _client_options(self) -> dict[str, Any]:
         # The engine is the retry layer for clients built here (module docstring).
