@@ -227,3 +227,88 @@ def test_scorers_pickle_as_settings_and_read_credentials_from_the_environment(
         fake_server.requests[0].headers["Authorization"]
         == (fake_server.requests[1].headers["Authorization"])
     )
+
+
+def adapters(fake_server: FakeRerankServer) -> list[tuple[str, object]]:
+    from langchain_zerank import ZeRankClassifier, ZeRankCompressor
+    from llamaindex_zerank import ZeRankPostprocessor, ZeRankSelector
+
+    labels = {"notice": "a termination notice period", "law": "the governing law"}
+    # The URL's password reaches the adapters through the environment (see the tests).
+    base_url = f"{fake_server.url}/v1"
+    scorer = RerankServerScorer(server_url(fake_server), api_key=CANARY_KEY)
+    return [
+        ("compressor with key", ZeRankCompressor(api_key=CANARY_KEY)),
+        ("compressor with scorer", ZeRankCompressor(scorer=scorer)),
+        ("classifier with key", ZeRankClassifier(labels=labels, api_key=CANARY_KEY)),
+        ("classifier with scorer", ZeRankClassifier(labels=labels, scorer=scorer)),
+        ("postprocessor with key", ZeRankPostprocessor(api_key=CANARY_KEY, base_url=base_url)),
+        ("postprocessor with scorer", ZeRankPostprocessor(scorer=scorer)),
+        ("selector with key", ZeRankSelector(api_key=CANARY_KEY, base_url=base_url)),
+        ("selector with scorer", ZeRankSelector(scorer=scorer)),
+        ("compressor from environment", ZeRankCompressor()),
+        ("classifier from environment", ZeRankClassifier(labels=labels)),
+        ("postprocessor from environment", ZeRankPostprocessor()),
+        ("selector from environment", ZeRankSelector()),
+    ]
+
+
+def server_environment(fake_server: FakeRerankServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ZERANK_SERVER_URL", server_url(fake_server))
+    monkeypatch.setenv("ZERANK_SERVER_API_KEY", CANARY_KEY)
+    monkeypatch.setenv("ZEROENTROPY_BASE_URL", hosted_url(fake_server))
+
+
+def test_adapters_reprs_and_serialisations(
+    fake_server: FakeRerankServer, evidence: Evidence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import copy
+
+    from langchain_core.load import dumpd, dumps
+
+    server_environment(fake_server, monkeypatch)
+    for name, adapter in adapters(fake_server):
+        evidence.add(f"{name} repr", repr(adapter))
+        evidence.add(f"{name} str", str(adapter))
+        evidence.add(f"{name} pickle", pickle.dumps(adapter))
+        evidence.add(f"{name} deepcopy", repr(vars(copy.deepcopy(adapter))))
+        if type(adapter).__module__.startswith("llamaindex_zerank"):
+            if hasattr(adapter, "to_dict"):
+                evidence.add(f"{name} to_dict", adapter.to_dict())
+                evidence.add(f"{name} to_json", adapter.to_json())
+        else:
+            evidence.add(f"{name} dumpd", dumpd(adapter))
+            evidence.add(f"{name} dumps", dumps(adapter))
+            evidence.add(f"{name} model_dump", adapter.model_dump())  # type: ignore[attr-defined]
+
+
+async def test_adapters_at_work(
+    fake_server: FakeRerankServer, evidence: Evidence, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langchain_core.documents import Document
+    from llama_index.core.schema import NodeWithScore, QueryBundle, TextNode
+
+    server_environment(fake_server, monkeypatch)
+    documents = [Document(page_content=t) for t in TEXTS]
+    nodes = [NodeWithScore(node=TextNode(text=t)) for t in TEXTS]
+    for name, adapter in adapters(fake_server):
+        if name.startswith("compressor"):
+            evidence.add(name, adapter.compress_documents(documents, QUERY))  # type: ignore[attr-defined]
+            evidence.add(name, await adapter.acompress_documents(documents, QUERY))  # type: ignore[attr-defined]
+        elif name.startswith("classifier"):
+            evidence.add(name, adapter.invoke(QUERY))  # type: ignore[attr-defined]
+            evidence.add(name, await adapter.ainvoke(QUERY))  # type: ignore[attr-defined]
+        elif name.startswith("postprocessor"):
+            bundle = QueryBundle(QUERY)
+            evidence.add(name, adapter.postprocess_nodes(nodes, bundle))  # type: ignore[attr-defined]
+            evidence.add(name, await adapter.apostprocess_nodes(nodes, bundle))  # type: ignore[attr-defined]
+        else:
+            from llama_index.core.tools import ToolMetadata
+
+            choices = [
+                ToolMetadata(name=n, description=d) for n, d in (("a", TEXTS[0]), ("b", TEXTS[1]))
+            ]
+            evidence.add(name, adapter.select(choices, QUERY))  # type: ignore[attr-defined]
+            evidence.add(name, await adapter.aselect(choices, QUERY))  # type: ignore[attr-defined]
+        evidence.add(f"{name} pickle after use", pickle.dumps(adapter))
+        evidence.add(f"{name} repr after use", repr(adapter))
