@@ -274,14 +274,31 @@ def test_bad_option_values_are_named(capsys: pytest.CaptureFixture[str]) -> None
     assert "must be in [0, 1], got 1.5" in capsys.readouterr().err
 
 
-def test_classify_default_must_be_a_label(tmp_path: Path) -> None:
+def test_classify_default_need_not_be_a_label_as_in_the_library(tmp_path: Path) -> None:
     texts = tmp_path / "t.txt"
-    texts.write_text("x\n", encoding="utf-8")
+    texts.write_text("nothing in common\n", encoding="utf-8")
     labels = tmp_path / "l.txt"
     labels.write_text("a: alpha\n", encoding="utf-8")
-    code, _, err = call("classify", str(texts), "-l", str(labels), "--default", "b", "--no-cache")
-    assert code == 2
-    assert "--default 'b' is not one of the labels" in err
+    code, out, _ = call(
+        "classify", str(texts), "-l", str(labels), "--default", "other", "--no-cache", "-o", "-"
+    )
+    assert code == 0
+    (row,) = json.loads(out)["results"]
+    assert row["label"] == "other"
+    assert row["is_default"] is True
+
+
+def test_classify_help_example_runs_and_warns_on_an_uncalibrated_backend() -> None:
+    help_text = " ".join(run_zerank("classify", "--help").stdout.split())
+    example = help_text.split("repository): zerank classify ", 1)[1].split()[:5]
+    assert example[0] == "cookbook/classify/tickets.txt"
+
+    args = [str(ROOT / a) if a.startswith("cookbook/") else a for a in example]
+    code, out, err = call("classify", *args, "--no-cache", "-o", "-")
+
+    assert code == 0, err
+    assert "warning: this backend is not calibrated" in err
+    assert len(json.loads(out)["results"]) == 4
 
 
 def test_local_backend_with_a_tiny_model(tmp_path: Path) -> None:

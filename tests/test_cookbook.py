@@ -73,3 +73,42 @@ def test_router_cookbook_prints_each_choice() -> None:
     assert "no choice reached the threshold 0.5; default choice" in out
     assert "routed to: it, finance" in out
     assert "answered from nodes: finance-0, finance-1, it-0, it-1" in out
+
+
+def readme_examples(section: str) -> list[str]:
+    """The README's Python blocks marked to run here, under ``## {section}``."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    body = readme.split(f"\n## {section}\n", 1)[1].split("\n## ", 1)[0]
+    marker = "<!-- runs in tests/test_cookbook.py -->\n```python\n"
+    return [block.split("\n```", 1)[0] for block in body.split(marker)[1:]]
+
+
+def run_code(code: str) -> str:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ZERANK_", "ZEROENTROPY_"))}
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    return result.stdout
+
+
+def test_readme_langchain_example_runs_offline() -> None:
+    (code,) = readme_examples("LangChain")
+
+    out = run_code(code).splitlines()
+
+    assert out[0].endswith("Full-time employees accrue 20 days of paid vacation per year.")
+    assert out[-1] == "billing"
+
+
+def test_readme_llamaindex_example_runs_offline() -> None:
+    (code,) = readme_examples("LlamaIndex")
+
+    out = run_code(code)
+
+    assert out.startswith("bm25 uncalibrated score 1.000 for choice 0 ('handbook')")

@@ -18,6 +18,7 @@ from zerank_core.cli._common import (
     write_json,
 )
 from zerank_core.errors import ConfigurationError
+from zerank_core.scorers.base import Scale
 
 __all__ = ["add_parser", "run"]
 
@@ -29,7 +30,10 @@ def add_parser(commands: Any) -> None:
         description="Score each text against each label description; print probabilities "
         "and the chosen labels.",
         epilog="texts: a .json list of strings, or one text per line ('-' reads stdin). "
-        "labels: .yaml/.json mapping name -> description, or lines 'name: description'.",
+        "labels: .yaml/.json mapping name -> description, or lines 'name: description'. "
+        "Each label description is scored as the query and each text as the document. "
+        "example (a sample pair ships with the repository): zerank classify "
+        "cookbook/classify/tickets.txt --labels cookbook/classify/labels.yaml --default general",
     )
     parser.add_argument("texts", help="texts file, or '-' for stdin")
     parser.add_argument("-l", "--labels", type=Path, required=True, help="labels file")
@@ -43,7 +47,12 @@ def add_parser(commands: Any) -> None:
     parser.add_argument(
         "--multi-label", action="store_true", help="choose every label above the floor"
     )
-    parser.add_argument("--default", metavar="LABEL", help="label chosen when none passes")
+    parser.add_argument(
+        "--default",
+        metavar="LABEL",
+        help="label chosen when none passes; like the library's default=, it need not be "
+        "one of the labels (e.g. 'general')",
+    )
     parser.add_argument("--instruction", help="instruction appended to every label description")
     add_output_option(parser)
     add_backend_options(parser)
@@ -110,13 +119,17 @@ def _read_labels(path: Path) -> dict[str, str]:
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     texts = _read_texts(args.texts)
     labels = _read_labels(args.labels)
-    if args.default is not None and args.default not in labels:
-        raise ConfigurationError(
-            f"--default {args.default!r} is not one of the labels: {sorted(labels)}"
-        )
     if not texts:
         raise ConfigurationError(f"no texts in {args.texts}")
     scorer, cached = make_scorer(args, err)
+    if scorer.scale is Scale.UNCALIBRATED:
+        print(
+            "warning: this backend is not calibrated: its scores are not probabilities, so "
+            "the threshold does not mean 'likely to be this label' and most texts may get no "
+            "label (or the default). Use zerank (ZEROENTROPY_API_KEY, ZERANK_SERVER_URL, "
+            "ZERANK_LOCAL_MODEL or --model) or a fitted calibrator to classify.",
+            file=err,
+        )
     threshold = 0.0 if args.threshold is None else args.threshold
     try:
         classifier = LabelClassifier(
