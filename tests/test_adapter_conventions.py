@@ -297,3 +297,39 @@ def test_both_routers_give_the_same_probabilities() -> None:
     for selection in selected.selections:
         name = choices[selection.index].name
         assert f"probability {classified.probabilities[name]:.3f}" in selection.reason
+
+
+# --- open weights named by model= and device= --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> str:
+    pytest.importorskip("sentence_transformers")
+    from tests.tiny_zerank import build_tiny_zerank
+
+    return str(build_tiny_zerank(tmp_path_factory.mktemp("weights") / "tiny"))
+
+
+@pytest.mark.parametrize("name", ADAPTERS)
+def test_model_and_device_load_open_weights_in_process(name: str, tiny_model: str) -> None:
+    from zerank_core.scorers.local import LocalScorer
+
+    scorer = scorer_of(ADAPTERS[name](model=tiny_model, device="cpu"))
+
+    assert isinstance(scorer, LocalScorer)
+    assert scorer.model == tiny_model
+    assert scorer.device == "cpu"
+    assert scorer.scale is Scale.PROBABILITY
+
+
+def test_the_local_model_loads_where_the_compressor_is_unpickled(tiny_model: str) -> None:
+    compressor = ZeRankCompressor(model=tiny_model, device="cpu", top_n=1, threshold=None)
+
+    restored = pickle.loads(pickle.dumps(compressor))
+
+    assert restored.get_scorer() is not compressor.get_scorer()
+    assert restored.compress_documents(documents(), QUERY)[0].metadata[
+        "relevance_score"
+    ] == pytest.approx(
+        compressor.compress_documents(documents(), QUERY)[0].metadata["relevance_score"]
+    )

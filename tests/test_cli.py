@@ -255,6 +255,7 @@ def test_corrupt_pdf_exits_with_a_clear_error(tmp_path: Path) -> None:
         (["--backend", "server"], "use --server-url URL or set ZERANK_SERVER_URL"),
         (["--backend", "local", "--server-url", "http://x"], "--server-url does not apply"),
         (["--model", "zerank-2"], "for its open weights in-process, use --model zeroentropy/"),
+        (["--device", "cpu"], "needs a model id or folder: use --model MODEL or set"),
     ],
 )
 def test_backend_flag_errors(args: list[str], message: str) -> None:
