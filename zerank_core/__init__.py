@@ -18,6 +18,7 @@ from zerank_core.errors import (
     DocumentError,
     InvalidResponseError,
     MissingDependencyError,
+    ScorerOutputError,
     ZeRankError,
 )
 from zerank_core.scorers import (
@@ -26,6 +27,7 @@ from zerank_core.scorers import (
     Scorer,
     Usage,
     check_scorer,
+    resolve_backend,
     scorer_from_env,
 )
 from zerank_core.select import Selection, SelectionPolicy, estimate_tokens
@@ -57,6 +59,7 @@ __all__ = [
     "PlattCalibrator",
     "Scale",
     "Scorer",
+    "ScorerOutputError",
     "Selection",
     "SelectionPolicy",
     "Usage",
@@ -67,6 +70,7 @@ __all__ = [
     "estimate_tokens",
     "load_criteria",
     "load_document",
+    "resolve_backend",
     "scorer_from_env",
 ]
 

@@ -30,7 +30,10 @@ DESCRIPTION = """\
 Gate long documents page by page against many criteria, or classify texts,
 with ZeroEntropy's calibrated zerank rerankers (or an offline BM25 baseline).
 
-backend: chosen by --backend, else the environment, in this order:
+backend: chosen by --backend (or ZERANK_BACKEND), by --server-url, by --device
+or --model (a Hugging Face id or folder: open weights in-process; a plain name
+such as zerank-2: the API or your server; bm25: the baseline), else the
+environment, in this order (the same rules as the Python adapters):
   ZEROENTROPY_API_KEY   hosted ZeroEntropy API (model: --model or ZERANK_MODEL)
   ZERANK_SERVER_URL     your rerank server, e.g. http://localhost:8000/v1/rerank
                         (vLLM, llama.cpp; also --server-url)
@@ -47,7 +50,7 @@ examples:
   zerank calibrate evidence.yaml --target 0.9 -o policy.json
   zerank compress packet.pdf --criteria criteria.yaml --policy policy.json
   zerank evaluate evidence.yaml --policy policy.json --png recall.png
-  zerank classify tickets.txt --labels labels.yaml --multi-label
+  zerank classify cookbook/classify/tickets.txt --labels cookbook/classify/labels.yaml
   zerank cache info
 """
 

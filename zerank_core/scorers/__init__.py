@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from zerank_core.scorers.auto import BackendChoice, scorer_from_env
+from zerank_core.scorers.auto import BackendChoice, resolve_backend, scorer_from_env
 from zerank_core.scorers.base import (
     BatchedScorer,
     Scale,
@@ -40,6 +40,7 @@ __all__ = [
     "check_scorer",
     "plan_batches",
     "query_with_instruction",
+    "resolve_backend",
     "scorer_from_env",
     "to_probability",
 ]
