@@ -21,7 +21,7 @@ import pytest
 from tests.fake_servers import FakeRerankServer
 from zerank_core.cache import CachedScorer
 from zerank_core.cli import main
-from zerank_core.errors import ZeRankError
+from zerank_core.errors import ConfigurationError, ZeRankError
 from zerank_core.scorers import RerankServerScorer, ZeroEntropyScorer, scorer_from_env
 
 CANARY_KEY = "canary-key-7f3a9be1"
@@ -312,3 +312,23 @@ async def test_adapters_at_work(
             evidence.add(name, await adapter.aselect(choices, QUERY))  # type: ignore[attr-defined]
         evidence.add(f"{name} pickle after use", pickle.dumps(adapter))
         evidence.add(f"{name} repr after use", repr(adapter))
+
+
+def test_adapters_refuse_credentials_in_their_url_settings(fake_server: FakeRerankServer) -> None:
+    """A component's settings are serialised; a URL with a password belongs in the environment."""
+    from langchain_zerank import ZeRankClassifier, ZeRankCompressor
+    from llamaindex_zerank import ZeRankPostprocessor, ZeRankSelector
+
+    labels = {"notice": "a termination notice period"}
+    attempts = [
+        lambda: ZeRankCompressor(server_url=server_url(fake_server)),
+        lambda: ZeRankClassifier(labels=labels, base_url=hosted_url(fake_server), api_key="k" * 8),
+        lambda: ZeRankPostprocessor(server_url=server_url(fake_server)),
+        lambda: ZeRankSelector(base_url=f"{fake_server.url}/v1?api_key={CANARY_KEY}"),
+    ]
+    for attempt in attempts:
+        with pytest.raises(ConfigurationError, match="carries credentials") as info:
+            attempt()
+        assert all(canary not in str(info.value) for canary in CANARIES)
+    plain = ZeRankCompressor(server_url=f"{fake_server.url}/v1/rerank")
+    assert plain.compress_documents([], QUERY) == []

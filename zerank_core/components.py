@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from pydantic import SecretStr
 
 from zerank_core.errors import ConfigurationError
+from zerank_core.redaction import has_credentials, redact_url
 from zerank_core.scorers.auto import resolve_backend
 from zerank_core.scorers.base import Scorer, require_scorer
 
@@ -112,6 +113,17 @@ def build_scorer(scorer: object | None, settings: BackendSettings) -> Scorer:
                 f"pass either scorer=... or backend settings ({', '.join(given)}), not both"
             )
         return require_scorer(scorer)
+    for name in ("base_url", "server_url"):
+        url = getattr(settings, name)
+        if isinstance(url, str) and has_credentials(url):
+            # A component's settings are what it shows and serialises (repr,
+            # pickles, dumpd, to_dict): a secret must not be one of them.
+            env = "ZEROENTROPY_BASE_URL" if name == "base_url" else "ZERANK_SERVER_URL"
+            raise ConfigurationError(
+                f"{name} {redact_url(url)!r} carries credentials, and a component's settings "
+                f"are serialised with it: set {env} in the environment instead, or pass "
+                "scorer=... built with the URL"
+            )
     return resolve_backend(
         backend=settings.backend,
         model=settings.model,

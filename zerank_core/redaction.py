@@ -22,6 +22,7 @@ __all__ = [
     "MASK",
     "RedactingFilter",
     "deployment_url",
+    "has_credentials",
     "install_log_filter",
     "is_secret_header",
     "redact",
@@ -129,6 +130,15 @@ def deployment_url(url: str) -> str:
     netloc = parts.netloc.rpartition("@")[2]
     pairs = [p for p in parts.query.split("&") if p and not _is_secret_parameter(p)]
     return urlunsplit((parts.scheme, netloc.lower(), parts.path, "&".join(pairs), ""))
+
+
+def has_credentials(url: str) -> bool:
+    """True when ``url`` carries userinfo or a secret query parameter."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return redact(url) != url
+    return "@" in parts.netloc or any(_is_secret_parameter(p) for p in parts.query.split("&"))
 
 
 def without_credentials(url: str) -> str:
