@@ -68,6 +68,8 @@ def evidence(caplog: pytest.LogCaptureFixture) -> Iterator[Evidence]:
     found.add("log records", "\n".join(r.getMessage() for r in caplog.records))
     found.add("formatted logs", caplog.text)
     assert sorted(set(found.leaks())) == []
+    # Document text is never logged either, at any level.
+    assert not any(text in caplog.text for text in TEXTS)
 
 
 def server_url(server: FakeRerankServer) -> str:

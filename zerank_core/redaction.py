@@ -171,7 +171,8 @@ class RedactingFilter(logging.Filter):
     """Rewrites a record's message (and traceback text) through :func:`redact`.
 
     The message is formatted once here, so a URL passed as an argument
-    (``log.info("HTTP Request: %s", url)``) is masked too.
+    (``log.info("HTTP Request: %s", url)``) is masked too. The SDK's DEBUG
+    dump of request options is dropped: it holds the documents' text.
     """
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -179,6 +180,9 @@ class RedactingFilter(logging.Filter):
             message = record.getMessage()
         except Exception:  # a broken record is the logging module's to report
             return True
+        if record.name == "zeroentropy._base_client" and message.startswith("Request options:"):
+            # The SDK logs the request's JSON at DEBUG: the query and every document.
+            message = "Request options: (omitted: they hold the query and the documents)"
         record.msg = redact(message)
         record.args = None
         if record.exc_info:
