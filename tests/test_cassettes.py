@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from zerank_core.redaction import redact_url
+from zerank_core.redaction import install_log_filter, redact_url
 from zerank_core.scorers import RerankServerScorer, ZeroEntropyScorer
 
 QUERY = "Which clause covers termination for convenience?"
@@ -36,6 +36,8 @@ REDACTED = "REDACTED"
 
 def cassette_config() -> dict[str, Any]:
     """How cassettes are recorded: credential headers replaced, URLs without credentials."""
+    # vcrpy logs each request's URL at DEBUG while recording.
+    install_log_filter("vcr.request", "vcr.stubs.httpx_stubs", "vcr.cassette")
     return {
         "filter_headers": [("authorization", REDACTED), ("x-api-key", REDACTED)],
         "before_record_request": _without_url_credentials,

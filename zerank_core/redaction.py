@@ -215,9 +215,9 @@ LOGGERS = (
 _FILTER = RedactingFilter()
 
 
-def install_log_filter() -> None:
-    """Attach the redacting filter to :data:`LOGGERS` (idempotent)."""
-    for name in LOGGERS:
+def install_log_filter(*names: str) -> None:
+    """Attach the redacting filter to :data:`LOGGERS` and to ``names`` (idempotent)."""
+    for name in (*LOGGERS, *names):
         logger = logging.getLogger(name)
         if _FILTER not in logger.filters:
             logger.addFilter(_FILTER)
