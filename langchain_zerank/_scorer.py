@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from langchain_core.utils import secret_from_env
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, SkipValidation
 
 from zerank_core.components import (
@@ -26,8 +25,6 @@ from zerank_core.components import (
 from zerank_core.scorers.base import Scorer
 
 __all__ = ["ScorerSettings"]
-
-_read_key = secret_from_env("ZEROENTROPY_API_KEY", default=None)
 
 
 class ScorerSettings(BaseModel):
@@ -62,10 +59,12 @@ class ScorerSettings(BaseModel):
     """Device for open weights in-process (``"cpu"``, ``"cuda"``, ``"mps"``);
     implies the local backend. Default: CUDA, then MPS, then CPU."""
 
-    api_key: SecretStr | None = Field(default_factory=_read_key, repr=False)
+    api_key: SecretStr | None = Field(default=None, repr=False)
     """ZeroEntropy API key (or a rerank server's bearer token with
-    ``server_url``). Read from ``ZEROENTROPY_API_KEY`` when not passed; never
-    shown in ``repr``, logs, pickles or serialised output."""
+    ``server_url``); never shown in ``repr``, logs, pickles or serialised
+    output. When not passed, the backend resolver reads ``ZEROENTROPY_API_KEY``
+    itself, so this field holds only a key the caller chose: a copy rebuilt
+    from the fields (``configurable_fields``, ``load``) makes the same choice."""
 
     base_url: str | None = None
     """Base URL of ZeroEntropy's API (a regional endpoint or a self-hosted
@@ -93,15 +92,13 @@ class ScorerSettings(BaseModel):
         self._scorer = build_scorer(self.scorer, self._settings(explicit_key=True))
 
     def _settings(self, *, explicit_key: bool) -> BackendSettings:
-        # A key read from the environment is not a choice of backend: only a
-        # key passed by the caller makes the hosted API the explicit choice.
         # Next to an explicit scorer only settings the caller passed count,
         # not a subclass's defaults.
         passed = self.model_fields_set
         values = {
             name: getattr(self, name)
             for name in BACKEND_SETTINGS
-            if name in passed or (self.scorer is None and name != "api_key")
+            if name in passed or self.scorer is None
         }
         if not explicit_key:
             values.pop("api_key", None)
@@ -124,7 +121,6 @@ class ScorerSettings(BaseModel):
 
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
-        object.__setattr__(self, "__dict__", {**self.__dict__, "api_key": _read_key()})
         if self.scorer is None:
             self._scorer = rebuild_scorer(self._settings(explicit_key=False), type(self).__name__)
 

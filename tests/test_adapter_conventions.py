@@ -333,3 +333,15 @@ def test_the_local_model_loads_where_the_compressor_is_unpickled(tiny_model: str
     ] == pytest.approx(
         compressor.compress_documents(documents(), QUERY)[0].metadata["relevance_score"]
     )
+
+
+def test_a_copy_rebuilt_from_fields_makes_the_same_choice(monkeypatch: pytest.MonkeyPatch) -> None:
+    from langchain_core.runnables import ConfigurableField
+
+    monkeypatch.setenv("ZEROENTROPY_API_KEY", KEY)  # must not turn model="bm25" into "hosted"
+    classifier = ZeRankClassifier(model="bm25", labels=LABELS, default="other")
+    configurable = classifier.configurable_fields(threshold=ConfigurableField(id="floor"))
+
+    result = configurable.with_config(configurable={"floor": 0.99}).invoke("apple")
+
+    assert result.labels == ("fruit",)

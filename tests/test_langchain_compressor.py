@@ -21,7 +21,7 @@ from pydantic import SecretStr
 from langchain_zerank import ZeRankCompressor
 from tests.fake_servers import FakeRerankServer
 from zerank_core import ConfigurationError, InvalidResponseError, Scale
-from zerank_core.scorers import BM25Scorer, RerankServerScorer
+from zerank_core.scorers import BM25Scorer, RerankServerScorer, ZeroEntropyScorer
 
 QUERY = "apple banana cherry date"
 TEXTS = [
@@ -328,6 +328,7 @@ def test_api_key_is_read_from_the_environment_as_a_secret(
     monkeypatch.setenv("ZEROENTROPY_API_KEY", "ze-from-env")
     compressor = ZeRankCompressor()
 
-    assert isinstance(compressor.api_key, SecretStr)
-    assert compressor.api_key.get_secret_value() == "ze-from-env"
+    # The resolver reads the key; the field keeps only a key the caller chose.
+    assert isinstance(compressor.get_scorer(), ZeroEntropyScorer)
+    assert compressor.api_key is None
     assert "ze-from-env" not in repr(compressor) + dumps(compressor)
