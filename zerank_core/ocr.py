@@ -14,6 +14,7 @@ suits your documents better.
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import sys
 import threading
@@ -61,8 +62,11 @@ class RapidOcrEngine:
             raise ConfigurationError(f"min_confidence must be in [0, 1], got {min_confidence!r}")
         self.min_confidence = min_confidence
         self._engine: Any = None
-        # The models must load once even if pages are read from several threads.
+        # The models must load once even if pages are read from several threads,
+        # and one call runs at a time: ONNX Runtime already uses every core for
+        # one page, and RapidOCR's pipeline object is not documented as thread-safe.
         self._lock = threading.Lock()
+        self._call_lock = threading.Lock()
 
     @property
     def name(self) -> str:
@@ -78,7 +82,9 @@ class RapidOcrEngine:
             raise ConfigurationError(
                 f"image must be a 2-D uint8 greyscale array, got {array.ndim}-D {array.dtype}"
             )
-        output = self._load()(array)
+        engine = self._load()
+        with self._call_lock:
+            output = engine(array)
         if output.boxes is None or output.txts is None or output.scores is None:
             return ""
         boxes = [
@@ -141,9 +147,18 @@ def ocr_available() -> bool:
 
 
 def default_ocr_engine() -> RapidOcrEngine:
-    """The default engine; :class:`MissingDependencyError` without the ``ocr`` extra."""
+    """The default engine; :class:`MissingDependencyError` without the ``ocr`` extra.
+
+    One engine is shared by the process, so the models load once however many
+    documents are read.
+    """
     if not ocr_available():
         raise MissingDependencyError(OCR_PACKAGE, "ocr")
+    return _shared_engine()
+
+
+@functools.cache
+def _shared_engine() -> RapidOcrEngine:
     return RapidOcrEngine()
 
 
