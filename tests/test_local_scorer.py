@@ -265,3 +265,17 @@ def test_one_scorer_is_safe_from_several_threads(scorer: LocalScorer) -> None:
         threaded = list(pool.map(lambda job: scorer.score(*job), jobs))
     for got, want in zip(threaded, sequential, strict=True):
         assert got == pytest.approx(want, abs=1e-6)
+
+
+def test_blank_texts_score_zero_without_a_model_call(scorer: LocalScorer) -> None:
+    before = scorer.usage.texts
+    detailed = scorer.score_detailed("MRI", ["", "lumbar MRI", " \n", "\x00"])
+    assert detailed.probabilities[0] == detailed.probabilities[2] == 0.0
+    assert detailed.probabilities[3] == 0.0
+    assert detailed.logits[0] == -math.inf
+    assert detailed.windows == (0, 1, 0, 0)
+    assert 0.0 < detailed.probabilities[1] < 1.0
+    assert scorer.usage.texts - before == 1
+    assert scorer.score("MRI", ["", " "]) == [0.0, 0.0]
+    with pytest.raises(ConfigurationError, match="query is empty"):
+        scorer.score(" ", ["lumbar MRI"])
