@@ -129,6 +129,7 @@ class FakeRerankServer:
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._local = threading.local()
         self._in_flight = 0
         self._random = random.Random(self.seed)
         self._accepted: deque[float] = deque()
@@ -252,18 +253,30 @@ class FakeRerankServer:
         if self._slots is not None:
             self._slots.acquire()
         try:
+            # The answer is computed while the modelled latency runs and sent
+            # when it is over, so this server's own CPU time (parsing, scoring)
+            # does not add to the latency model.
             delay = self.latency_s + self.per_doc_s * len(documents_in)
-            if delay:
-                time.sleep(delay)
+            self._local.not_before = time.monotonic() + delay
+            self._respond(handler, body)
         finally:
+            self._local.not_before = 0.0
             if self._slots is not None:
                 self._slots.release()
+
+    def _wait_turn(self) -> None:
+        remaining = getattr(self._local, "not_before", 0.0) - time.monotonic()
+        if remaining > 0:
+            time.sleep(remaining)
+
+    def _respond(self, handler: BaseHTTPRequestHandler, body: dict[str, Any]) -> None:
         fault = self._next_fault()
         if fault == "429":
             return self._send(handler, 429, {"error": "rate limited"}, {"retry-after": "0.01"})
         if fault in ("500", "503"):
             return self._send(handler, int(fault), {"error": "unavailable"})
         if fault == "reset":
+            self._wait_turn()
             linger = struct.pack("ii", 1, 0)  # close with RST, not FIN
             handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
             handler.close_connection = True
@@ -344,13 +357,14 @@ class FakeRerankServer:
         # json.dumps writes NaN as a bare token, as a buggy server would
         self._send_raw(handler, status, json.dumps(payload).encode(), headers)
 
-    @staticmethod
     def _send_raw(
+        self,
         handler: BaseHTTPRequestHandler,
         status: int,
         raw: bytes,
         headers: dict[str, str] | None = None,
     ) -> None:
+        self._wait_turn()
         handler.send_response(status)
         handler.send_header("content-type", "application/json")
         handler.send_header("content-length", str(len(raw)))

@@ -40,7 +40,6 @@ from zerank_core.scorers.engine import (
     Failure,
     RateLimits,
     arun_all,
-    estimate_tokens,
     plan_requests,
     request_bytes,
     run_all,
@@ -568,6 +567,7 @@ def _items(items: Sequence[ScoreItem | tuple[Any, ...]]) -> list[ScoreItem]:
     if isinstance(items, ScoreItem | str):
         raise ConfigurationError("items must be a sequence of ScoreItem or (query, texts) tuples")
     out: list[ScoreItem] = []
+    checked: dict[int, list[str]] = {}  # one check per distinct text list
     for position, item in enumerate(items):
         if isinstance(item, tuple) and len(item) in (2, 3):
             item = ScoreItem(*item)
@@ -576,7 +576,10 @@ def _items(items: Sequence[ScoreItem | tuple[Any, ...]]) -> list[ScoreItem]:
                 f"items[{position}] must be a ScoreItem or a (query, texts[, instruction]) "
                 f"tuple, got {type(item).__name__}"
             )
-        out.append(ScoreItem(check_query(item.query), check_texts(item.texts), item.instruction))
+        texts = checked.get(id(item.texts))
+        if texts is None:
+            texts = checked[id(item.texts)] = check_texts(item.texts)
+        out.append(ScoreItem(check_query(item.query), texts, item.instruction))
     return out
 
 
@@ -595,10 +598,16 @@ class _Job:
 
     def __init__(self, items: list[ScoreItem], on_batch: BatchCallback | None) -> None:
         self.on_batch = on_batch
-        self.kept = [[i for i, t in enumerate(item.texts) if not is_blank(t)] for item in items]
+        # Shared text lists (a page gate's pages) are filtered once and stay shared.
+        memo: dict[int, tuple[list[int], Sequence[str]]] = {}
+        for item in items:
+            if id(item.texts) not in memo:
+                kept = [i for i, t in enumerate(item.texts) if not is_blank(t)]
+                sent = item.texts if len(kept) == len(item.texts) else [item.texts[i] for i in kept]
+                memo[id(item.texts)] = (kept, sent)
+        self.kept = [memo[id(item.texts)][0] for item in items]
         self.sent = [
-            ScoreItem(item.query, [item.texts[i] for i in kept], item.instruction)
-            for item, kept in zip(items, self.kept, strict=True)
+            ScoreItem(item.query, memo[id(item.texts)][1], item.instruction) for item in items
         ]
         self.out = [[0.0] * len(item.texts) for item in items]
         for row, kept in zip(self.out, self.kept, strict=True):
@@ -767,24 +776,22 @@ class BatchedScorer(ABC):
         )
         return queries, batches
 
-    def _finish(self, query: str, batch: int, texts: list[str], result: BatchResult) -> list[float]:
-        scores = validate_batch(result, batch=batch, size=len(texts), scale=self.backend_scale)
+    def _finish(self, batch: Batch, texts: list[str], result: BatchResult) -> list[float]:
+        scores = validate_batch(
+            result, batch=batch.number, size=len(texts), scale=self.backend_scale
+        )
         self._meter.add(
-            texts=len(texts),
-            total_bytes=sum(request_bytes(query, t) for t in texts),
-            total_tokens=result.total_tokens,
+            texts=len(texts), total_bytes=batch.size_bytes, total_tokens=result.total_tokens
         )
         if result.total_tokens is not None:
-            estimate = sum(estimate_tokens(query, t) for t in texts)
-            self._engine.pacer.charge_tokens(result.total_tokens - estimate)
+            self._engine.pacer.charge_tokens(result.total_tokens - self._cost(batch)["tokens"])
         return scores
 
     @staticmethod
-    def _cost(query: str, texts: list[str]) -> dict[str, int]:
-        return {
-            "bytes_": sum(request_bytes(query, t) for t in texts),
-            "tokens": sum(estimate_tokens(query, t) for t in texts),
-        }
+    def _cost(batch: Batch) -> dict[str, int]:
+        # Token estimate: UTF-8 bytes / 4 (see engine.estimate_tokens), from the planned size.
+        content = batch.size_bytes - 150 * len(batch.indices)
+        return {"bytes_": batch.size_bytes, "tokens": max(len(batch.indices), content // 4)}
 
     def score_many(
         self,
@@ -813,10 +820,10 @@ class BatchedScorer(ABC):
                     result = self._request(query, texts)
                 except Exception as exc:
                     raise _typed(exc, batch, len(texts)) from exc
-                return self._finish(query, batch.number, texts, result)
+                return self._finish(batch, texts, result)
 
             try:
-                scores = self._engine.call(attempt, deadline=deadline, **self._cost(query, texts))
+                scores = self._engine.call(attempt, deadline=deadline, **self._cost(batch))
             except ZeRankError as exc:
                 exc.job_item = batch.item  # type: ignore[attr-defined]
                 raise
@@ -847,12 +854,10 @@ class BatchedScorer(ABC):
                     result = await self._arequest(query, texts)
                 except Exception as exc:
                     raise _typed(exc, batch, len(texts)) from exc
-                return self._finish(query, batch.number, texts, result)
+                return self._finish(batch, texts, result)
 
             try:
-                scores = await self._engine.acall(
-                    attempt, deadline=deadline, **self._cost(query, texts)
-                )
+                scores = await self._engine.acall(attempt, deadline=deadline, **self._cost(batch))
             except ZeRankError as exc:
                 exc.job_item = batch.item  # type: ignore[attr-defined]
                 raise

@@ -313,12 +313,15 @@ def parse_retry_after(value: str | None) -> float | None:
 class Batch:
     """One planned request: texts ``indices`` of job item ``item``.
 
-    ``number`` is the request's position in the plan (what errors report).
+    ``number`` is the request's position in the plan (what errors report);
+    ``size_bytes`` its size as ZeroEntropy counts it (``150 + len(query) +
+    len(text)`` per text, UTF-8).
     """
 
     number: int
     item: int
     indices: tuple[int, ...]
+    size_bytes: int = 0
 
 
 def _split_even(n: int, pieces: int) -> list[range]:
@@ -377,10 +380,22 @@ def plan_requests(
     """
     if max_batch_size < 1:
         raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    # Text sizes are counted once per distinct list (a page gate sends the
+    # same pages with every criterion).
+    by_list: dict[int, list[int]] = {}
+    text_bytes: list[list[int]] = []
+    for item_texts in texts:
+        lengths = by_list.get(id(item_texts))
+        if lengths is None:
+            lengths = by_list[id(item_texts)] = [len(t.encode("utf-8")) for t in item_texts]
+        text_bytes.append(lengths)
+    query_bytes = [150 + len(q.encode("utf-8")) for q in queries]
+    if len(queries) != len(texts):
+        raise ConfigurationError(f"{len(queries)} queries for {len(texts)} text lists")
     if max_bytes is not None:
-        for item, (query, item_texts) in enumerate(zip(queries, texts, strict=True)):
-            for index, text in enumerate(item_texts):
-                size = request_bytes(query, text)
+        for item, lengths in enumerate(text_bytes):
+            for index, length in enumerate(lengths):
+                size = query_bytes[item] + length
                 if size > max_bytes:
                     where = f" of query {item}" if len(queries) > 1 else ""
                     raise ConfigurationError(
@@ -411,31 +426,36 @@ def plan_requests(
             if n
             for piece in _split_even(n, p)
         ]
-        chunks = _split_bytes(chunks, queries, texts, max_bytes)
+        chunks = _split_bytes(chunks, query_bytes, text_bytes, max_bytes)
         elapsed = _makespan([overhead + len(c) for _, c in chunks], slots)
         if elapsed < best_time:
             best, best_time = chunks, elapsed
     assert best is not None
     ordered = sorted(best, key=lambda c: (-len(c[1]), c[0], c[1].start))
     return [
-        Batch(number=n, item=item, indices=tuple(piece)) for n, (item, piece) in enumerate(ordered)
+        Batch(
+            number=n,
+            item=item,
+            indices=tuple(piece),
+            size_bytes=query_bytes[item] * len(piece) + sum(text_bytes[item][i] for i in piece),
+        )
+        for n, (item, piece) in enumerate(ordered)
     ]
 
 
 def _split_bytes(
     chunks: list[tuple[int, range]],
-    queries: Sequence[str],
-    texts: Sequence[Sequence[str]],
+    query_bytes: list[int],
+    text_bytes: list[list[int]],
     max_bytes: int | None,
 ) -> list[tuple[int, range]]:
     if max_bytes is None:
         return chunks
     out: list[tuple[int, range]] = []
     for item, piece in chunks:
-        query = queries[item]
         start, used = piece.start, 0
         for index in piece:
-            size = request_bytes(query, texts[item][index])
+            size = query_bytes[item] + text_bytes[item][index]
             if index > start and used + size > max_bytes:
                 out.append((item, range(start, index)))
                 start, used = index, 0
