@@ -144,6 +144,9 @@ class FakeRerankServer:
 
             def setup(self) -> None:
                 super().setup()
+                # Headers and body go out in separate writes: without this,
+                # Nagle's algorithm and the client's delayed ACK add ~40 ms.
+                self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 with server._lock:
                     server.open_connections += 1
 
