@@ -17,8 +17,10 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, SkipV
 from zerank_core.components import (
     BACKEND_SETTINGS,
     BackendSettings,
+    aclose_built,
     build_scorer,
     check_arguments,
+    close_built,
     merge_alias,
     rebuild_scorer,
 )
@@ -107,6 +109,14 @@ class ScorerSettings(BaseModel):
     def get_scorer(self) -> Scorer:
         """The scorer in use (``scorer``, or the one the settings resolved to)."""
         return self._scorer
+
+    def close(self) -> None:
+        """Close the scorer this component built (a ``scorer=`` passed in stays open)."""
+        close_built(self._scorer, built=self.scorer is None)
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`: also closes this event loop's async client."""
+        await aclose_built(self._scorer, built=self.scorer is None)
 
     def __getstate__(self) -> dict[Any, Any]:
         state = dict(super().__getstate__())

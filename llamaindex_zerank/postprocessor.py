@@ -20,9 +20,11 @@ from pydantic import BaseModel, SecretStr
 
 from zerank_core.components import (
     BackendSettings,
+    aclose_built,
     build_scorer,
     check_arguments,
     check_top_n,
+    close_built,
     merge_alias,
     rebuild_scorer,
 )
@@ -230,6 +232,14 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
     def scorer(self) -> Scorer:
         """The scorer in use: ``scorer=``, or the one the settings resolved to."""
         return self._scorer
+
+    def close(self) -> None:
+        """Close the scorer this postprocessor built (a ``scorer=`` passed in stays open)."""
+        close_built(self._scorer, built=not self._scorer_given)
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`: also closes this event loop's async client."""
+        await aclose_built(self._scorer, built=not self._scorer_given)
 
     @dispatcher.span
     def _postprocess_nodes(

@@ -22,8 +22,10 @@ from pydantic import SecretStr
 from zerank_core.classify import Classification, LabelClassifier
 from zerank_core.components import (
     BackendSettings,
+    aclose_built,
     build_scorer,
     check_arguments,
+    close_built,
     merge_alias,
     rebuild_scorer,
 )
@@ -152,6 +154,14 @@ class ZeRankSelector(BaseSelector):
     def scorer(self) -> Scorer:
         """The scorer in use: ``scorer=``, or the one the settings resolved to."""
         return self._scorer
+
+    def close(self) -> None:
+        """Close the scorer this selector built (a ``scorer=`` passed in stays open)."""
+        close_built(self._scorer, built=not self._scorer_given)
+
+    async def aclose(self) -> None:
+        """Async :meth:`close`: also closes this event loop's async client."""
+        await aclose_built(self._scorer, built=not self._scorer_given)
 
     def _get_prompts(self) -> PromptDictType:
         return {}

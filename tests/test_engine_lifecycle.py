@@ -197,3 +197,30 @@ def test_httpx_is_what_the_server_scorer_uses() -> None:
     scorer = RerankServerScorer("http://localhost:1/rerank")
     assert isinstance(scorer.client, httpx.Client)
     scorer.close()
+
+
+def test_adapters_close_the_scorer_they_built_and_only_that(
+    fake_server: FakeRerankServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from langchain_core.documents import Document as LCDocument
+
+    from langchain_zerank import ZeRankCompressor
+    from llamaindex_zerank import ZeRankPostprocessor
+
+    monkeypatch.setenv("ZEROENTROPY_BASE_URL", f"{fake_server.url}/v1")
+    compressor = ZeRankCompressor(api_key="ze-test-key")
+    compressor.compress_documents([LCDocument(page_content=t) for t in TEXTS], "MRI")
+    postprocessor = ZeRankPostprocessor(api_key="ze-test-key", base_url=f"{fake_server.url}/v1")
+    postprocessor.scorer.score("MRI", TEXTS)
+    assert fake_server.open_connections == 2
+    compressor.close()
+    postprocessor.close()
+    assert wait_until(lambda: fake_server.open_connections == 0)
+
+    mine = RerankServerScorer(f"{fake_server.url}/v1/rerank")
+    given = ZeRankPostprocessor(scorer=mine)
+    given.scorer.score("MRI", TEXTS)
+    given.close()
+    assert fake_server.open_connections == 1  # the caller's scorer stays open
+    mine.close()
+    assert wait_until(lambda: fake_server.open_connections == 0)

@@ -32,9 +32,11 @@ from zerank_core.scorers.base import Scorer, require_scorer
 __all__ = [
     "BACKEND_SETTINGS",
     "BackendSettings",
+    "aclose_built",
     "build_scorer",
     "check_arguments",
     "check_top_n",
+    "close_built",
     "merge_alias",
     "rebuild_scorer",
 ]
@@ -97,6 +99,27 @@ class BackendSettings:
             base_url=self.base_url,
             server_url=self.server_url,
         )
+
+
+def close_built(scorer: Scorer, *, built: bool) -> None:
+    """Close a component's scorer if the component built it; one passed in stays open.
+
+    A remote scorer opens new clients if it is used again after this.
+    """
+    close = getattr(scorer, "close", None)
+    if built and callable(close):
+        close()
+
+
+async def aclose_built(scorer: Scorer, *, built: bool) -> None:
+    """Async :func:`close_built`: also closes this event loop's async client."""
+    if not built:
+        return
+    aclose = getattr(scorer, "aclose", None)
+    if callable(aclose):
+        await aclose()
+    else:
+        close_built(scorer, built=built)
 
 
 def build_scorer(scorer: object | None, settings: BackendSettings) -> Scorer:

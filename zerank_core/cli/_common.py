@@ -12,7 +12,13 @@ from zerank_core.redaction import redact
 from zerank_core.scorers.auto import BACKENDS, BackendChoice, Vocabulary, resolve_backend
 from zerank_core.scorers.base import Scorer
 
-__all__ = ["add_backend_options", "add_output_option", "choose_backend", "make_scorer"]
+__all__ = [
+    "add_backend_options",
+    "add_output_option",
+    "choose_backend",
+    "close_scorer",
+    "make_scorer",
+]
 
 
 def threshold_arg(value: str) -> float | None:
@@ -159,6 +165,16 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
         return choice.scorer, None
     cached = CachedScorer(choice.scorer, args.cache or default_cache_path())
     return cached, cached
+
+
+def close_scorer(scorer: Scorer, cached: CachedScorer | None) -> None:
+    """Close what :func:`make_scorer` built: the cache file and the backend's clients."""
+    if cached is not None:
+        cached.close()
+        scorer = cached.scorer
+    close = getattr(scorer, "close", None)
+    if callable(close):
+        close()
 
 
 def write_json(data: Any, output: str | None, out: TextIO, err: TextIO) -> None:

@@ -13,6 +13,7 @@ from zerank_core.cli._common import (
     add_backend_options,
     add_output_option,
     cache_line,
+    close_scorer,
     make_scorer,
     threshold_arg,
     write_json,
@@ -144,8 +145,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         results = classifier.classify(texts)
         stats = cached.stats - before if cached is not None and before is not None else None
     finally:
-        if cached is not None:
-            cached.close()
+        close_scorer(scorer, cached)
     width = max(5, *(len(n) for n in labels))
     print(f"{'#':>4}  {'label':<{width}} {'p':>5}  text", file=err)
     rows = []

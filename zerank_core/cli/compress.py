@@ -13,6 +13,7 @@ from zerank_core.cli._common import (
     add_backend_options,
     add_output_option,
     cache_line,
+    close_scorer,
     count_arg,
     make_scorer,
     optional_count_arg,
@@ -161,7 +162,8 @@ def add_parser(commands: Any) -> None:
         type=positive_arg,
         default=4,
         metavar="N",
-        help="criteria scored at once (default %(default)s)",
+        help="criteria scored at once by an in-process backend (default %(default)s); remote "
+        "backends plan all criteria together and keep up to 16 requests in flight",
     )
     parser.add_argument(
         "--progress",
@@ -336,8 +338,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         )
         result = gate.run(document, criteria)
     finally:
-        if cached is not None:
-            cached.close()
+        close_scorer(scorer, cached)
     _summary(result, err)
     report = result.report
     print(cache_line(cached, report.cache_hits, report.cache_misses), file=err)
