@@ -215,7 +215,7 @@ def main() -> None:
     parser.add_argument("--criteria", type=int, default=80)
     parser.add_argument("--rpm", type=float, default=600.0, help="limit for the rate-limited run")
     parser.add_argument("--window", type=float, default=5.0, help="its window, seconds")
-    parser.add_argument("--rate-criteria", type=int, default=120)
+    parser.add_argument("--rate-criteria", type=int, default=200)
     parser.add_argument("--full-reference", action="store_true")
     args = parser.parse_args()
 

@@ -18,7 +18,13 @@ from zerank_core import ConfigurationError
 from zerank_core.classify import LabelClassifier
 from zerank_core.scorers import RerankServerScorer, ZeroEntropyScorer
 from zerank_core.scorers.base import ScoreItem, score_many
-from zerank_core.scorers.engine import Pacer, RateLimits, Slots, plan_requests
+from zerank_core.scorers.engine import (
+    PACING_HEADROOM,
+    Pacer,
+    RateLimits,
+    Slots,
+    plan_requests,
+)
 
 
 @pytest.fixture
@@ -85,13 +91,14 @@ def test_small_calls_stay_one_request() -> None:
 def test_token_buckets_space_requests_by_their_cost() -> None:
     now = [100.0]
     pacer = Pacer(RateLimits(requests_per_minute=60, bytes_per_minute=6000), clock=lambda: now[0])
+    second = 1.0 / PACING_HEADROOM  # paced a little under each limit
     assert pacer.reserve(bytes_=100) == 0.0  # 1 s of requests, 1 s of bytes
-    assert pacer.reserve(bytes_=300) == pytest.approx(1.0)
+    assert pacer.reserve(bytes_=300) == pytest.approx(second)
     # the bytes budget now binds: 300 bytes at 100 bytes/s
-    assert pacer.reserve(bytes_=10) == pytest.approx(4.0)
+    assert pacer.reserve(bytes_=10) == pytest.approx(4 * second)
     now[0] = 200.0  # long idle: no burst is banked
     assert pacer.reserve(bytes_=10) == 0.0
-    assert pacer.reserve(bytes_=10) == pytest.approx(1.0)
+    assert pacer.reserve(bytes_=10) == pytest.approx(second)
     pacer.pause(30.0)
     assert pacer.reserve() == pytest.approx(30.0)
 

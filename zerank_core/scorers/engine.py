@@ -66,6 +66,11 @@ DEFAULT_DEADLINE_S = 600.0
 #: request worth sending on its own, so the plan is not sensitive to it.
 REQUEST_OVERHEAD_TEXTS = 16
 
+#: Requests are paced at this share of each limit: a request sent on time can
+#: still arrive late (scheduling, network), and a server counting a sliding
+#: window would refuse the one that then lands inside its predecessor's window.
+PACING_HEADROOM = 0.98
+
 _BACKOFF_BASE_S = 0.25
 _BACKOFF_CAP_S = 8.0
 _RATE_LIMIT_BACKOFF_CAP_S = 30.0
@@ -219,8 +224,8 @@ class RateLimits:
 class Pacer:
     """Token buckets for one scorer, usable from threads and event loops.
 
-    Each budget is a token bucket that refills at ``limit / 60`` per second and
-    holds one request's worth (the generic cell rate algorithm): a request
+    Each budget is a token bucket that refills at ``PACING_HEADROOM × limit / 60``
+    per second and holds one request's worth (the generic cell rate algorithm): a request
     reserves its cost and learns how long to wait before sending, so waiting is
     ``time.sleep`` in a thread and ``asyncio.sleep`` in a loop against the same
     budget. No burst is banked while idle, so a server that counts any rolling
@@ -256,7 +261,7 @@ class Pacer:
                     start = max(start, self._tat[name])
             for name, limit in rates.items():
                 if limit is not None:
-                    self._tat[name] = start + costs[name] * 60.0 / limit
+                    self._tat[name] = start + costs[name] * 60.0 / (limit * PACING_HEADROOM)
             return start - now
 
     def charge_tokens(self, tokens: int) -> None:
@@ -265,7 +270,8 @@ class Pacer:
         if limit is None or tokens <= 0:
             return
         with self._lock:
-            self._tat["tokens"] = max(self._tat["tokens"], self._clock()) + tokens * 60.0 / limit
+            per_token = 60.0 / (limit * PACING_HEADROOM)
+            self._tat["tokens"] = max(self._tat["tokens"], self._clock()) + tokens * per_token
 
     def pause(self, seconds: float) -> None:
         """Hold every request of this scorer back for ``seconds`` from now."""
