@@ -244,11 +244,11 @@ class FakeRerankServer:
             return None
 
     def _handle(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
+        wait = self._over_rate()  # counted on arrival, before any parsing
         body = json.loads(raw or b"{}")
         if self.record_bodies:
             with self._lock:
                 self.requests.append(Recorded(handler.path, dict(handler.headers), body))
-        wait = self._over_rate()
         if wait is not None:
             retry_after = f"{max(wait, 0.001):.3f}"
             return self._send(handler, 429, {"error": "rate limited"}, {"retry-after": retry_after})

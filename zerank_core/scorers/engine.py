@@ -69,7 +69,7 @@ REQUEST_OVERHEAD_TEXTS = 16
 #: Requests are paced at this share of each limit: a request sent on time can
 #: still arrive late (scheduling, network), and a server counting a sliding
 #: window would refuse the one that then lands inside its predecessor's window.
-PACING_HEADROOM = 0.98
+PACING_HEADROOM = 0.95
 
 _BACKOFF_BASE_S = 0.25
 _BACKOFF_CAP_S = 8.0
