@@ -108,6 +108,17 @@ def test_token_buckets_space_requests_by_their_cost() -> None:
     assert pacer.reserve() == pytest.approx(30.0)
 
 
+def test_token_budget_is_corrected_by_what_the_backend_reports() -> None:
+    now = [0.0]
+    pacer = Pacer(RateLimits(tokens_per_minute=6000), clock=lambda: now[0])
+    second = 1.0 / PACING_HEADROOM
+    assert pacer.reserve(tokens=100) == 0.0  # 100 tokens at 100 tokens/s
+    pacer.charge_tokens(200)  # the response reported 200 more than estimated
+    assert pacer.reserve(tokens=100) == pytest.approx(3 * second)
+    pacer.charge_tokens(-50)  # an overestimate is not refunded
+    assert pacer.reserve(tokens=100) == pytest.approx(4 * second)
+
+
 @pytest.mark.parametrize(
     "bad", [{"requests_per_minute": 0}, {"bytes_per_minute": -1}, {"tokens_per_minute": math.nan}]
 )
