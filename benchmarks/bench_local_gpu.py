@@ -1,16 +1,29 @@
-"""Pages per second of a zerank-2-shaped model on a GPU, through ``LocalScorer``.
+"""Pages per second of a zerank-2-shaped model in-process: fast path, predict, compile.
 
 Throughput does not depend on weight values, so the model is Qwen3-4B's
 configuration (zerank-2's base: 36 layers, hidden size 2560, 151,936-token
 vocabulary) with random weights, built on the GPU in bfloat16 and saved, then
-loaded through the scorer's real loading path. Pages are 2,000 characters; the
-benchmark's tokenizer is tuned to about 4 characters per token, close to what
+loaded through ``LocalScorer``'s real loading path. Pages are 2,000 characters;
+the benchmark's tokenizer gives about 4 characters per token, close to what
 Qwen's tokenizer gives for English prose, and the measured tokens per page are
-printed. Target: >= 200 pages/s on one H100.
+printed.
 
-Without a CUDA device it prints why it skipped and exits 0. ``--tiny`` runs the
-same code with a toy model on any device, to check the script itself.
-Run: ``python benchmarks/bench_local_gpu.py [--pages 2000] [--batch-tokens 32768]``.
+In one run, on the same pages, it measures:
+
+- a bf16 matmul (float32 on CPU), the peak that MFU is counted against;
+- sentence-transformers ``CrossEncoder.predict(batch_size=32)``, what a user writes;
+- ``LocalScorer(fast=False)``, which batches through ``predict`` by token budget;
+- ``LocalScorer`` (the fast path) at each ``--batch-tokens``;
+- with ``--compile``, the fast path under ``torch.compile`` and its compile time.
+
+For each: pages/s, prompt tokens/s, MFU (2 x non-embedding parameters x prompt
+tokens, over the matmul's FLOP/s) and the ratio to ``predict``; and the largest
+logit difference from ``predict``. Targets on one H200: >= 110 pages/s and
+>= 1.6x ``predict``.
+
+Without a CUDA device it prints why it skipped and exits 0; ``--tiny`` runs the
+same code with a small model on CPU (figures for the CPU, not for a GPU).
+Run on a GPU: ``python benchmarks/bench_local_gpu.py --compile``.
 """
 
 from __future__ import annotations
@@ -20,7 +33,9 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -47,6 +62,17 @@ QWEN3_4B = {
     "tie_word_embeddings": True,
 }
 
+# --tiny: small, but large enough that compute, not Python overhead, dominates.
+TINY = {
+    "vocab_size": BENCH_VOCAB,
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+}
+
 
 def pages_of(n: int, seed: int) -> list[str]:
     rng = random.Random(seed)
@@ -59,28 +85,59 @@ def pages_of(n: int, seed: int) -> list[str]:
     return pages
 
 
+def matmul_flops(torch: Any, device: str, dtype: Any) -> float:
+    """FLOP/s of a large square matmul in ``dtype``: the peak MFU is counted against."""
+    n = 8192 if device == "cuda" else 1024
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(torch, device)
+    repeats = 50 if device == "cuda" else 10
+    start = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    sync(torch, device)
+    return 2 * n**3 * repeats / (time.perf_counter() - start)
+
+
+def sync(torch: Any, device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(torch: Any, device: str, run: Callable[[], list[float]]) -> tuple[float, list[float]]:
+    sync(torch, device)
+    start = time.perf_counter()
+    values = run()
+    sync(torch, device)
+    return time.perf_counter() - start, values
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pages", type=int, default=2000)
+    parser.add_argument("--pages", type=int, help="pages to score (default 2000; 256 with --tiny)")
     parser.add_argument("--batch-tokens", type=int, nargs="+", default=[16384, 32768, 65536])
-    parser.add_argument(
-        "--attn", default="sdpa", help="attn_implementation, e.g. flash_attention_2"
-    )
-    parser.add_argument("--tiny", action="store_true", help="toy model: checks the script only")
+    parser.add_argument("--attn", default="sdpa", help="attn_implementation (default sdpa)")
+    parser.add_argument("--compile", action="store_true", help="also measure compile=True")
+    parser.add_argument("--tiny", action="store_true", help="a small model on this machine's CPU")
     args = parser.parse_args()
 
     import torch
 
     if not args.tiny and not torch.cuda.is_available():
         print("skipped: no CUDA device; this benchmark measures a 4B model on a GPU")
-        print("(run with --tiny to check the script with a toy model on this machine)")
+        print("(run with --tiny to measure a small model on this machine's CPU)")
         return
 
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cuda" if torch.cuda.is_available() and not args.tiny else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    shape = {"vocab_size": BENCH_VOCAB} if args.tiny else QWEN3_4B
-    pages = pages_of(args.pages, seed=0)
+    shape = TINY if args.tiny else QWEN3_4B
+    n_pages = args.pages or (256 if args.tiny else 2000)
+    pages = pages_of(n_pages, seed=0)
+    budgets = [b // 8 for b in args.batch_tokens] if args.tiny else args.batch_tokens
 
+    peak = matmul_flops(torch, device, dtype)
     with tempfile.TemporaryDirectory() as folder:
         start = time.perf_counter()
         path = build_tiny_zerank(
@@ -93,44 +150,112 @@ def main() -> None:
         if device == "cuda":
             torch.cuda.empty_cache()
         built = time.perf_counter() - start
+        kwargs: dict[str, Any] = {
+            "device": device,
+            "dtype": dtype,
+            "model_kwargs": {"attn_implementation": args.attn},
+        }
         start = time.perf_counter()
-        scorer = LocalScorer(
-            str(path), device=device, dtype=dtype, model_kwargs={"attn_implementation": args.attn}
-        )
+        scorer = LocalScorer(str(path), **kwargs)
         loaded = time.perf_counter() - start
+        assert scorer.stats.fast, scorer.stats.fast_off_because
+        # A second copy of the weights (8 GiB in bf16 at the 4B shape).
+        reference = LocalScorer(str(path), fast=False, **kwargs)
 
         model = scorer.cross_encoder.model
-        parameters = sum(p.numel() for p in model.parameters())
+        embedding = model.get_input_embeddings().weight.numel()
+        non_embedding = sum(p.numel() for p in model.parameters()) - embedding
         tokenizer = scorer.cross_encoder.tokenizer
-        tokens = [len(tokenizer.encode(p, add_special_tokens=False)) for p in pages]
-        name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+        doc_tokens = [len(tokenizer.encode(p, add_special_tokens=False)) for p in pages]
+        prompts = reference.cross_encoder.preprocess([(QUERY, p) for p in pages[:1]])
+        overhead = int(prompts["input_ids"].shape[1]) - doc_tokens[0]
+        prompt_tokens = sum(doc_tokens) + overhead * len(pages)
+        flops_per_run = 2 * non_embedding * prompt_tokens
+        name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
         print(
-            f"device: {name}; model: {parameters / 1e9:.2f}B parameters, {scorer.dtype}, ", end=""
+            f"device: {name} ({torch.get_num_threads()} torch threads); torch {torch.__version__}"
         )
-        print(f"attention {args.attn}")
-        print(f"built in {built:.0f}s, loaded through LocalScorer in {loaded:.0f}s")
+        print(
+            f"model: Qwen3 {'small test shape' if args.tiny else '4B shape'}, random weights, "
+            f"{non_embedding / 1e9:.3f}B non-embedding parameters, {scorer.dtype}, "
+            f"attention {args.attn}; built in {built:.0f}s, loaded in {loaded:.0f}s"
+        )
+        print(f"matmul peak: {peak / 1e12:.1f} TFLOP/s ({str(dtype).removeprefix('torch.')})")
         print(
             f"pages: {len(pages)} x {PAGE_CHARS} characters, "
-            f"{sum(tokens) / len(tokens):.0f} tokens per page on average"
+            f"{sum(doc_tokens) / len(pages):.0f} document + {overhead} prompt tokens each"
         )
 
-        for budget in args.batch_tokens:
-            scorer.batch_tokens = budget
-            scorer.score(QUERY, pages[:64])  # warm-up: kernels, allocator
-            if device == "cuda":
-                torch.cuda.synchronize()
-                torch.cuda.reset_peak_memory_stats()
-            start = time.perf_counter()
-            scores = scorer.score(QUERY, pages)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            seconds = time.perf_counter() - start
-            peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
-            assert len(scores) == len(pages)
-            print(
-                f"batch_tokens={budget:>6}: {len(pages) / seconds:7.1f} pages/s, "
-                f"{sum(tokens) / seconds:9.0f} document tokens/s, peak memory {peak:.1f} GiB"
+        cross_encoder = scorer.cross_encoder
+        identity = torch.nn.Identity()
+        pairs = [(QUERY, p) for p in pages]
+
+        def predict() -> list[float]:
+            out = cross_encoder.predict(
+                pairs, batch_size=32, activation_fn=identity, show_progress_bar=False
             )
+            return [float(v) for v in out]
+
+        warm = pages[: min(64, len(pages))]
+        cross_encoder.predict(
+            [(QUERY, p) for p in warm],
+            batch_size=32,
+            activation_fn=identity,
+            show_progress_bar=False,
+        )
+        base_seconds, base_logits = timed(torch, device, predict)
+        rows: list[tuple[str, float, float]] = [
+            ("CrossEncoder.predict(batch_size=32)", base_seconds, 0.0)
+        ]
+
+        def measure(label: str, candidate: LocalScorer) -> None:
+            candidate.score(QUERY, warm)  # warm-up: kernels, allocator
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            seconds, logits = timed(
+                torch, device, lambda: list(candidate.score_detailed(QUERY, pages).logits)
+            )
+            diff = max(abs(a - b) for a, b in zip(logits, base_logits, strict=True))
+            rows.append((label, seconds, diff))
+            if device == "cuda":
+                memory = torch.cuda.max_memory_allocated() / 2**30
+                print(f"  {label}: peak memory {memory:.1f} GiB")
+
+        reference.batch_tokens = budgets[0]
+        measure(f"LocalScorer(fast=False), batch_tokens {budgets[0]}", reference)
+        for budget in budgets:
+            scorer.batch_tokens = budget
+            measure(f"LocalScorer fast path, batch_tokens {budget}", scorer)
+        if args.compile:
+            del reference
+            start = time.perf_counter()
+            compiled = LocalScorer(str(path), compile=True, batch_tokens=budgets[-1], **kwargs)
+            compile_seconds = compiled.stats.compile_seconds
+            print(
+                f"compile=True: {compile_seconds:.0f}s compiling "
+                f"(load and compile {time.perf_counter() - start:.0f}s)"
+            )
+            measure(f"LocalScorer fast path + compile, batch_tokens {budgets[-1]}", compiled)
+            stats = compiled.stats
+            print(
+                f"  compiled run: {stats.unmasked_batches} unmasked and {stats.masked_batches} "
+                f"padded batches, {stats.padding_tokens} pad tokens"
+            )
+
+    print()
+    header = f"{'path':<58} {'pages/s':>8} {'tokens/s':>10} {'MFU':>6} {'x predict':>9}"
+    print(f"{header} {'max |dlogit|':>12}")
+    for label, seconds, diff in rows:
+        mfu = flops_per_run / seconds / peak
+        print(
+            f"{label:<58} {len(pages) / seconds:8.1f} {prompt_tokens / seconds:10.0f} "
+            f"{mfu:6.1%} {base_seconds / seconds:8.2f}x {diff:12.1e}"
+        )
+    stats = scorer.stats
+    print(
+        f"fast path batches: {stats.unmasked_batches} unmasked, {stats.masked_batches} padded, "
+        f"{stats.padding_tokens / max(stats.prompt_tokens, 1):.1%} pad tokens"
+    )
 
 
 if __name__ == "__main__":

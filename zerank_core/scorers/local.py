@@ -7,6 +7,12 @@ module adds what a context gate needs around it: device and dtype selection,
 batches filled to a token budget from length-sorted inputs, windows for texts
 longer than the model's context, and zerank's calibration ``sigmoid(logit / 5)``.
 
+By default the scores are computed on a faster path than ``CrossEncoder.predict``
+with the same numbers: the prompts are rendered by the CrossEncoder itself, the
+base model runs on batches of equal-length prompts with no padding mask (so
+attention takes the fused causal kernel), and only the "Yes" row of the output
+head is applied to the last hidden state. ``compile=True`` adds ``torch.compile``.
+
 Needs the ``local`` extra (``pip install 'zerank-gate[local]'``); torch,
 transformers and sentence-transformers are imported only when a scorer is built.
 """
@@ -18,6 +24,7 @@ import json
 import math
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +48,8 @@ __all__ = [
     "DEFAULT_MODEL",
     "LocalScorer",
     "LocalScores",
+    "LocalStats",
+    "plan_equal_length_batches",
     "plan_token_batches",
     "select_device",
     "weights_available",
@@ -66,6 +75,23 @@ _DTYPE_NAMES = {
 # is cut from the document's own tokenization, and re-tokenizing it inside the
 # template can merge or split a token at its edges.
 _EDGE_MARGIN = 4
+
+# On the fast path, a group of equal-length prompts runs as its own unmasked
+# batch when it fills at least this share of a batch; smaller groups are
+# pooled into padded, masked batches. Below about a quarter, an unmasked batch
+# of a few prompts loses more (small matmuls) than the padding mask costs.
+_MIN_BUCKET_FILL = 0.25
+
+# A padded batch on the fast path takes a prompt only if it is at most this
+# share shorter than the batch's longest, which bounds the pad tokens (that
+# cost as much compute as real ones) to this share of the batch.
+_MAX_PADDING = 0.125
+
+# Prompts rendered per call of the CrossEncoder's preprocessing on the fast path.
+_RENDER_CHUNK = 256
+
+# The pair the fast path is checked on at load time (from zerank's model card).
+_CHECK_PAIR = ("What is 2+2?", "The answer is definitely 1 million")
 
 
 def weights_available(model: str, *, cache_dir: str | Path | None = None) -> bool:
@@ -228,6 +254,28 @@ class LocalScores:
     windows: tuple[int, ...]
 
 
+@dataclass(frozen=True)
+class LocalStats:
+    """How a :class:`LocalScorer` has run so far.
+
+    ``fast`` is whether scores come from the fast path (else from
+    ``CrossEncoder.predict``, and ``fast_off_because`` says why);
+    ``compile_seconds`` is the time ``torch.compile`` took at load (``None``
+    without ``compile``). The counts are the fast path's: ``unmasked_batches``
+    ran as equal-length prompts without a padding mask, ``masked_batches`` were
+    padded, ``padding_tokens`` counts the pad tokens those carried and
+    ``prompt_tokens`` the tokens of every prompt scored (windows counted).
+    """
+
+    fast: bool
+    fast_off_because: str | None
+    compile_seconds: float | None
+    unmasked_batches: int
+    masked_batches: int
+    prompt_tokens: int
+    padding_tokens: int
+
+
 class LocalScorer:
     """Score with zerank's open weights in this process.
 
@@ -255,6 +303,18 @@ class LocalScorer:
     sentence-transformers from contacting the Hub. ``model_kwargs`` go to
     ``from_pretrained``, e.g. ``{"attn_implementation": "flash_attention_2"}``.
 
+    ``fast`` picks how the model runs. The fast path (default, ``None``: when
+    the model supports it) takes the CrossEncoder's own rendered prompts, runs
+    the base model on batches of equal-length prompts with no padding mask
+    (SDPA's fused causal kernel; leftover prompts share padded batches) and
+    applies only the "Yes" row of the output head to the last hidden state.
+    It is checked against ``CrossEncoder.predict`` on one pair at load. ``False``
+    scores through ``CrossEncoder.predict``; ``True`` insists on the fast path.
+    ``compile=True`` runs the fast path's unmasked batches under
+    ``torch.compile(dynamic=True)`` (a mapping gives ``torch.compile``'s
+    keyword arguments instead); it compiles at load, and :attr:`stats`
+    reports how long that took.
+
     The model is used under a lock, so one scorer can be shared by threads;
     :meth:`ascore` runs in a worker thread and does not block the event loop.
     """
@@ -273,6 +333,8 @@ class LocalScorer:
         revision: str | None = None,
         cache_folder: str | None = None,
         model_kwargs: Mapping[str, Any] | None = None,
+        fast: bool | None = None,
+        compile: bool | Mapping[str, Any] = False,
     ) -> None:
         if not isinstance(model, str | os.PathLike) or not os.fspath(model):
             raise ConfigurationError(f"model must be a model id or a folder, got {model!r}")
@@ -287,6 +349,14 @@ class LocalScorer:
             raise ConfigurationError(f"max_length must be >= 1, got {max_length}")
         if model.startswith(("/", "./", "../", "~")) and not Path(model).expanduser().is_dir():
             raise ConfigurationError(f"model folder {model!r} does not exist")
+        if fast is not None and not isinstance(fast, bool):
+            raise ConfigurationError(f"fast must be True, False or None, got {fast!r}")
+        if not isinstance(compile, bool | Mapping):
+            raise ConfigurationError(
+                f"compile must be a bool or a mapping of torch.compile arguments, got {compile!r}"
+            )
+        if compile is not False and fast is False:
+            raise ConfigurationError("compile needs the fast path; leave fast=None or True")
 
         cross_encoder_cls, logit_score_cls = _import_sentence_transformers()
         torch = _import_torch()
@@ -332,6 +402,32 @@ class LocalScorer:
         self._identity = torch.nn.Identity()
         self._lock = threading.Lock()
         self._meter = UsageMeter()
+        self._batches = {"unmasked": 0, "masked": 0, "prompt_tokens": 0, "padding_tokens": 0}
+        self._compile_seconds: float | None = None
+        self._fast: _FastPath | None = None
+        self._fast_problem: str | None = "fast=False was passed"
+        if fast is not False:
+            built = _FastPath.build(self._cross_encoder)
+            if isinstance(built, str):
+                self._fast_problem = built
+            else:
+                self._fast = built
+                self._fast_problem = self._check_fast_path()
+                if self._fast_problem is not None:
+                    self._fast = None
+            if fast and self._fast is None:
+                raise ConfigurationError(
+                    f"the fast path does not support {model!r}: {self._fast_problem}; "
+                    "pass fast=False (or leave fast unset)"
+                )
+        if compile is not False:
+            if self._fast is None:
+                raise ConfigurationError(
+                    f"compile needs the fast path, which {model!r} does not support: "
+                    f"{self._fast_problem}"
+                )
+            options = dict(compile) if isinstance(compile, Mapping) else {}
+            self._compile_seconds = self._fast.compile(options)
 
     def _check_head(self, logit_score_cls: Any) -> None:
         """Refuse a folder that loads as some other scorer: its scores would look plausible."""
@@ -365,6 +461,21 @@ class LocalScorer:
     def usage(self) -> Usage:
         """Calls, texts and prompt tokens (template, query and text; windows counted) so far."""
         return self._meter.usage
+
+    @property
+    def stats(self) -> LocalStats:
+        """Which path scores, the compile time, and the batches run so far."""
+        with self._lock:
+            counts = dict(self._batches)
+        return LocalStats(
+            fast=self._fast is not None,
+            fast_off_because=self._fast_problem,
+            compile_seconds=self._compile_seconds,
+            unmasked_batches=counts["unmasked"],
+            masked_batches=counts["masked"],
+            prompt_tokens=counts["prompt_tokens"],
+            padding_tokens=counts["padding_tokens"],
+        )
 
     @property
     def cross_encoder(self) -> Any:
@@ -493,48 +604,289 @@ class LocalScorer:
         windows = [0] * len(texts)
         for owner in owners:
             windows[owner] += 1
+        if self._fast is not None:
+            values, batch_of, sizes, tokens = self._fast_logits(query, pieces, lengths)
+        else:
+            values, batch_of, sizes = self._predict_logits(query, pieces, lengths, overhead)
+            tokens = sum(lengths) + overhead * len(pieces)
+        # Max-pooling over windows; every text has at least one piece, so no
+        # -inf survives.
+        logits = [-math.inf] * len(texts)
+        for piece, value in enumerate(values):
+            owner = owners[piece]
+            if not math.isfinite(value):
+                number = batch_of[piece]
+                raise InvalidResponseError(
+                    f"logit for text {owner} is {value} (numeric overflow? try dtype='float32')",
+                    batch=number,
+                    batch_size=sizes[number],
+                )
+            logits[owner] = max(logits[owner], value)
+
+        # zerank's calibration, in its one place: p = sigmoid(logit / 5).
+        probabilities = tuple(to_probability(x, Scale.LOGIT) for x in logits)
+        self._meter.add(texts=len(texts), total_tokens=tokens)
+        return LocalScores(probabilities, tuple(logits), tuple(windows))
+
+    def _predict_logits(
+        self, query: str, pieces: list[str], lengths: list[int], overhead: int
+    ) -> tuple[list[float], list[int], list[int]]:
+        """Raw logits per piece through ``CrossEncoder.predict``; also each piece's batch."""
         batches = plan_token_batches(
             lengths,
             batch_tokens=self.batch_tokens,
             max_batch_size=self.max_batch_size,
             overhead=overhead,
         )
-        # Max-pooling over windows; every text has at least one piece, so no
-        # -inf survives.
-        logits = [-math.inf] * len(texts)
+        values = [math.nan] * len(pieces)
+        batch_of = [0] * len(pieces)
         for number, batch in enumerate(batches):
-            values = self._cross_encoder.predict(
+            out = self._cross_encoder.predict(
                 [(query, pieces[i]) for i in batch],
                 batch_size=len(batch),
                 activation_fn=self._identity,
                 show_progress_bar=False,
                 convert_to_numpy=True,
             )
-            if len(values) != len(batch):
+            if len(out) != len(batch):
                 raise InvalidResponseError(
-                    f"the model returned {len(values)} scores", batch=number, batch_size=len(batch)
+                    f"the model returned {len(out)} scores", batch=number, batch_size=len(batch)
                 )
-            for piece, raw in zip(batch, values.tolist(), strict=True):
-                value = float(raw)
-                owner = owners[piece]
-                if not math.isfinite(value):
-                    raise InvalidResponseError(
-                        f"logit for text {owner} is {value} "
-                        "(numeric overflow? try dtype='float32')",
-                        batch=number,
-                        batch_size=len(batch),
-                    )
-                logits[owner] = max(logits[owner], value)
+            for piece, raw in zip(batch, out.tolist(), strict=True):
+                values[piece] = float(raw)
+                batch_of[piece] = number
+        return values, batch_of, [len(b) for b in batches]
 
-        # zerank's calibration, in its one place: p = sigmoid(logit / 5).
-        probabilities = tuple(to_probability(x, Scale.LOGIT) for x in logits)
-        self._meter.add(
-            texts=len(texts),
-            total_tokens=sum(lengths) + overhead * len(pieces),
+    def _render(self, query: str, pieces: list[str], lengths: list[int]) -> list[Any]:
+        """Each piece's prompt token ids (a 1-D tensor), rendered by the CrossEncoder itself.
+
+        Going through ``preprocess`` keeps the prompt exactly the one
+        ``predict`` builds (chat template, roles, generation prompt). Pieces
+        are rendered in length order, so the padding stripped here is small.
+        """
+        order = sorted(range(len(pieces)), key=lambda i: -lengths[i])
+        prompts: list[Any] = [None] * len(pieces)
+        for start in range(0, len(order), _RENDER_CHUNK):
+            chunk = order[start : start + _RENDER_CHUNK]
+            features = self._cross_encoder.preprocess([(query, pieces[i]) for i in chunk])
+            ids = features["input_ids"]
+            counts = features["attention_mask"].sum(dim=1).tolist()
+            width = ids.shape[1]
+            # Padding is on the left (sentence-transformers enforces it).
+            for row, index in enumerate(chunk):
+                prompts[index] = ids[row, width - int(counts[row]) :]
+        return prompts
+
+    def _fast_logits(
+        self, query: str, pieces: list[str], lengths: list[int]
+    ) -> tuple[list[float], list[int], list[int], int]:
+        """Raw logits per piece on the fast path, each piece's batch, batch sizes, tokens."""
+        fast = self._fast
+        assert fast is not None
+        torch = _import_torch()
+        prompts = self._render(query, pieces, lengths)
+        sizes = [int(p.shape[0]) for p in prompts]
+        plan = plan_equal_length_batches(
+            sizes, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size
         )
-        return LocalScores(probabilities, tuple(logits), tuple(windows))
+        batch_of = [0] * len(pieces)
+        outputs = []
+        padding = masked = 0
+        with torch.inference_mode():
+            for number, (batch, padded) in enumerate(plan):
+                for index in batch:
+                    batch_of[index] = number
+                if not padded:
+                    ids = torch.stack([prompts[i] for i in batch])
+                    outputs.append(fast.unmasked(ids.to(fast.device, non_blocking=True)))
+                    continue
+                masked += 1
+                width = max(sizes[i] for i in batch)
+                ids = torch.full((len(batch), width), fast.pad_id, dtype=torch.long)
+                mask = torch.zeros((len(batch), width), dtype=torch.long)
+                for row, index in enumerate(batch):
+                    ids[row, width - sizes[index] :] = prompts[index]
+                    mask[row, width - sizes[index] :] = 1
+                padding += int(mask.numel() - mask.sum())
+                # Positions count real tokens only, as for the same prompt unpadded.
+                positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+                outputs.append(
+                    fast.masked(
+                        ids.to(fast.device, non_blocking=True),
+                        mask.to(fast.device, non_blocking=True),
+                        positions.to(fast.device, non_blocking=True),
+                    )
+                )
+            # One transfer at the end: the device never waits for the host between batches.
+            flat = torch.cat(outputs).tolist() if outputs else []
+        values = [math.nan] * len(pieces)
+        for value, index in zip(flat, (i for batch, _ in plan for i in batch), strict=True):
+            values[index] = float(value)
+        tokens = sum(sizes)
+        self._batches["unmasked"] += len(plan) - masked
+        self._batches["masked"] += masked
+        self._batches["prompt_tokens"] += tokens
+        self._batches["padding_tokens"] += padding
+        return values, batch_of, [len(b) for b, _ in plan], tokens
+
+    def _check_fast_path(self) -> str | None:
+        """Why the fast path disagrees with ``CrossEncoder.predict`` on one pair, or None."""
+        query, text = _CHECK_PAIR
+        torch = _import_torch()
+        fast = self._fast_logits(query, [text], [1])[0][0]
+        reference = float(
+            self._cross_encoder.predict(
+                [(query, text)],
+                activation_fn=self._identity,
+                show_progress_bar=False,
+                convert_to_numpy=True,
+            )[0]
+        )
+        # Loose in half precision, where the two paths round differently; a wrong
+        # head or a post-head transform is off by far more.
+        tolerance = 1e-3 if self.dtype == torch.float32 else 0.05 + 0.02 * abs(reference)
+        self._batches = dict.fromkeys(self._batches, 0)
+        if abs(fast - reference) <= tolerance:
+            return None
+        return (
+            f"it gives the logit {fast:.4f} where CrossEncoder.predict gives {reference:.4f} "
+            f"on {_CHECK_PAIR!r}"
+        )
 
     def _prompt_tokens(self, query: str, text: str) -> int:
         """Tokens of the full prompt for one pair, as the model will see it."""
         features = self._cross_encoder.preprocess([(query, text)])
         return int(features["input_ids"].shape[-1])
+
+
+def plan_equal_length_batches(
+    lengths: Sequence[int], *, batch_tokens: int, max_batch_size: int
+) -> list[tuple[list[int], bool]]:
+    """Batches of prompts for the fast path: ``(indices, padded)``, longest first.
+
+    Prompts of the same length form batches of up to ``batch_tokens`` tokens
+    and ``max_batch_size`` prompts that need no padding mask (``padded`` is
+    False), so attention can take the fused causal kernel. A group too small to
+    fill a quarter of such a batch is pooled with the other leftovers into
+    length-sorted padded batches within the same limits, each holding prompts
+    at most 12.5 % shorter than its longest (so pad tokens stay under 12.5 %);
+    a pooled batch whose prompts happen to share one length needs no mask.
+    """
+    if batch_tokens < 1:
+        raise ConfigurationError(f"batch_tokens must be >= 1, got {batch_tokens}")
+    if max_batch_size < 1:
+        raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
+    groups: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        groups.setdefault(length, []).append(index)
+    plan: list[tuple[list[int], bool]] = []
+    leftovers: list[int] = []
+    for length in sorted(groups, reverse=True):
+        members = groups[length]
+        capacity = max(1, min(max_batch_size, batch_tokens // max(length, 1)))
+        enough = math.ceil(capacity * _MIN_BUCKET_FILL)
+        for start in range(0, len(members), capacity):
+            chunk = members[start : start + capacity]
+            if len(chunk) >= enough:
+                plan.append((chunk, False))
+            else:
+                leftovers.extend(chunk)
+    leftovers.sort(key=lambda i: -lengths[i])
+    current: list[int] = []
+    width = 0
+    for index in leftovers:
+        if current and (
+            len(current) >= max_batch_size
+            or (len(current) + 1) * width > batch_tokens
+            or lengths[index] < width * (1 - _MAX_PADDING)
+        ):
+            plan.append((current, len({lengths[i] for i in current}) > 1))
+            current = []
+        if not current:
+            width = lengths[index]
+        current.append(index)
+    if current:
+        plan.append((current, len({lengths[i] for i in current}) > 1))
+    return plan
+
+
+class _FastPath:
+    """A causal LM's base model and the "Yes" row of its output head.
+
+    Running the base model and taking one dot product at the last position
+    gives the same logit as the full model's head, without computing (or
+    keeping) the other vocabulary entries.
+    """
+
+    # Config fields of architectures that transform logits after the head; the
+    # fast path would skip that step, so such models use the reference path.
+    _POST_HEAD = ("final_logit_softcapping", "logit_scale", "logits_scaling")
+
+    def __init__(self, decoder: Any, yes_row: Any, yes_bias: Any, pad_id: int, device: Any):
+        self.decoder = decoder
+        self.yes_row = yes_row
+        self.yes_bias = yes_bias
+        self.pad_id = pad_id
+        self.device = device
+        self._compiled: Any = None
+
+    @classmethod
+    def build(cls, cross_encoder: Any) -> _FastPath | str:
+        """The fast path for this CrossEncoder, or why it cannot have one."""
+        torch = _import_torch()
+        transformer, head = cross_encoder[0], cross_encoder[-1]
+        model = getattr(transformer, "model", None)
+        get_decoder = getattr(model, "get_decoder", None)
+        get_head = getattr(model, "get_output_embeddings", None)
+        if not callable(get_decoder) or not callable(get_head):
+            return "its model has no separate decoder and output head"
+        decoder, output = get_decoder(), get_head()
+        if decoder is None or not isinstance(output, torch.nn.Linear):
+            return f"its output head is {type(output).__name__}, not a linear layer"
+        config = getattr(model, "config", None)
+        for name in cls._POST_HEAD:
+            value = getattr(config, name, None)
+            if value not in (None, 1, 1.0):
+                return f"its configuration transforms logits after the head ({name}={value!r})"
+        yes = int(head.true_token_id)
+        with torch.no_grad():
+            # float32 for the one dot product: cheap, and no extra rounding.
+            row = output.weight[yes].detach().float()
+            bias = None if output.bias is None else output.bias[yes].detach().float()
+        pad = cross_encoder.tokenizer.pad_token_id
+        return cls(decoder, row, bias, int(pad) if pad is not None else 0, row.device)
+
+    def _last_hidden(self, ids: Any, mask: Any = None, positions: Any = None) -> Any:
+        hidden = self.decoder(
+            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
+        ).last_hidden_state
+        logit = hidden[:, -1].float() @ self.yes_row
+        return logit if self.yes_bias is None else logit + self.yes_bias
+
+    def unmasked(self, ids: Any) -> Any:
+        """Logits of equal-length prompts, with no mask (causal attention only)."""
+        if self._compiled is not None:
+            return self._compiled(ids)
+        return self._last_hidden(ids)
+
+    def masked(self, ids: Any, mask: Any, positions: Any) -> Any:
+        """Logits of left-padded prompts."""
+        return self._last_hidden(ids, mask, positions)
+
+    def compile(self, options: dict[str, Any]) -> float:
+        """Compile :meth:`unmasked`; returns the seconds compiling took.
+
+        The warm-up compiles a dynamic graph and the batch of one that torch
+        specialises (sizes 0 and 1), so later batches reuse them.
+        """
+        torch = _import_torch()
+        compiled = torch.compile(self._last_hidden, **{"dynamic": True, **options})
+        start = time.perf_counter()
+        with torch.inference_mode():
+            for batch, length in ((2, 16), (1, 16)):
+                ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
+                compiled(ids.to(self.device))
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self._compiled = compiled
+        return time.perf_counter() - start
