@@ -153,3 +153,28 @@ def test_equal_length_plan_pools_small_groups_into_padded_batches() -> None:
         plan_equal_length_batches([1], batch_tokens=0, max_batch_size=1)
     with pytest.raises(ConfigurationError, match="max_batch_size must be >= 1, got 0"):
         plan_equal_length_batches([1], batch_tokens=1, max_batch_size=0)
+
+
+def test_score_many_shares_batches_and_matches_score(model_dir: Path) -> None:
+    items = [
+        (QUERY, texts_of(10, seed=1)),
+        ("Who pays the invoice?", [*texts_of(6, seed=2), "   "], "Prefer amounts."),
+        ("What is 2+2?", ["4"]),
+    ]
+    separate = LocalScorer(str(model_dir))
+    want = [separate.score(*item[:2], instruction=(*item, None)[2]) for item in items]
+    batches_separate = separate.stats.unmasked_batches + separate.stats.masked_batches
+
+    joint = LocalScorer(str(model_dir))
+    seen: list[tuple[int, list[int]]] = []
+    got = joint.score_many(items, on_batch=lambda item, idx, _: seen.append((item, list(idx))))
+
+    assert len(got) == len(want)
+    for a, b in zip(got, want, strict=True):
+        assert a == pytest.approx(b, abs=1e-6)
+    assert got[1][-1] == 0.0  # a blank text is not scored
+    assert sorted(seen) == [(0, list(range(13))), (1, list(range(10))), (2, [0])]
+    assert joint.stats.unmasked_batches + joint.stats.masked_batches < batches_separate
+    assert joint.usage.requests == 3
+    with pytest.raises(ConfigurationError, match=r"items\[1\] must be a \(query, texts"):
+        joint.score_many([(QUERY, ["a"]), "not an item"])

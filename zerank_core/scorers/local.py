@@ -25,7 +25,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -523,27 +523,61 @@ class LocalScorer:
         A blank text is not run through the model: probability 0.0, logit
         ``-inf``, 0 windows.
         """
-        query = check_query(query)
-        texts = check_texts(texts)
-        kept = [i for i, text in enumerate(texts) if not is_blank(text)]
-        if not kept:
-            n = len(texts)
-            return LocalScores((0.0,) * n, (-math.inf,) * n, (0,) * n)
-        full_query = query_with_instruction(query, instruction)
+        return self._detailed_many([(query, texts, instruction)])[0]
+
+    def score_many(
+        self,
+        items: Sequence[Any],
+        *,
+        on_batch: Callable[[int, Sequence[int], Sequence[float]], None] | None = None,
+    ) -> list[list[float]]:
+        """Several queries' texts as one job: their prompts share the model's batches.
+
+        ``items`` are ``(query, texts)`` or ``(query, texts, instruction)``
+        tuples, or objects with ``query``, ``texts`` and ``instruction``
+        attributes. Returns one probability list per item, as :meth:`score`
+        would. ``on_batch(item, indices, scores)`` is called once per item
+        when the job is done.
+        """
+        results = self._detailed_many(items)
+        out = [list(r.probabilities) for r in results]
+        if on_batch is not None:
+            for position, scores in enumerate(out):
+                on_batch(position, range(len(scores)), scores)
+        return out
+
+    def _detailed_many(self, items: Sequence[Any]) -> list[LocalScores]:
+        if isinstance(items, str | bytes) or not isinstance(items, Sequence):
+            raise ConfigurationError(
+                f"items must be a sequence of (query, texts) items, got {type(items).__name__}"
+            )
+        jobs: list[tuple[str, list[str]]] = []
+        kept: list[list[int]] = []
+        sizes: list[int] = []
+        for position, item in enumerate(items):
+            query, texts, instruction = _unpack_item(item, position)
+            query = check_query(query)
+            texts = check_texts(texts)
+            keep = [i for i, text in enumerate(texts) if not is_blank(text)]
+            jobs.append((query_with_instruction(query, instruction), [texts[i] for i in keep]))
+            kept.append(keep)
+            sizes.append(len(texts))
         with self._lock:
-            scored = self._score_locked(full_query, [texts[i] for i in kept])
-        if len(kept) == len(texts):
-            return scored
-        probabilities, logits, windows = (
-            [0.0] * len(texts),
-            [-math.inf] * len(texts),
-            [0] * len(texts),
-        )
-        for position, index in enumerate(kept):
-            probabilities[index] = scored.probabilities[position]
-            logits[index] = scored.logits[position]
-            windows[index] = scored.windows[position]
-        return LocalScores(tuple(probabilities), tuple(logits), tuple(windows))
+            scored = self._score_locked([job for job in jobs if job[1]])
+        results: list[LocalScores] = []
+        done = iter(scored)
+        for (_, texts), keep, n in zip(jobs, kept, sizes, strict=True):
+            one = next(done) if texts else LocalScores((), (), ())
+            if len(keep) == n:
+                results.append(one)
+                continue
+            probabilities, logits, windows = [0.0] * n, [-math.inf] * n, [0] * n
+            for position, index in enumerate(keep):
+                probabilities[index] = one.probabilities[position]
+                logits[index] = one.logits[position]
+                windows[index] = one.windows[position]
+            results.append(LocalScores(tuple(probabilities), tuple(logits), tuple(windows)))
+        return results
 
     def windows(self, query: str, text: str, *, instruction: str | None = None) -> list[str]:
         """The pieces ``text`` is scored as with this query: ``[text]`` when it fits.
@@ -599,21 +633,32 @@ class LocalScorer:
                 owners.append(index)
         return overhead, pieces, lengths, owners
 
-    def _score_locked(self, query: str, texts: list[str]) -> LocalScores:
-        overhead, pieces, lengths, owners = self._split(query, texts)
-        windows = [0] * len(texts)
-        for owner in owners:
-            windows[owner] += 1
+    def _score_locked(self, jobs: list[tuple[str, list[str]]]) -> list[LocalScores]:
+        """Score every (query, texts) job; all their prompts go through one batch plan."""
+        queries: list[str] = []
+        pieces: list[str] = []
+        lengths: list[int] = []
+        owners: list[tuple[int, int]] = []
+        for number, (query, texts) in enumerate(jobs):
+            overhead, job_pieces, job_lengths, job_owners = self._split(query, texts)
+            queries += [query] * len(job_pieces)
+            pieces += job_pieces
+            # Whole-prompt lengths, so that prompts of different queries plan together.
+            lengths += [n + overhead for n in job_lengths]
+            owners += [(number, owner) for owner in job_owners]
+        pairs = list(zip(queries, pieces, strict=True))
         if self._fast is not None:
-            values, batch_of, sizes, tokens = self._fast_logits(query, pieces, lengths)
+            values, batch_of, sizes, tokens = self._fast_logits(pairs, lengths)
         else:
-            values, batch_of, sizes = self._predict_logits(query, pieces, lengths, overhead)
-            tokens = sum(lengths) + overhead * len(pieces)
+            values, batch_of, sizes = self._predict_logits(pairs, lengths)
+            tokens = list(lengths)
         # Max-pooling over windows; every text has at least one piece, so no
         # -inf survives.
-        logits = [-math.inf] * len(texts)
+        logits = [[-math.inf] * len(texts) for _, texts in jobs]
+        windows = [[0] * len(texts) for _, texts in jobs]
+        used = [0] * len(jobs)
         for piece, value in enumerate(values):
-            owner = owners[piece]
+            job, owner = owners[piece]
             if not math.isfinite(value):
                 number = batch_of[piece]
                 raise InvalidResponseError(
@@ -621,28 +666,30 @@ class LocalScorer:
                     batch=number,
                     batch_size=sizes[number],
                 )
-            logits[owner] = max(logits[owner], value)
+            logits[job][owner] = max(logits[job][owner], value)
+            windows[job][owner] += 1
+            used[job] += tokens[piece]
 
-        # zerank's calibration, in its one place: p = sigmoid(logit / 5).
-        probabilities = tuple(to_probability(x, Scale.LOGIT) for x in logits)
-        self._meter.add(texts=len(texts), total_tokens=tokens)
-        return LocalScores(probabilities, tuple(logits), tuple(windows))
+        results = []
+        for job, (_, texts) in enumerate(jobs):
+            # zerank's calibration, in its one place: p = sigmoid(logit / 5).
+            probabilities = tuple(to_probability(x, Scale.LOGIT) for x in logits[job])
+            self._meter.add(texts=len(texts), total_tokens=used[job])
+            results.append(LocalScores(probabilities, tuple(logits[job]), tuple(windows[job])))
+        return results
 
     def _predict_logits(
-        self, query: str, pieces: list[str], lengths: list[int], overhead: int
+        self, pairs: list[tuple[str, str]], lengths: list[int]
     ) -> tuple[list[float], list[int], list[int]]:
-        """Raw logits per piece through ``CrossEncoder.predict``; also each piece's batch."""
+        """Raw logits per prompt through ``CrossEncoder.predict``; also each prompt's batch."""
         batches = plan_token_batches(
-            lengths,
-            batch_tokens=self.batch_tokens,
-            max_batch_size=self.max_batch_size,
-            overhead=overhead,
+            lengths, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size
         )
-        values = [math.nan] * len(pieces)
-        batch_of = [0] * len(pieces)
+        values = [math.nan] * len(pairs)
+        batch_of = [0] * len(pairs)
         for number, batch in enumerate(batches):
             out = self._cross_encoder.predict(
-                [(query, pieces[i]) for i in batch],
+                [pairs[i] for i in batch],
                 batch_size=len(batch),
                 activation_fn=self._identity,
                 show_progress_bar=False,
@@ -657,18 +704,18 @@ class LocalScorer:
                 batch_of[piece] = number
         return values, batch_of, [len(b) for b in batches]
 
-    def _render(self, query: str, pieces: list[str], lengths: list[int]) -> list[Any]:
-        """Each piece's prompt token ids (a 1-D tensor), rendered by the CrossEncoder itself.
+    def _render(self, pairs: list[tuple[str, str]], lengths: list[int]) -> list[Any]:
+        """Each pair's prompt token ids (a 1-D tensor), rendered by the CrossEncoder itself.
 
         Going through ``preprocess`` keeps the prompt exactly the one
-        ``predict`` builds (chat template, roles, generation prompt). Pieces
+        ``predict`` builds (chat template, roles, generation prompt). Pairs
         are rendered in length order, so the padding stripped here is small.
         """
-        order = sorted(range(len(pieces)), key=lambda i: -lengths[i])
-        prompts: list[Any] = [None] * len(pieces)
+        order = sorted(range(len(pairs)), key=lambda i: -lengths[i])
+        prompts: list[Any] = [None] * len(pairs)
         for start in range(0, len(order), _RENDER_CHUNK):
             chunk = order[start : start + _RENDER_CHUNK]
-            features = self._cross_encoder.preprocess([(query, pieces[i]) for i in chunk])
+            features = self._cross_encoder.preprocess([pairs[i] for i in chunk])
             ids = features["input_ids"]
             counts = features["attention_mask"].sum(dim=1).tolist()
             width = ids.shape[1]
@@ -678,18 +725,18 @@ class LocalScorer:
         return prompts
 
     def _fast_logits(
-        self, query: str, pieces: list[str], lengths: list[int]
-    ) -> tuple[list[float], list[int], list[int], int]:
-        """Raw logits per piece on the fast path, each piece's batch, batch sizes, tokens."""
+        self, pairs: list[tuple[str, str]], lengths: list[int]
+    ) -> tuple[list[float], list[int], list[int], list[int]]:
+        """Raw logits per pair on the fast path, each pair's batch, batch sizes, prompt tokens."""
         fast = self._fast
         assert fast is not None
         torch = _import_torch()
-        prompts = self._render(query, pieces, lengths)
+        prompts = self._render(pairs, lengths)
         sizes = [int(p.shape[0]) for p in prompts]
         plan = plan_equal_length_batches(
             sizes, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size
         )
-        batch_of = [0] * len(pieces)
+        batch_of = [0] * len(pairs)
         outputs = []
         padding = masked = 0
         with torch.inference_mode():
@@ -719,21 +766,20 @@ class LocalScorer:
                 )
             # One transfer at the end: the device never waits for the host between batches.
             flat = torch.cat(outputs).tolist() if outputs else []
-        values = [math.nan] * len(pieces)
+        values = [math.nan] * len(pairs)
         for value, index in zip(flat, (i for batch, _ in plan for i in batch), strict=True):
             values[index] = float(value)
-        tokens = sum(sizes)
         self._batches["unmasked"] += len(plan) - masked
         self._batches["masked"] += masked
-        self._batches["prompt_tokens"] += tokens
+        self._batches["prompt_tokens"] += sum(sizes)
         self._batches["padding_tokens"] += padding
-        return values, batch_of, [len(b) for b, _ in plan], tokens
+        return values, batch_of, [len(b) for b, _ in plan], sizes
 
     def _check_fast_path(self) -> str | None:
         """Why the fast path disagrees with ``CrossEncoder.predict`` on one pair, or None."""
         query, text = _CHECK_PAIR
         torch = _import_torch()
-        fast = self._fast_logits(query, [text], [1])[0][0]
+        fast = self._fast_logits([(query, text)], [1])[0][0]
         reference = float(
             self._cross_encoder.predict(
                 [(query, text)],
@@ -757,6 +803,18 @@ class LocalScorer:
         """Tokens of the full prompt for one pair, as the model will see it."""
         features = self._cross_encoder.preprocess([(query, text)])
         return int(features["input_ids"].shape[-1])
+
+
+def _unpack_item(item: Any, position: int) -> tuple[Any, Any, str | None]:
+    """``(query, texts, instruction)`` of one :meth:`LocalScorer.score_many` item."""
+    if isinstance(item, tuple) and len(item) in (2, 3):
+        return item[0], item[1], item[2] if len(item) == 3 else None
+    if hasattr(item, "query") and hasattr(item, "texts"):
+        return item.query, item.texts, getattr(item, "instruction", None)
+    raise ConfigurationError(
+        f"items[{position}] must be a (query, texts[, instruction]) tuple or have query and "
+        f"texts attributes, got {type(item).__name__}"
+    )
 
 
 def plan_equal_length_batches(
