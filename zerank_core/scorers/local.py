@@ -546,6 +546,15 @@ class LocalScorer:
                 on_batch(position, range(len(scores)), scores)
         return out
 
+    async def ascore_many(
+        self,
+        items: Sequence[Any],
+        *,
+        on_batch: Callable[[int, Sequence[int], Sequence[float]], None] | None = None,
+    ) -> list[list[float]]:
+        """Async :meth:`score_many`, run in a worker thread."""
+        return await asyncio.to_thread(self.score_many, items, on_batch=on_batch)
+
     def _detailed_many(self, items: Sequence[Any]) -> list[LocalScores]:
         if isinstance(items, str | bytes) or not isinstance(items, Sequence):
             raise ConfigurationError(

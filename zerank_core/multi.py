@@ -1,0 +1,234 @@
+"""Gate many documents as one job: the pages of every document share the scorer's batches.
+
+:func:`gate_documents` scores the pages of all documents against every
+criterion in one scorer job (:func:`~zerank_core.scorers.base.score_many`: a
+scorer that plans several queries together gets them all at once), then selects each
+document's evidence pages with the :class:`~zerank_core.gate.PageGate` it was
+given, exactly as :meth:`PageGate.run <zerank_core.gate.PageGate.run>` does
+for one document. Identical page texts, within or across documents, are
+scored once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from zerank_core.criteria import Criterion
+from zerank_core.errors import ConfigurationError, InvalidResponseError
+from zerank_core.gate import PageGate
+from zerank_core.loaders import Document
+from zerank_core.results import GateResult
+from zerank_core.scorers.base import Scale, ScoreItem, Scorer, Usage, score_many
+
+__all__ = ["JobSummary", "MultiResult", "gate_documents"]
+
+
+@dataclass(frozen=True)
+class JobSummary:
+    """What a many-document job did, in total.
+
+    ``model_*`` come from the scorer's usage over the whole job (pages of
+    different documents share requests, so they are not split per document;
+    each document's own report counts only its page scores, in
+    ``model_texts``). ``unique_texts`` is how many distinct page texts were
+    scored per criterion; ``shared_batches`` is False when the scorer's scores
+    depend on the other texts of a call (uncalibrated lexical scores), so each
+    document was scored on its own.
+    """
+
+    documents: int
+    pages: int
+    empty_pages: int
+    criteria: int
+    unique_texts: int
+    chars_full: int
+    chars_kept: int
+    no_evidence: int
+    shared_batches: bool
+    model_requests: int
+    model_texts: int
+    model_tokens: int | None
+    seconds: float
+
+    @property
+    def documents_per_second(self) -> float:
+        return self.documents / self.seconds if self.seconds > 0 else math.inf
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["documents_per_second"] = round(self.documents_per_second, 3)
+        data["seconds"] = round(self.seconds, 3)
+        return data
+
+
+@dataclass(frozen=True)
+class MultiResult:
+    """One :class:`~zerank_core.results.GateResult` per document, in input order, and the total."""
+
+    results: tuple[GateResult, ...]
+    summary: JobSummary
+
+    def to_dict(self, *, include_context: bool = True) -> dict[str, Any]:
+        return {
+            "summary": self.summary.to_dict(),
+            "documents": [r.to_dict(include_context=include_context) for r in self.results],
+        }
+
+
+def gate_documents(
+    gate: PageGate, documents: Sequence[Document], criteria: Sequence[Criterion]
+) -> MultiResult:
+    """Gate every document against every criterion; the scorer sees one job.
+
+    Each document's result is what ``gate.run(document, criteria)`` returns
+    (same scores, selection, dedupe and report), except that its report's
+    ``model_requests`` and ``model_tokens`` are left to the job's
+    :class:`JobSummary`. A document without any page text raises
+    :class:`~zerank_core.errors.DocumentError`, as :meth:`PageGate.run` does,
+    before anything is scored.
+    """
+    if not isinstance(gate, PageGate):
+        raise ConfigurationError(f"gate must be a PageGate, got {type(gate).__name__}")
+    if isinstance(documents, Document) or not isinstance(documents, Sequence):
+        raise ConfigurationError(
+            f"documents must be a sequence of Document, got {type(documents).__name__}"
+        )
+    documents = list(documents)
+    if not documents:
+        raise ConfigurationError("documents must hold at least one Document")
+    for index, document in enumerate(documents):
+        if not isinstance(document, Document):
+            raise ConfigurationError(
+                f"documents[{index}] must be a Document, got {type(document).__name__}"
+            )
+    criteria = list(criteria)
+    # The gate's own checks (criteria, empty documents) run before any scoring.
+    for document in documents:
+        gate._check(document, criteria)
+
+    start = time.perf_counter()
+    usage_before = _usage(gate.scorer)
+    scale = Scale(getattr(gate.scorer, "scale", Scale.PROBABILITY))
+    # An uncalibrated (lexical) scorer normalises over the texts of each call:
+    # scoring documents together would change every document's scores.
+    shared = scale is not Scale.UNCALIBRATED
+    texts = list(dict.fromkeys(p.text for d in documents for p in d.pages if not p.is_empty))
+    if shared:
+        table = _score_job(gate, texts, criteria)
+        results = []
+        for document in documents:
+            replay = _Replay(gate.scorer, table)
+            one = dataclasses.replace(gate, scorer=replay, progress=False)
+            results.append(one.run(document, criteria))
+    else:
+        results = [gate.run(document, criteria) for document in documents]
+    seconds = time.perf_counter() - start
+    usage = _usage(gate.scorer) - usage_before
+
+    summary = JobSummary(
+        documents=len(documents),
+        pages=sum(r.report.pages for r in results),
+        empty_pages=sum(len(r.report.empty_pages) for r in results),
+        criteria=len(criteria),
+        unique_texts=len(texts),
+        chars_full=sum(r.report.chars_full for r in results),
+        chars_kept=sum(r.report.chars_kept for r in results),
+        no_evidence=sum(len(r.report.no_evidence) for r in results),
+        shared_batches=shared,
+        model_requests=usage.requests,
+        model_texts=usage.texts,
+        model_tokens=usage.total_tokens,
+        seconds=seconds,
+    )
+    return MultiResult(tuple(results), summary)
+
+
+def _usage(scorer: Any) -> Usage:
+    usage = getattr(scorer, "usage", None)
+    return usage if isinstance(usage, Usage) else Usage()
+
+
+_Key = tuple[str, str | None]
+
+
+def _score_job(
+    gate: PageGate, texts: list[str], criteria: list[Criterion]
+) -> dict[_Key, dict[str, float]]:
+    """Every text's score for every criterion, keyed by (criterion text, instruction)."""
+    keys = list(
+        dict.fromkeys(
+            (c.text, c.instruction if c.instruction is not None else gate.instruction)
+            for c in criteria
+        )
+    )
+    columns = score_many(
+        gate.scorer,
+        [ScoreItem(query, texts, instruction) for query, instruction in keys],
+        max_concurrency=gate.max_concurrency,
+    )
+    table: dict[_Key, dict[str, float]] = {}
+    for key, column in zip(keys, columns, strict=True):
+        if len(column) != len(texts):
+            raise InvalidResponseError(
+                f"scorer returned {len(column)} scores for {len(texts)} pages "
+                f"(criterion {key[0]!r})",
+                batch=0,
+                batch_size=len(texts),
+            )
+        table[key] = dict(zip(texts, column, strict=True))
+    return table
+
+
+class _Replay:
+    """Answers a gate's score calls for one document from the job's scores.
+
+    It declares the real scorer's ``model`` and ``scale``; its ``usage``
+    counts the page scores it handed out (no requests, no tokens: those are
+    the job's).
+    """
+
+    def __init__(self, scorer: Scorer, table: Mapping[_Key, Mapping[str, float]]) -> None:
+        self._table = table
+        self.scale = Scale(getattr(scorer, "scale", Scale.PROBABILITY))
+        self.model = getattr(scorer, "model", None)
+        self._texts = 0
+        self._lock = threading.Lock()
+
+    @property
+    def usage(self) -> Usage:
+        return Usage(requests=0, texts=self._texts, total_tokens=None)
+
+    def score(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        column = self._table.get((query, instruction))
+        if column is None:
+            raise InvalidResponseError(
+                f"no scores were computed for criterion {query!r}", batch=0, batch_size=len(texts)
+            )
+        scores = []
+        for text in texts:
+            value = column.get(text)
+            if value is None:
+                # Never read a missing score as 0.0.
+                raise InvalidResponseError(
+                    f"no score was computed for a page of {len(text)} characters "
+                    f"(criterion {query!r})",
+                    batch=0,
+                    batch_size=len(texts),
+                )
+            scores.append(value)
+        with self._lock:
+            self._texts += len(texts)
+        return scores
+
+    async def ascore(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        return self.score(query, texts, instruction=instruction)
