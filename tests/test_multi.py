@@ -105,6 +105,7 @@ class ShortScorer:
 
     scale = Scale.PROBABILITY
     model = "short"
+    usage = None
 
     def score(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None

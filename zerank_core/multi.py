@@ -196,7 +196,7 @@ class _Replay:
     def __init__(self, scorer: Scorer, table: Mapping[_Key, Mapping[str, float]]) -> None:
         self._table = table
         self.scale = Scale(getattr(scorer, "scale", Scale.PROBABILITY))
-        self.model = getattr(scorer, "model", None)
+        self.model: str = scorer.model
         self._texts = 0
         self._lock = threading.Lock()
 
