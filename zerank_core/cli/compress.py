@@ -6,6 +6,7 @@ import argparse
 import importlib.util
 import textwrap
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -22,6 +23,7 @@ from zerank_core.cli._common import (
     threshold_arg,
     write_json,
 )
+from zerank_core.cli._documents import add_many_options, resolve_documents, run_many
 from zerank_core.cli._policy import add_policy_option, apply_policy_file
 from zerank_core.cli._reading import (
     add_reading_options,
@@ -59,6 +61,10 @@ _COMPRESS_NOTES = (
     "summary table on stderr. A criterion with no page above the floor is listed as "
     "'no evidence', never silently dropped; one whose policy keeps nothing (top-K of 0, a "
     "budget smaller than any page) as 'kept nothing' with the reason.",
+    "several documents (more than one path, a quoted glob such as 'in/*.pdf', or a folder "
+    "holding PDFs; a folder of .txt/.md files is still one document): the model loads once "
+    "and the pages of all documents share its batches; -o DIR gets one JSON per document "
+    "and summary.json. --ray [ADDRESS] runs them on a Ray cluster (zerank-gate[ray]).",
 )
 COMPRESS_EPILOG = "\n\n".join(
     textwrap.fill(note, width=78, break_on_hyphens=False) for note in _COMPRESS_NOTES
@@ -74,7 +80,14 @@ def add_parser(commands: Any) -> None:
         epilog=COMPRESS_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("document", type=Path, help="PDF, text, JSON file or folder of pages")
+    parser.add_argument(
+        "documents",
+        nargs="+",
+        type=Path,
+        metavar="DOCUMENT",
+        help="PDF, text, JSON file or folder of pages; several paths, a quoted glob "
+        "('in/*.pdf') or a folder of PDFs gate several documents (one result each)",
+    )
     parser.add_argument(
         "-c", "--criteria", type=Path, required=True, help="criteria file (.yaml, .json or .txt)"
     )
@@ -173,6 +186,7 @@ def add_parser(commands: Any) -> None:
     )
     add_reading_options(parser)
     add_policy_option(parser)
+    add_many_options(parser)
     add_backend_options(parser)
 
 
@@ -305,11 +319,27 @@ def _summary(result: GateResult, err: TextIO) -> None:
     )
 
 
+def _gate(args: argparse.Namespace, scorer: Scorer, policy: SelectionPolicy) -> PageGate:
+    return PageGate(
+        scorer,
+        policy,
+        instruction=args.instruction,
+        max_concurrency=args.concurrency,
+        progress=args.progress,
+        price_per_million_tokens=args.price_per_million_tokens,
+        duplicate_detector=_detector(args, scorer),
+    )
+
+
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     policy = _dedupe_policy(args, SelectionPolicy.from_attributes(args))
     if args.heatmap is not None and importlib.util.find_spec("matplotlib") is None:
         # Fail before scoring, not after the whole run.
         raise MissingDependencyError("matplotlib", "eval")
+    paths, several = resolve_documents(args.documents)
+    if several or args.ray is not None:
+        return run_many(args, paths, policy, out, err, make_gate=partial(_gate, args))
+    args.document = paths[0]
     document = read_document(args.document, args)
     criteria = load_criteria(args.criteria)
     scorer, cached = make_scorer(args, err)
@@ -327,16 +357,7 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             file=err,
         )
     try:
-        gate = PageGate(
-            scorer,
-            policy,
-            instruction=args.instruction,
-            max_concurrency=args.concurrency,
-            progress=args.progress,
-            price_per_million_tokens=args.price_per_million_tokens,
-            duplicate_detector=_detector(args, scorer),
-        )
-        result = gate.run(document, criteria)
+        result = _gate(args, scorer, policy).run(document, criteria)
     finally:
         close_scorer(scorer, cached)
     _summary(result, err)

@@ -1,0 +1,297 @@
+"""Gate a dataset of documents × criteria on a Ray cluster, with Ray Data.
+
+Documents become rows of a Ray Dataset; ``map_batches`` sends batches of them
+to a pool of actors (``compute=ActorPoolStrategy(size=actors)``), each of
+which builds its scorer once (a :class:`~zerank_core.scorers.local.LocalScorer`
+per GPU, or a client of a rerank server) and gates its batch with
+:func:`~zerank_core.multi.gate_documents`. The output has one row per
+(document, criterion): the kept pages and their scores.
+
+Ray Data's actor pools restart an actor that dies (a lost node, a process
+killed for memory) and resubmit the batches it held: ``max_restarts=-1`` and
+``max_task_retries=-1`` are Ray Data's defaults for actor pools, which this
+module keeps. An error raised by the gate itself (a document without text, a
+backend's invalid answer) is not retried and fails the job.
+
+Needs the ``ray`` extra (``pip install 'zerank-gate[ray]'``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from zerank_core.criteria import Criterion
+from zerank_core.errors import ConfigurationError, InvalidResponseError, MissingDependencyError
+from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
+from zerank_core.loaders import Document, Page
+from zerank_core.multi import gate_documents
+from zerank_core.results import GateResult
+from zerank_core.scorers.base import Scorer
+from zerank_core.select import SelectionPolicy
+
+__all__ = ["GateRow", "documents_dataset", "gate_dataset", "gate_on_ray", "rows_of"]
+
+#: A picklable callable that builds the scorer inside each actor, e.g.
+#: ``functools.partial(LocalScorer, "/models/zerank-2")``.
+ScorerFactory = Callable[[], Scorer]
+
+
+@dataclass(frozen=True)
+class GateRow:
+    """What the gate kept for one (document, criterion).
+
+    ``index`` is the document's position in the input; ``pages`` the kept
+    page numbers in the policy's order and ``scores`` their scores;
+    ``page_scores`` every page's score in page order (``None`` for an empty
+    page, which is not scored). ``context`` is the kept pages' text, or
+    ``None`` when it was not asked for.
+    """
+
+    index: int
+    document: str
+    criterion: str
+    pages: tuple[int, ...]
+    scores: tuple[float, ...]
+    page_scores: tuple[float | None, ...]
+    no_evidence: bool
+    chars_kept: int
+    chars_total: int
+    context: str | None = None
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> GateRow:
+        """A row back from the dict form Ray Data stores it in."""
+        context = record.get("context")
+        return cls(
+            index=int(record["index"]),
+            document=str(record["document"]),
+            criterion=str(record["criterion"]),
+            pages=tuple(int(p) for p in record["pages"]),
+            scores=tuple(float(s) for s in record["scores"]),
+            page_scores=tuple(None if _missing(s) else float(s) for s in record["page_scores"]),
+            no_evidence=bool(record["no_evidence"]),
+            chars_kept=int(record["chars_kept"]),
+            chars_total=int(record["chars_total"]),
+            context=None if _missing(context) else str(context),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "index": self.index,
+            "document": self.document,
+            "criterion": self.criterion,
+            "pages": list(self.pages),
+            "scores": list(self.scores),
+            "page_scores": list(self.page_scores),
+            "no_evidence": self.no_evidence,
+            "chars_kept": self.chars_kept,
+            "chars_total": self.chars_total,
+            "context": self.context,
+        }
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def rows_of(result: GateResult, *, index: int = 0, include_context: bool = False) -> list[GateRow]:
+    """One :class:`GateRow` per criterion of a gate result (what the Ray actors emit)."""
+    rows = []
+    for criterion, result_row, matrix_row in zip(
+        result.criteria, result.results, result.matrix, strict=True
+    ):
+        rows.append(
+            GateRow(
+                index=index,
+                document=result.document.source,
+                criterion=criterion.id,
+                pages=result_row.pages,
+                scores=tuple(result_row.scores[p] for p in result_row.pages),
+                page_scores=matrix_row,
+                no_evidence=result_row.no_evidence,
+                chars_kept=result_row.chars_kept,
+                chars_total=result.report.chars_total,
+                context=result_row.context if include_context else None,
+            )
+        )
+    return rows
+
+
+def _import_ray() -> Any:
+    try:
+        import ray
+        import ray.data
+    except ImportError as exc:
+        raise MissingDependencyError("ray[data]", "ray") from exc
+    return ray
+
+
+class _GateWorker:
+    """A Ray Data actor: builds its scorer once, then gates batches of documents."""
+
+    def __init__(
+        self,
+        scorer: ScorerFactory,
+        criteria: list[Criterion],
+        policy: SelectionPolicy,
+        instruction: str | None,
+        include_context: bool,
+    ) -> None:
+        self.gate = PageGate(scorer(), policy, instruction=instruction, progress=False)
+        self.criteria = criteria
+        self.include_context = include_context
+
+    def __call__(self, batch: Mapping[str, Any]) -> dict[str, list[Any]]:
+        documents = [
+            Document(str(source), tuple(Page(n + 1, str(text)) for n, text in enumerate(pages)))
+            for source, pages in zip(batch["document"], batch["pages"], strict=True)
+        ]
+        job = gate_documents(self.gate, documents, self.criteria)
+        columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
+        for index, result in zip(batch["index"], job.results, strict=True):
+            for row in rows_of(result, index=int(index), include_context=self.include_context):
+                for name, value in row.to_dict().items():
+                    columns[name].append(list(value) if isinstance(value, tuple) else value)
+        return columns
+
+
+_COLUMNS = tuple(GateRow.__dataclass_fields__)
+
+
+def documents_dataset(documents: Iterable[Document]) -> Any:
+    """A Ray Dataset with one row per document: ``index``, ``document``, ``pages``."""
+    ray = _import_ray()
+    rows = []
+    for index, document in enumerate(documents):
+        if not isinstance(document, Document):
+            raise ConfigurationError(
+                f"documents[{index}] must be a Document, got {type(document).__name__}"
+            )
+        rows.append(
+            {
+                "index": index,
+                "document": document.source,
+                "pages": [p.text for p in document.pages],
+            }
+        )
+    if not rows:
+        raise ConfigurationError("documents must hold at least one Document")
+    return ray.data.from_items(rows)
+
+
+def gate_dataset(
+    dataset: Any,
+    criteria: Sequence[Criterion],
+    *,
+    scorer: ScorerFactory,
+    policy: SelectionPolicy = DEFAULT_PAGE_POLICY,
+    instruction: str | None = None,
+    actors: int = 1,
+    documents_per_batch: int = 8,
+    num_gpus: float = 0.0,
+    num_cpus: float = 1.0,
+    include_context: bool = False,
+) -> Any:
+    """Rows of (document, criterion) results from a dataset of documents, lazily.
+
+    ``dataset`` has the columns of :func:`documents_dataset` (``index``,
+    ``document``, ``pages``: the page texts in order, empty strings for empty
+    pages). ``scorer`` is a picklable factory called once in each of the
+    ``actors`` actors; give each ``num_gpus=1`` to put one model on each GPU.
+    ``documents_per_batch`` documents go to an actor at a time, and their
+    pages share the model's batches. Returns a Ray Dataset (nothing runs until
+    it is consumed) whose rows are :class:`GateRow` dicts.
+    """
+    ray = _import_ray()
+    from ray.data import ActorPoolStrategy
+
+    if not callable(scorer):
+        raise ConfigurationError(
+            f"scorer must be a callable that builds a scorer, got {type(scorer).__name__}"
+        )
+    for name, value in (("actors", actors), ("documents_per_batch", documents_per_batch)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigurationError(f"{name} must be an integer >= 1, got {value!r}")
+    for name, amount in (("num_gpus", num_gpus), ("num_cpus", num_cpus)):
+        if not isinstance(amount, int | float) or math.isnan(amount) or amount < 0:
+            raise ConfigurationError(f"{name} must be >= 0, got {amount!r}")
+    criteria = list(criteria)
+    if not criteria or not all(isinstance(c, Criterion) for c in criteria):
+        raise ConfigurationError("criteria must be a non-empty sequence of Criterion")
+    ids = [c.id for c in criteria]
+    if len(set(ids)) != len(ids):
+        raise ConfigurationError(f"criterion ids must be unique; got {ids}")
+    if not isinstance(dataset, ray.data.Dataset):
+        raise ConfigurationError(
+            f"dataset must be a ray.data.Dataset, got {type(dataset).__name__}"
+        )
+    return dataset.map_batches(
+        _GateWorker,
+        fn_constructor_kwargs={
+            "scorer": scorer,
+            "criteria": criteria,
+            "policy": policy,
+            "instruction": instruction,
+            "include_context": include_context,
+        },
+        batch_size=documents_per_batch,
+        compute=ActorPoolStrategy(size=actors),
+        num_gpus=num_gpus or None,
+        num_cpus=num_cpus,
+    )
+
+
+def gate_on_ray(
+    documents: Sequence[Document],
+    criteria: Sequence[Criterion],
+    *,
+    scorer: ScorerFactory,
+    address: str | None = None,
+    policy: SelectionPolicy = DEFAULT_PAGE_POLICY,
+    instruction: str | None = None,
+    actors: int = 1,
+    documents_per_batch: int = 8,
+    num_gpus: float = 0.0,
+    num_cpus: float = 1.0,
+    include_context: bool = False,
+) -> list[GateRow]:
+    """Gate ``documents`` on Ray and return every (document, criterion) row, in input order.
+
+    Connects to the cluster at ``address`` (``"auto"``, ``ray://head:10001``;
+    ``None``: Ray's default, ``RAY_ADDRESS`` or a new local instance) unless
+    Ray is already initialised, then runs :func:`gate_dataset`. Checks that
+    every document × criterion came back exactly once.
+    """
+    ray = _import_ray()
+    documents = list(documents)
+    if not ray.is_initialized():
+        ray.init(address=address, log_to_driver=False)
+    dataset = gate_dataset(
+        documents_dataset(documents),
+        criteria,
+        scorer=scorer,
+        policy=policy,
+        instruction=instruction,
+        actors=actors,
+        documents_per_batch=documents_per_batch,
+        num_gpus=num_gpus,
+        num_cpus=num_cpus,
+        include_context=include_context,
+    )
+    rows = [GateRow.from_record(r) for r in dataset.iter_rows()]
+    order = {c.id: n for n, c in enumerate(criteria)}
+    rows.sort(key=lambda r: (r.index, order[r.criterion]))
+    found = [(r.index, r.criterion) for r in rows]
+    expected = [(i, c.id) for i in range(len(documents)) for c in criteria]
+    if found != expected:
+        missing = sorted(set(expected) - set(found))[:5]
+        raise InvalidResponseError(
+            f"Ray returned {len(found)} rows for {len(expected)} document × criterion pairs "
+            f"(missing, first five: {missing})",
+            batch=0,
+            batch_size=len(expected),
+        )
+    return rows
