@@ -19,7 +19,13 @@ pytest.importorskip("sentence_transformers.cross_encoder.modules")
 
 from tests.tiny_zerank import build_tiny_zerank, sample_text
 from zerank_core.criteria import Criterion
-from zerank_core.distributed import GateRow, documents_dataset, gate_dataset, gate_on_ray, rows_of
+from zerank_core.distributed import (
+    GateRow,
+    documents_dataset,
+    gate_dataset,
+    gate_on_ray,
+    rows_of,
+)
 from zerank_core.errors import ConfigurationError
 from zerank_core.gate import PageGate
 from zerank_core.loaders import Document
@@ -119,7 +125,13 @@ def test_an_actor_killed_mid_run_loses_no_page_or_criterion(
     factory = functools.partial(DiesOnceScorer, str(model_dir), str(marker), str(starts))
 
     rows = gate_on_ray(
-        docs, CRITERIA, scorer=factory, policy=POLICY, actors=2, documents_per_batch=1
+        docs,
+        CRITERIA,
+        scorer=factory,
+        policy=POLICY,
+        actors=2,
+        documents_per_batch=1,
+        include_context=True,
     )
 
     assert marker.exists()  # an actor did die in the middle of the run
@@ -128,6 +140,10 @@ def test_an_actor_killed_mid_run_loses_no_page_or_criterion(
     assert int(marker.read_text()) in map(int, pids)
     # Ray restarted the actor and resubmitted its batch: every row, same results.
     assert_same_rows(rows, single_process_rows(model_dir, docs))
+    for row in rows:
+        assert row.context is not None
+        if row.pages:
+            assert row.context.startswith(f"[page {row.pages[0]}]")
 
 
 def test_compress_ray_writes_what_compress_writes_in_process(
@@ -161,25 +177,6 @@ def test_compress_ray_writes_what_compress_writes_in_process(
             assert (a["criterion"], a["pages"]) == (b["id"], b["pages"])
             assert a["scores"] == pytest.approx(b["scores"])
             assert a["context"] == b["context"]
-
-
-def test_gate_dataset_is_lazy_and_keeps_context(ray_instance: Any, model_dir: Path) -> None:
-    docs = documents(2)
-    dataset = gate_dataset(
-        documents_dataset(docs),
-        CRITERIA,
-        scorer=functools.partial(LocalScorer, str(model_dir)),
-        policy=POLICY,
-        include_context=True,
-    )
-    rows = sorted(
-        (GateRow.from_record(r) for r in dataset.take_all()), key=lambda r: (r.index, r.criterion)
-    )
-    assert len(rows) == len(docs) * len(CRITERIA)
-    for row in rows:
-        if row.pages:
-            assert row.context is not None
-            assert row.context.startswith(f"[page {row.pages[0]}]")
 
 
 def test_bad_arguments_fail_before_anything_runs(ray_instance: Any) -> None:
