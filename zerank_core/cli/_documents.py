@@ -27,6 +27,7 @@ from zerank_core.errors import ConfigurationError
 from zerank_core.gate import PageGate
 from zerank_core.loaders import TEXT_SUFFIXES, Document
 from zerank_core.multi import gate_documents
+from zerank_core.redaction import redact_url
 from zerank_core.scorers.base import Scorer
 from zerank_core.select import SelectionPolicy
 
@@ -224,7 +225,9 @@ def _run_ray(
         "documents_per_second": round(len(documents) / seconds, 3),
         "ray": {"address": args.ray or None, "actors": args.actors, "gpus": args.gpus_per_actor},
     }
-    head = {"backend": backend, "summary": summary}
+    # The output names the backend the flags asked for; a URL loses its credentials.
+    asked = {**backend, "server_url": redact_url(args.server_url) if args.server_url else None}
+    head = {"backend": asked, "summary": summary}
     _write(files, head, folder, [d.source for d in documents], args.output, out, err)
     return 0
 
