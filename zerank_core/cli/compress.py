@@ -237,7 +237,7 @@ def _summary(result: GateResult, err: TextIO) -> None:
     if policy.top_k is not None:
         parts.append(f"top {policy.top_k}")
     if policy.threshold is not None:
-        parts.append(f"floor {policy.threshold}")
+        parts.append(f"floor {policy.threshold:.4g}")
     if policy.max_chars is not None:
         parts.append(f"≤ {policy.max_chars:,} chars")
     if policy.max_tokens is not None:
