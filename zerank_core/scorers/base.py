@@ -636,8 +636,9 @@ class BatchedScorer(ABC):
 
     Subclasses implement :meth:`_request` and :meth:`_arequest` (one HTTP call
     for one batch, no retries of their own), :meth:`_failure` (which of their
-    exceptions are 429s or transient) and the client lifecycle hooks, and set
-    ``model``, ``backend_scale``, ``max_batch_size`` and ``max_bytes``.
+    exceptions are 429s or transient) and :meth:`_take_client`, and set
+    ``model``, ``backend_scale``, ``max_batch_size``, ``max_bytes`` and
+    ``_async_clients`` (their per-loop async clients, closed by :meth:`close`).
 
     Every call of every thread and event loop shares the scorer's engine:
     at most ``max_concurrency`` requests are in flight per scorer instance,
@@ -649,6 +650,7 @@ class BatchedScorer(ABC):
     backend_scale: Scale
     max_batch_size: int
     max_bytes: int | None = None
+    _async_clients: PerLoop[Any]
 
     def __init__(
         self,
@@ -720,20 +722,23 @@ class BatchedScorer(ABC):
         """Whether ``exc`` is a 429 (with its retry-after) or transient; ``None``: neither."""
 
     @abstractmethod
-    def _close_clients(self) -> None:
-        """Close the clients this scorer created (not ones passed in)."""
-
-    @abstractmethod
-    async def _aclose_clients(self) -> None:
-        """Async :meth:`_close_clients`."""
+    def _take_client(self) -> Any | None:
+        """Detach and return the sync client this scorer created (``None``: none, or
+        the caller's own); it is closed by :meth:`close`."""
 
     def close(self) -> None:
         """Close the HTTP clients this scorer created; later calls open new ones."""
-        self._close_clients()
+        client = self._take_client()
+        if client is not None:
+            client.close()
+        self._async_clients.close()
 
     async def aclose(self) -> None:
         """Async :meth:`close`: this loop's async client is closed here."""
-        await self._aclose_clients()
+        client = self._take_client()
+        if client is not None:
+            client.close()
+        await self._async_clients.aclose()
 
     def __enter__(self) -> Self:
         return self

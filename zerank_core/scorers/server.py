@@ -203,18 +203,6 @@ class RerankServerScorer(BatchedScorer):
             client, self._client = self._client, None
         return client
 
-    def _close_clients(self) -> None:
-        client = self._take_client()
-        if client is not None:
-            client.close()
-        self._async_clients.close()
-
-    async def _aclose_clients(self) -> None:
-        client = self._take_client()
-        if client is not None:
-            client.close()
-        await self._async_clients.aclose()
-
     def _failure(self, exc: BaseException) -> Failure | None:
         if isinstance(exc, httpx.HTTPStatusError):
             status = exc.response.status_code
