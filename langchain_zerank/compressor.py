@@ -188,20 +188,12 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
             lengths=[len(document.page_content) for document in documents],
             duplicates=duplicates,
         )
+        ids = [document.id for document in documents]
         kept = []
         for i in selection.indices:
             copied = _scored_copy(documents[i], scores[i])
-            dropped = selection.duplicates_of(i)
-            if dropped:
-                copied.metadata["duplicates"] = [
-                    {
-                        "index": d.index,
-                        "id": documents[d.index].id,
-                        "similarity": d.similarity,
-                        "method": d.method,
-                    }
-                    for d in dropped
-                ]
+            if selection.duplicates_of(i):
+                copied.metadata["duplicates"] = selection.duplicate_records(i, ids)
             kept.append(copied)
         scorer = self.get_scorer()
         after = scorer.usage

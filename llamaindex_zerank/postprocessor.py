@@ -327,19 +327,9 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
     ) -> list[NodeWithScore]:
         lengths = [len(n.node.get_content(metadata_mode=MetadataMode.LLM)) for n in nodes]
         selection: Selection = self.policy.select(scores, lengths=lengths, duplicates=duplicates)
+        ids = [n.node.node_id for n in nodes]
         return [
-            self._rescored(
-                nodes[i],
-                scores[i],
-                [
-                    {
-                        "id": nodes[d.index].node.node_id,
-                        "similarity": d.similarity,
-                        "method": d.method,
-                    }
-                    for d in selection.duplicates_of(i)
-                ],
-            )
+            self._rescored(nodes[i], scores[i], selection.duplicate_records(i, ids))
             for i in selection.indices
         ]
 

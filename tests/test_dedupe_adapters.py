@@ -47,6 +47,9 @@ def check_named_copies(kept_id: str, named: dict[str, dict[str, object]]) -> Non
     assert kept_id in LAB_COPIES
     assert set(named) == LAB_COPIES - {kept_id}
     for other, entry in named.items():
+        # LangChain and LlamaIndex name a copy with the same record
+        assert set(entry) == {"index", "id", "similarity", "method"}
+        assert isinstance(entry["index"], int)
         exact = {kept_id, other} == {"lab", "lab-again"}
         assert entry["method"] == ("exact" if exact else "lexical")
         similarity = entry["similarity"]

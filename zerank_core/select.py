@@ -58,6 +58,19 @@ class Selection:
         """The left-out items that duplicate kept item ``index``."""
         return tuple(d for d in self.duplicates if d.of == index)
 
+    def duplicate_records(
+        self, index: int, ids: Sequence[str | None]
+    ) -> list[dict[str, str | int | float | None]]:
+        """What the adapters put in a kept item's ``metadata["duplicates"]``.
+
+        One ``{"index", "id", "similarity", "method"}`` per left-out copy of
+        item ``index``; ``ids[i]`` is item ``i``'s document or node id.
+        """
+        return [
+            {"index": d.index, "id": ids[d.index], "similarity": d.similarity, "method": d.method}
+            for d in self.duplicates_of(index)
+        ]
+
     def __len__(self) -> int:
         return len(self.indices)
 
