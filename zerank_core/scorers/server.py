@@ -51,6 +51,7 @@ from zerank_core.scorers.base import (
     results_from_json,
 )
 from zerank_core.scorers.engine import DEFAULT_DEADLINE_S, Failure, parse_retry_after
+from zerank_core.scorers.tls import shared_ssl_context
 
 __all__ = ["RerankServerScorer"]
 
@@ -192,11 +193,15 @@ class RerankServerScorer(BatchedScorer):
     def client(self) -> httpx.Client:
         with self._lock:
             if self._client is None:
-                self._client = httpx.Client(headers=self._all_headers(), timeout=self.timeout)
+                self._client = httpx.Client(
+                    headers=self._all_headers(), timeout=self.timeout, verify=shared_ssl_context()
+                )
             return self._client
 
     def _new_async_client(self) -> httpx.AsyncClient:
-        return httpx.AsyncClient(headers=self._all_headers(), timeout=self.timeout)
+        return httpx.AsyncClient(
+            headers=self._all_headers(), timeout=self.timeout, verify=shared_ssl_context()
+        )
 
     def _take_client(self) -> httpx.Client | None:
         with self._lock:

@@ -45,6 +45,7 @@ from zerank_core.scorers.base import (
     results_from_json,
 )
 from zerank_core.scorers.engine import DEFAULT_DEADLINE_S, Failure, parse_retry_after
+from zerank_core.scorers.tls import shared_ssl_context
 
 if TYPE_CHECKING:
     from zeroentropy import AsyncZeroEntropy, ZeroEntropy
@@ -213,10 +214,13 @@ class ZeroEntropyScorer(BatchedScorer):
         with self._lock:
             if self._client is None:
                 try:
-                    from zeroentropy import ZeroEntropy
+                    from zeroentropy import DefaultHttpxClient, ZeroEntropy
                 except ImportError as exc:  # pragma: no cover - zeroentropy is a core dependency
                     raise MissingDependencyError("zeroentropy", "all") from exc
-                self._client = ZeroEntropy(**self._client_options())
+                self._client = ZeroEntropy(
+                    **self._client_options(),
+                    http_client=DefaultHttpxClient(verify=shared_ssl_context()),
+                )
             return self._client
 
     async def _async_client(self) -> AsyncZeroEntropy:
@@ -255,7 +259,10 @@ class ZeroEntropyScorer(BatchedScorer):
         # when it is garbage-collected: once its loop has gone (asyncio.run
         # again), that prints "Task exception was never retrieved ... Event loop
         # is closed". Its plain variant, with the same defaults, does not.
-        return AsyncZeroEntropy(**self._client_options(), http_client=DefaultAsyncHttpxClient())
+        return AsyncZeroEntropy(
+            **self._client_options(),
+            http_client=DefaultAsyncHttpxClient(verify=shared_ssl_context()),
+        )
 
     def _params(self, query: str, texts: list[str]) -> dict[str, Any]:
         params: dict[str, Any] = {"model": self.model, "query": query, "documents": texts}
