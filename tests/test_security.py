@@ -1,7 +1,8 @@
 """A standing canary: a known API key and URL password must surface nowhere.
 
-Every public path runs with a canary API key and a canary password in the
-server URL: scorers (sync and async, success and failure), the cache file,
+Every public path runs with a canary API key and with a canary password in the
+server URL (one at a time: a scorer refuses both together, and that refusal is
+a path too): scorers (sync and async, success and failure), the cache file,
 the command line with ``-o``, log records at DEBUG, errors and their
 tracebacks, pickles, LangChain ``dumpd``/``dumps``, LlamaIndex ``to_dict``
 and a recorded cassette. The test then searches every byte it collected.
@@ -80,15 +81,66 @@ def server_url(server: FakeRerankServer) -> str:
 
 
 def hosted_url(server: FakeRerankServer) -> str:
+    """A base URL the hosted scorer refuses (userinfo would replace its key)."""
     return f"http://reviewer:{CANARY_PASSWORD}@{server.url.removeprefix('http://')}/v1"
+
+
+def plain_server_url(server: FakeRerankServer) -> str:
+    return f"{server.url}/v1/rerank"
+
+
+def plain_hosted_url(server: FakeRerankServer) -> str:
+    return f"{server.url}/v1"
+
+
+def test_refusing_two_credentials_shows_neither(
+    fake_server: FakeRerankServer,
+    evidence: Evidence,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    attempts = {
+        "server url and key": lambda: RerankServerScorer(
+            server_url(fake_server), api_key=CANARY_KEY
+        ),
+        "server url and header": lambda: RerankServerScorer(
+            server_url(fake_server), headers={"Authorization": f"Bearer {CANARY_KEY}"}
+        ),
+        "hosted url": lambda: ZeroEntropyScorer(
+            api_key=CANARY_KEY, base_url=hosted_url(fake_server)
+        ),
+    }
+    for name, attempt in attempts.items():
+        with pytest.raises(ConfigurationError) as refused:
+            attempt()
+        evidence.add_error(name, refused.value)
+        evidence.add(f"{name} pickled error", pickle.dumps(refused.value))
+    monkeypatch.setenv("ZERANK_SERVER_URL", server_url(fake_server))
+    monkeypatch.setenv("ZERANK_SERVER_API_KEY", CANARY_KEY)
+    with pytest.raises(ConfigurationError) as refused:
+        scorer_from_env()
+    evidence.add_error("server from the environment", refused.value)
+    texts, labels = tmp_path / "texts.txt", tmp_path / "labels.txt"
+    texts.write_text(f"{TEXTS[0]}\n", encoding="utf-8")
+    labels.write_text(f"notice: {QUERY}\n", encoding="utf-8")
+    out, err = io.StringIO(), io.StringIO()
+    code = main(["classify", str(texts), "-l", str(labels), "--no-cache"], stdout=out, stderr=err)
+    assert code == 2, err.getvalue()
+    assert "two credentials" in err.getvalue()
+    evidence.add("command line stdout", out.getvalue())
+    evidence.add("command line stderr", err.getvalue())
+    assert fake_server.requests == []
 
 
 async def test_scorers_sync_async_and_their_failures(
     fake_server: FakeRerankServer, evidence: Evidence
 ) -> None:
-    server = RerankServerScorer(server_url(fake_server), api_key=CANARY_KEY, max_retries=0)
-    api = ZeroEntropyScorer(api_key=CANARY_KEY, base_url=hosted_url(fake_server), max_retries=0)
-    for name, scorer in (("server", server), ("hosted", api)):
+    password = RerankServerScorer(server_url(fake_server), max_retries=0)
+    keyed = RerankServerScorer(plain_server_url(fake_server), api_key=CANARY_KEY, max_retries=0)
+    api = ZeroEntropyScorer(
+        api_key=CANARY_KEY, base_url=plain_hosted_url(fake_server), max_retries=0
+    )
+    for name, scorer in (("server", password), ("keyed server", keyed), ("hosted", api)):
         evidence.add(f"{name} repr", repr(scorer))
         evidence.add(f"{name} str", str(scorer))
         evidence.add(f"{name} identity", scorer.cache_identity)
@@ -109,11 +161,13 @@ async def test_scorers_sync_async_and_their_failures(
 
 
 def test_cache_file(fake_server: FakeRerankServer, evidence: Evidence, tmp_path: Path) -> None:
-    server = RerankServerScorer(server_url(fake_server), api_key=CANARY_KEY)
-    with CachedScorer(server, tmp_path / "scores.sqlite3") as cached:
-        cached.score(QUERY, TEXTS)
-        evidence.add("cached repr", repr(cached))
-        evidence.add("cached identity", cached.cache_identity)
+    password = RerankServerScorer(server_url(fake_server))
+    keyed = RerankServerScorer(plain_server_url(fake_server), api_key=CANARY_KEY)
+    for name, server in (("password", password), ("key", keyed)):
+        with CachedScorer(server, tmp_path / "scores.sqlite3") as cached:
+            cached.score(QUERY, TEXTS)
+            evidence.add(f"cached repr, {name}", repr(cached))
+            evidence.add(f"cached identity, {name}", cached.cache_identity)
     for path in sorted(tmp_path.glob("scores.sqlite3*")):
         evidence.add(f"cache file {path.name}", path)
 
@@ -122,18 +176,25 @@ def test_backend_choice_from_the_environment(
     fake_server: FakeRerankServer, evidence: Evidence, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("ZERANK_SERVER_URL", server_url(fake_server))
-    monkeypatch.setenv("ZERANK_SERVER_API_KEY", CANARY_KEY)
     choice = scorer_from_env()
     evidence.add("server reason", choice.reason)
     evidence.add("server choice", repr(choice))
+    monkeypatch.setenv("ZERANK_SERVER_URL", plain_server_url(fake_server))
+    monkeypatch.setenv("ZERANK_SERVER_API_KEY", CANARY_KEY)
+    choice = scorer_from_env()
+    evidence.add("keyed server choice", repr(choice))
     monkeypatch.setenv("ZEROENTROPY_API_KEY", CANARY_KEY)
     monkeypatch.setenv("ZEROENTROPY_BASE_URL", hosted_url(fake_server))
+    with pytest.raises(ConfigurationError) as refused:
+        scorer_from_env()
+    evidence.add_error("hosted with a password in its base URL", refused.value)
+    monkeypatch.setenv("ZEROENTROPY_BASE_URL", plain_hosted_url(fake_server))
     choice = scorer_from_env()
     evidence.add("hosted reason", choice.reason)
     evidence.add("hosted choice", repr(choice))
 
 
-@pytest.mark.parametrize("backend", ["server", "hosted"])
+@pytest.mark.parametrize("backend", ["server", "keyed server", "hosted"])
 def test_command_line_with_output_file(
     fake_server: FakeRerankServer,
     evidence: Evidence,
@@ -147,16 +208,18 @@ def test_command_line_with_output_file(
     criteria.write_text(f"{QUERY}\n", encoding="utf-8")
     if backend == "server":
         monkeypatch.setenv("ZERANK_SERVER_URL", server_url(fake_server))
+    elif backend == "keyed server":
+        monkeypatch.setenv("ZERANK_SERVER_URL", plain_server_url(fake_server))
         monkeypatch.setenv("ZERANK_SERVER_API_KEY", CANARY_KEY)
     else:
         monkeypatch.setenv("ZEROENTROPY_API_KEY", CANARY_KEY)
-        monkeypatch.setenv("ZEROENTROPY_BASE_URL", hosted_url(fake_server))
+        monkeypatch.setenv("ZEROENTROPY_BASE_URL", plain_hosted_url(fake_server))
     output = tmp_path / "out" / "result.json"
     for run, faults in enumerate(([], ["500"] * 3)):
         fake_server.faults.extend(faults)
         out, err = io.StringIO(), io.StringIO()
         cache = tmp_path / f"cache{run}.sqlite3"
-        options = ["-o", str(output), "--cache", str(cache), "--backend", backend]
+        options = ["-o", str(output), "--cache", str(cache), "--backend", backend.split()[-1]]
         code = main(
             ["compress", str(document), "-c", str(criteria), *options], stdout=out, stderr=err
         )
@@ -178,8 +241,11 @@ def test_a_recorded_cassette(
     cassette = tmp_path / "recorded.yaml"
     recorder = vcr.VCR(**cassette_config())
     with recorder.use_cassette(str(cassette), record_mode="all"):
-        RerankServerScorer(server_url(fake_server), api_key=CANARY_KEY).score(QUERY, TEXTS)
-        ZeroEntropyScorer(api_key=CANARY_KEY, base_url=hosted_url(fake_server)).score(QUERY, TEXTS)
+        RerankServerScorer(server_url(fake_server)).score(QUERY, TEXTS)
+        RerankServerScorer(plain_server_url(fake_server), api_key=CANARY_KEY).score(QUERY, TEXTS)
+        ZeroEntropyScorer(api_key=CANARY_KEY, base_url=plain_hosted_url(fake_server)).score(
+            QUERY, TEXTS
+        )
     assert cassette.exists()
     evidence.add("recorded cassette", cassette)
     for path in (Path(__file__).parent / "cassettes").rglob("*.yaml"):
@@ -196,14 +262,17 @@ def test_scorers_pickle_as_settings_and_read_credentials_from_the_environment(
 
     server = RerankServerScorer(
         server_url(fake_server),
-        api_key=CANARY_KEY,
         scale="probability",
         headers={"X-Api-Key": CANARY_KEY, "X-Team": "legal"},
         max_batch_size=7,
     )
-    api = ZeroEntropyScorer(api_key=CANARY_KEY, base_url=hosted_url(fake_server), latency="slow")
+    keyed = RerankServerScorer(plain_server_url(fake_server), api_key=CANARY_KEY)
+    api = ZeroEntropyScorer(
+        api_key=CANARY_KEY, base_url=plain_hosted_url(fake_server), latency="slow"
+    )
     cached = CachedScorer(server, tmp_path / "c.sqlite3", model="custom-name")
-    for name, scorer in (("server", server), ("hosted", api), ("cached", cached)):
+    named = (("server", server), ("keyed server", keyed), ("hosted", api), ("cached", cached))
+    for name, scorer in named:
         scorer.score(QUERY, TEXTS)
         evidence.add(f"{name} pickle", pickle.dumps(scorer))
 
@@ -225,13 +294,15 @@ def test_scorers_pickle_as_settings_and_read_credentials_from_the_environment(
     # With them, the copy authenticates as the original did.
     fake_server.requests.clear()
     monkeypatch.setenv("ZERANK_SERVER_URL", server_url(fake_server))
-    monkeypatch.setenv("ZERANK_SERVER_API_KEY", CANARY_KEY)
     rebuilt = pickle.loads(pickle.dumps(server))
     assert rebuilt.score(QUERY, TEXTS) == server.score(QUERY, TEXTS)
-    assert (
-        fake_server.requests[0].headers["Authorization"]
-        == (fake_server.requests[1].headers["Authorization"])
-    )
+    monkeypatch.setenv("ZERANK_SERVER_API_KEY", CANARY_KEY)
+    rebuilt_keyed = pickle.loads(pickle.dumps(keyed))
+    assert rebuilt_keyed.score(QUERY, TEXTS) == keyed.score(QUERY, TEXTS)
+    sent = [r.headers["Authorization"] for r in fake_server.requests]
+    assert sent[0] == sent[1]
+    assert sent[0].startswith("Basic ")
+    assert sent[2] == sent[3] == f"Bearer {CANARY_KEY}"
 
 
 def adapters(fake_server: FakeRerankServer) -> list[tuple[str, object]]:
@@ -241,7 +312,7 @@ def adapters(fake_server: FakeRerankServer) -> list[tuple[str, object]]:
     labels = {"notice": "a termination notice period", "law": "the governing law"}
     # The URL's password reaches the adapters through the environment (see the tests).
     base_url = f"{fake_server.url}/v1"
-    scorer = RerankServerScorer(server_url(fake_server), api_key=CANARY_KEY)
+    scorer = RerankServerScorer(server_url(fake_server))
     return [
         ("compressor with key", ZeRankCompressor(api_key=CANARY_KEY)),
         ("compressor with scorer", ZeRankCompressor(scorer=scorer)),
@@ -259,9 +330,9 @@ def adapters(fake_server: FakeRerankServer) -> list[tuple[str, object]]:
 
 
 def server_environment(fake_server: FakeRerankServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The password travels in the server's URL, the key in the hosted components' api_key.
     monkeypatch.setenv("ZERANK_SERVER_URL", server_url(fake_server))
-    monkeypatch.setenv("ZERANK_SERVER_API_KEY", CANARY_KEY)
-    monkeypatch.setenv("ZEROENTROPY_BASE_URL", hosted_url(fake_server))
+    monkeypatch.setenv("ZEROENTROPY_BASE_URL", plain_hosted_url(fake_server))
 
 
 def test_adapters_reprs_and_serialisations(

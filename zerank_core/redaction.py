@@ -23,6 +23,7 @@ __all__ = [
     "RedactingFilter",
     "deployment_url",
     "has_credentials",
+    "has_userinfo",
     "install_log_filter",
     "is_secret_header",
     "redact",
@@ -139,6 +140,19 @@ def has_credentials(url: str) -> bool:
     except ValueError:
         return redact(url) != url
     return "@" in parts.netloc or any(_is_secret_parameter(p) for p in parts.query.split("&"))
+
+
+def has_userinfo(url: str) -> bool:
+    """True when ``url`` carries a user name or password (``https://user:pw@host/``).
+
+    httpx sends such userinfo as HTTP Basic auth, in the ``Authorization``
+    header, replacing any header of that name the client was given.
+    """
+    try:
+        parts = urlsplit(url)
+        return bool(parts.username or parts.password)
+    except ValueError:
+        return False
 
 
 def without_credentials(url: str) -> str:

@@ -343,7 +343,7 @@ def _server(
     env: Mapping[str, str],
     vocabulary: Vocabulary,
 ) -> BackendChoice:
-    from zerank_core.scorers.server import RerankServerScorer
+    from zerank_core.scorers.server import RerankServerScorer, check_one_credential
 
     url = server_url or env.get("ZERANK_SERVER_URL")
     if not url:
@@ -352,6 +352,13 @@ def _server(
             "http://localhost:8000/v1/rerank: "
             f"{_how(vocabulary, 'server_url', 'ZERANK_SERVER_URL')}"
         )
+    # The scorer checks this too; here the message can use the caller's names
+    # (--server-url on the command line) for where each credential came from.
+    key_name = vocabulary.spell("api_key") if key is not None else None
+    if key_name is None and env.get("ZERANK_SERVER_API_KEY"):
+        key_name = "ZERANK_SERVER_API_KEY"
+    url_name = vocabulary.spell("server_url") if server_url else "ZERANK_SERVER_URL"
+    check_one_credential(url, url_name, key_name)
     server = RerankServerScorer(url, model=model, api_key=key)
     return BackendChoice(
         "server",

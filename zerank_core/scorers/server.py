@@ -28,6 +28,8 @@ from pydantic import SecretStr
 from zerank_core.errors import ConfigurationError
 from zerank_core.redaction import (
     deployment_url,
+    has_credentials,
+    has_userinfo,
     is_secret_header,
     redact_url,
     register_secret,
@@ -63,8 +65,13 @@ class RerankServerScorer(BatchedScorer):
     (default ``ZERANK_SERVER_URL``). ``scale`` is what the server returns
     (default ``ZERANK_SERVER_SCALE`` or ``"probability"``): see the README's
     table for which fits which server. ``api_key`` is sent as a bearer token
-    (default ``ZERANK_SERVER_API_KEY``); ``headers`` and ``extra_body`` are
-    added to every request (e.g. ``{"raw_scores": True}`` for Infinity).
+    (default ``ZERANK_SERVER_API_KEY``); userinfo in the URL
+    (``https://user:pw@host/v1/rerank``, for a gateway with basic auth) is sent
+    as HTTP Basic auth. Both go in the one ``Authorization`` header, so a URL
+    with userinfo and a key (or an ``Authorization`` in ``headers``) is a
+    :class:`~zerank_core.errors.ConfigurationError`: keep one. ``headers``
+    and ``extra_body`` are added to every request (e.g. ``{"raw_scores":
+    True}`` for Infinity).
 
     ``max_concurrency`` bounds the requests in flight for this scorer over all
     its callers (set it to the server's parallel slots or more);
@@ -102,7 +109,9 @@ class RerankServerScorer(BatchedScorer):
             tokens_per_minute=tokens_per_minute,
             deadline=deadline,
         )
-        url = url or os.environ.get("ZERANK_SERVER_URL")
+        url_source = "url"
+        if not url:
+            url, url_source = os.environ.get("ZERANK_SERVER_URL"), "ZERANK_SERVER_URL"
         if not url:
             raise ConfigurationError("no rerank server URL: pass url=... or set ZERANK_SERVER_URL")
         url = check_url(url)
@@ -119,13 +128,21 @@ class RerankServerScorer(BatchedScorer):
         check_timeout(timeout)
         if isinstance(api_key, str):
             api_key = SecretStr(api_key)
+        key_source = "api_key"
         if api_key is None and os.environ.get("ZERANK_SERVER_API_KEY"):
             api_key = SecretStr(os.environ["ZERANK_SERVER_API_KEY"])
+            key_source = "ZERANK_SERVER_API_KEY"
         if api_key is not None:
             if not api_key.get_secret_value().strip():
                 raise ConfigurationError("api_key is empty: pass a key, or None for no key")
             register_secret(api_key.get_secret_value())
         register_url_secrets(url)
+        check_one_credential(
+            url,
+            url_source,
+            key_source if api_key is not None else None,
+            next((k for k in headers or {} if k.lower() == "authorization"), None),
+        )
         self.url = url
         self.model = model or os.environ.get("ZERANK_SERVER_MODEL") or "zerank-2"
         self.api = api
@@ -163,13 +180,10 @@ class RerankServerScorer(BatchedScorer):
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # A pickle keeps the settings, never a credential or a connection. The
-        # rebuilt scorer reads ZERANK_SERVER_API_KEY again, and takes
-        # ZERANK_SERVER_URL (with its credentials) when it names the same server.
-        url = without_credentials(self.url)
-        from_env = os.environ.get("ZERANK_SERVER_URL")
+        # A pickle keeps the settings, never a credential or a connection; see
+        # _unpickle for where the rebuilt scorer finds them again.
         settings: dict[str, Any] = {
-            "url": url,
+            "url": without_credentials(self.url),
             "model": self.model,
             "scale": self.backend_scale.value,
             "api": self.api,
@@ -179,9 +193,7 @@ class RerankServerScorer(BatchedScorer):
             "timeout": self.timeout,
             **engine_settings(self),
         }
-        if from_env and without_credentials(from_env) == url:
-            settings["url"] = None
-        return (rebuild, (type(self), settings))
+        return (_unpickle, (type(self), settings, has_credentials(self.url)))
 
     def _all_headers(self) -> dict[str, str]:
         headers = dict(self._headers)
@@ -251,6 +263,57 @@ class RerankServerScorer(BatchedScorer):
                 f"'results', got {type(payload).__name__}"
             )
         return results_from_json(payload, where=where)
+
+
+def _unpickle(
+    cls: type[RerankServerScorer], settings: dict[str, Any], had_credentials: bool
+) -> RerankServerScorer:
+    """Rebuild a pickled scorer with the credentials of the process that loads it.
+
+    It reads ``ZERANK_SERVER_API_KEY`` again and, when the original URL carried
+    credentials, takes ``ZERANK_SERVER_URL`` if it names the same server. A
+    URL that had none stays so: the variable's userinfo would swap the bearer
+    key the original sent for Basic auth.
+    """
+    from_env = os.environ.get("ZERANK_SERVER_URL")
+    if had_credentials and from_env and without_credentials(from_env) == settings["url"]:
+        settings = {**settings, "url": None}
+    return rebuild(cls, settings)
+
+
+def check_one_credential(
+    url: str, url_name: str, key_name: str | None, header: str | None = None
+) -> None:
+    """Refuse two credentials for a rerank server's one ``Authorization`` header.
+
+    httpx sends a URL's userinfo as HTTP Basic auth, replacing whatever
+    ``Authorization`` header the client carries, and the API key's bearer
+    header replaces one passed in ``headers``: the server would get one of
+    them, and the caller would not be told which. ``url_name`` and
+    ``key_name`` say where the URL and the key came from (an argument, a
+    flag or an environment variable; ``key_name`` is ``None`` without a key),
+    so the message names each source and never a value.
+    """
+    given = []
+    if has_userinfo(url):
+        what = f"the user:password in {url_name} (HTTP basic auth)"
+        given.append((what, f"remove user:password@ from {url_name}"))
+    if key_name is not None:
+        given.append((f"the API key from {key_name} (a bearer token)", _drop(key_name)))
+    if header is not None:
+        given.append((f"headers[{header!r}]", f"remove {header!r} from headers"))
+    if len(given) > 1:
+        raise ConfigurationError(
+            f"the rerank server would get {('two', 'three')[len(given) - 2]} credentials for "
+            "its one Authorization header: "
+            + " and ".join(what for what, _ in given)
+            + "; only one of them would be sent. Keep one: "
+            + ", or ".join(fix for _, fix in given)
+        )
+
+
+def _drop(name: str) -> str:
+    return f"unset {name}" if name.isupper() else f"leave out {name}"
 
 
 async def _close_async(client: httpx.AsyncClient) -> None:

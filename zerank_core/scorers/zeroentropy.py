@@ -23,6 +23,8 @@ from pydantic import SecretStr
 from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.redaction import (
     deployment_url,
+    has_credentials,
+    has_userinfo,
     redact_url,
     register_secret,
     register_url_secrets,
@@ -60,7 +62,9 @@ class ZeroEntropyScorer(BatchedScorer):
     """Score with ZeroEntropy's ``/models/rerank`` (hosted or self-deployed).
 
     ``api_key`` defaults to ``ZEROENTROPY_API_KEY`` and ``base_url`` to
-    ``ZEROENTROPY_BASE_URL`` (then the SDK's default). Pass ``client`` /
+    ``ZEROENTROPY_BASE_URL`` (then the SDK's default); a base URL with userinfo
+    (``https://user:pw@host/v1``) is refused, since httpx would send it as
+    Basic auth in place of the key. Pass ``client`` /
     ``async_client`` to reuse configured SDK clients; otherwise they are
     created lazily, so an async client is bound to the loop that first uses it.
     Requests hold at most ``max_batch_size`` documents and stay under
@@ -118,6 +122,15 @@ class ZeroEntropyScorer(BatchedScorer):
         if max_batch_size < 1:
             raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
         check_timeout(timeout)
+        self._base_url = base_url or os.environ.get("ZEROENTROPY_BASE_URL") or None
+        if self._base_url is not None:
+            check_url(self._base_url, "base_url")
+            register_url_secrets(self._base_url)
+            _refuse_userinfo(self._base_url, "base_url" if base_url else "ZEROENTROPY_BASE_URL")
+        for given in (client, async_client):
+            if given is not None:
+                where = f"the base_url of the {type(given).__name__} client passed in"
+                _refuse_userinfo(str(given.base_url), where)
         if isinstance(api_key, str):
             api_key = SecretStr(api_key)
         if api_key is None and "ZEROENTROPY_API_KEY" in os.environ:
@@ -137,10 +150,6 @@ class ZeroEntropyScorer(BatchedScorer):
         self.max_batch_size = max_batch_size
         self.max_bytes = max_bytes
         self._api_key = api_key
-        self._base_url = base_url or os.environ.get("ZEROENTROPY_BASE_URL") or None
-        if self._base_url is not None:
-            check_url(self._base_url, "base_url")
-            register_url_secrets(self._base_url)
         self._timeout = timeout
         self._lock = threading.Lock()
         self._client = client
@@ -175,16 +184,17 @@ class ZeroEntropyScorer(BatchedScorer):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A pickle keeps the settings, never the key or a client: the rebuilt
-        # scorer reads ZEROENTROPY_API_KEY (and ZEROENTROPY_BASE_URL when it names
-        # the same deployment) again.
+        # scorer reads ZEROENTROPY_API_KEY again, and ZEROENTROPY_BASE_URL when
+        # this base URL carried secret parameters and it names the same deployment.
         base_url = self._base_url
         for client in (self._client, self._user_async_client):
             if base_url is None and client is not None:
                 base_url = str(client.base_url)
         if base_url is not None:
             from_env = os.environ.get("ZEROENTROPY_BASE_URL")
+            had_credentials = has_credentials(base_url)
             base_url = without_credentials(base_url)
-            if from_env and without_credentials(from_env) == base_url:
+            if from_env and had_credentials and without_credentials(from_env) == base_url:
                 base_url = None
         settings = {
             "model": self.model,
@@ -287,6 +297,22 @@ class ZeroEntropyScorer(BatchedScorer):
             RERANK_PATH, body=self._params(query, texts), cast_to=httpx.Response
         )
         return _batch_result(response)
+
+
+def _refuse_userinfo(url: str, where: str) -> None:
+    """Refuse a base URL with userinfo: it would replace the API key on the wire.
+
+    The SDK always sends the key as ``Authorization: Bearer``, and httpx
+    replaces that header with HTTP Basic auth built from a URL's userinfo, so
+    the API would get the URL's credential instead of the key, silently.
+    """
+    if has_userinfo(url):
+        raise ConfigurationError(
+            f"{where} carries user:password@, which would be sent as HTTP basic auth in "
+            "place of the API key (the ZeroEntropy API authenticates with the key, as a "
+            f"bearer token, and the one Authorization header holds one credential): remove "
+            f"user:password@ from {where} and give the key as api_key or ZEROENTROPY_API_KEY"
+        )
 
 
 async def _close_async(client: AsyncZeroEntropy) -> None:
