@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -246,6 +247,35 @@ def test_processes_write_one_file_concurrently(tmp_path: Path) -> None:
     store = ScoreStore(path)
     assert store.info().entries == 40 * (3 * 10 + 1)
     store.close()
+
+
+def test_opening_a_new_file_another_process_is_creating_waits_for_it(tmp_path: Path) -> None:
+    # Another connection holds a write lock on a file still in rollback-journal mode, as a
+    # second Ray actor does while it creates the cache: switching to WAL is refused at
+    # once (no busy timeout), so the store retries until the lock is gone.
+    path = tmp_path / "c.sqlite3"
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE other (x)")
+    release = threading.Timer(0.3, holder.execute, ("COMMIT",))
+    release.start()
+    try:
+        store = ScoreStore(path, timeout=10)
+    finally:
+        release.join()
+        holder.close()
+    store.store([(b"k", 0.5)])
+    assert store.lookup([b"k"]) == {b"k": 0.5}
+    assert store._db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    store.close()
+
+    # Still locked when the timeout runs out: the error names the file.
+    holder = sqlite3.connect(tmp_path / "d.sqlite3", isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    holder.execute("CREATE TABLE other (x)")
+    with pytest.raises(ConfigurationError, match=r"cannot use .*d\.sqlite3 .*locked"):
+        ScoreStore(tmp_path / "d.sqlite3", timeout=0.2)
+    holder.close()
 
 
 def test_default_path_follows_the_environment(

@@ -123,13 +123,30 @@ class ScoreStore:
             self._db = sqlite3.connect(
                 self.path, timeout=timeout, check_same_thread=False, isolation_level=None
             )
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute(
-                "CREATE TABLE IF NOT EXISTS scores "
-                "(key BLOB PRIMARY KEY, score REAL NOT NULL, created REAL NOT NULL) WITHOUT ROWID"
-            )
+            self._set_up(time.monotonic() + timeout)
         except (OSError, sqlite3.DatabaseError) as exc:
             raise ConfigurationError(f"cannot use {self.path} as a score cache: {exc}") from exc
+
+    def _set_up(self, deadline: float) -> None:
+        """WAL mode and the table, retried while another process is creating the same file.
+
+        Switching to WAL needs an exclusive lock, and SQLite answers "database
+        is locked" at once, without waiting out the busy timeout, when another
+        connection holds a write lock on a file still in rollback mode: several
+        processes (Ray actors, parallel runs) opening a new cache together.
+        """
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS scores (key BLOB PRIMARY KEY, "
+                    "score REAL NOT NULL, created REAL NOT NULL) WITHOUT ROWID"
+                )
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
 
     def __repr__(self) -> str:
         return f"ScoreStore({str(self.path)!r})"
