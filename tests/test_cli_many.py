@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import io
 import json
 from pathlib import Path
@@ -10,7 +11,11 @@ import pytest
 from fpdf import FPDF
 
 from tests.fake_servers import FakeRerankServer
+from zerank_core.calibrate import CriterionFit, ThresholdFit, ThresholdPolicy
 from zerank_core.cli import main
+from zerank_core.cli._policy import apply_policy_file
+from zerank_core.criteria import Criterion
+from zerank_core.select import SelectionPolicy
 
 CRITERIA_TEXT = "When is the renewal deadline?\nWho pays the invoice?\n"
 PACKETS = {
@@ -158,3 +163,73 @@ def test_ambiguous_or_unusable_arguments_are_refused(
         assert code != 0
         assert message in err
     assert not (tmp_path / "out.json").exists()
+
+
+def test_a_policy_file_applies_its_thresholds_to_every_document(
+    inputs: tuple[Path, Path], tmp_path: Path, fake_server: FakeRerankServer
+) -> None:
+    folder, criteria = inputs
+    policy = ThresholdPolicy(
+        fit=ThresholdFit("conformal", 0.9, 0.3, 30, 30, 0.92, 0.09),
+        criteria={"C2": CriterionFit(0.6, 12, 12, 0.93)},
+        backend={"name": "server"},
+    ).save(tmp_path / "policy.json")
+    results = tmp_path / "results"
+    server = ["--server-url", f"{fake_server.url}/v1/rerank", "--cache", str(tmp_path / "c.db")]
+    code, _, err = call(
+        "compress", str(folder / "*.pdf"), "-c", str(criteria), "--policy", str(policy),
+        "--top-k", "1", "--threshold", "0.9", *server, "-o", str(results),
+    )  # fmt: skip
+
+    assert code == 0, err
+    assert f"policy file: {policy} — conformal, recall target 0.9, threshold 0.3" in err
+    assert "own thresholds for C2" in err
+    assert "fitted on" not in err  # fitted on the backend this run uses
+    assert "0 hits, 12 misses" in err  # 6 distinct page texts × 2 criteria
+    kept = 0
+    for name in PACKETS:
+        data = json.loads((results / f"{name}.json").read_text(encoding="utf-8"))
+        # The file's thresholds replace --threshold and --top-k, for every document.
+        assert (data["policy"]["threshold"], data["policy"]["top_k"]) == (0.3, None)
+        pages = data["matrix"]["pages"]
+        for criterion, row in zip(data["criteria"], data["matrix"]["scores"], strict=True):
+            threshold = {"C1": 0.3, "C2": 0.6}[criterion["id"]]
+            assert criterion["threshold"] == threshold
+            expected = [
+                p for p, s in zip(pages, row, strict=True) if s is not None and s >= threshold
+            ]
+            assert criterion["pages"] == expected, (name, criterion["id"])
+            kept += len(expected)
+    assert kept > 0
+
+    # The rerun reads every score from the cache; a policy fitted elsewhere is flagged.
+    other = ThresholdPolicy(
+        fit=ThresholdFit("conformal", 0.9, 0.3, 30, 30, 0.92, 0.09), backend={"name": "hosted"}
+    ).save(tmp_path / "hosted.json")
+    code, out, err = call(
+        "compress", str(folder), "-c", str(criteria), "--policy", str(other), *server, "-o", "-"
+    )
+    assert code == 0, err
+    assert "fitted on hosted scores and this run uses server" in err
+    assert "12 hits, 0 misses" in err
+    data = json.loads(out)
+    assert data["summary"]["cache"]["misses"] == 0
+    assert all(d["policy"]["threshold"] == 0.3 for d in data["documents"])
+
+
+def test_on_ray_a_policy_fitted_on_another_backend_is_flagged_before_the_actors_start(
+    tmp_path: Path,
+) -> None:
+    # On Ray the backend is chosen by each actor on its node: only --backend is known.
+    path = ThresholdPolicy(
+        fit=ThresholdFit("conformal", 0.9, 0.3, 30, 30, 0.92, 0.09), backend={"name": "local"}
+    ).save(tmp_path / "policy.json")
+    criteria = [Criterion("C1", "When is the renewal deadline?")]
+    for backend, flagged in ((None, True), ("lexical", True), ("local", False)):
+        err = io.StringIO()
+        args = argparse.Namespace(policy=path, backend=backend)
+        policy, updated = apply_policy_file(args, SelectionPolicy(), criteria, err)
+        assert (policy.threshold, policy.top_k, updated[0].threshold) == (0.3, None, 0.3)
+        assert ("fitted on local scores; on Ray each actor chooses" in err.getvalue()) is flagged
+        assert "this run uses None" not in err.getvalue()
+        assert ("(here --backend lexical)" in err.getvalue()) is (backend == "lexical")

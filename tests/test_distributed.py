@@ -18,9 +18,12 @@ pytest.importorskip("ray.data")
 pytest.importorskip("sentence_transformers.cross_encoder.modules")
 
 from tests.tiny_zerank import build_tiny_zerank, sample_text
+from zerank_core.cache import CachedScorer
 from zerank_core.criteria import Criterion
+from zerank_core.dedupe import ModelDetector
 from zerank_core.distributed import (
     GateRow,
+    _GateWorker,
     documents_dataset,
     gate_dataset,
     gate_on_ray,
@@ -77,7 +80,10 @@ def documents(n: int = 6) -> list[Document]:
 
 
 class DiesOnceScorer(LocalScorer):
-    """A LocalScorer whose process exits in the middle of its second job, once per test.
+    """A LocalScorer whose process exits at the end of its second job, once per test.
+
+    The job's scores are computed (and, under a cache, stored) but its batch's
+    rows never leave the actor, as when a process is killed for memory.
 
     ``marker`` records that the death happened (a restarted actor finds it
     and carries on); ``starts`` gets one line per actor that built a scorer.
@@ -92,10 +98,11 @@ class DiesOnceScorer(LocalScorer):
 
     def score_many(self, items: Sequence[Any], **kwargs: Any) -> list[list[float]]:
         self._jobs += 1
+        scores = super().score_many(items, **kwargs)
         if self._jobs == 2 and not self._marker.exists():
             self._marker.write_text(str(os.getpid()))
             os._exit(1)  # as a process killed for memory or a lost node would
-        return super().score_many(items, **kwargs)
+        return scores
 
 
 def single_process_rows(model_dir: Path, docs: list[Document]) -> list[GateRow]:
@@ -117,12 +124,17 @@ def assert_same_rows(got: list[GateRow], want: list[GateRow]) -> None:
         assert a.page_scores[:-1] == pytest.approx(b.page_scores[:-1], abs=1e-5)
 
 
+def scored_pages(document: Document) -> int:
+    return sum(not p.is_empty for p in document.pages)
+
+
 def test_an_actor_killed_mid_run_loses_no_page_or_criterion(
     ray_instance: Any, model_dir: Path, tmp_path: Path
 ) -> None:
     docs = documents()
     marker, starts = tmp_path / "died", tmp_path / "starts"
     factory = functools.partial(DiesOnceScorer, str(model_dir), str(marker), str(starts))
+    cache = tmp_path / "scores.sqlite3"
 
     rows = gate_on_ray(
         docs,
@@ -132,6 +144,7 @@ def test_an_actor_killed_mid_run_loses_no_page_or_criterion(
         actors=2,
         documents_per_batch=1,
         include_context=True,
+        cache=cache,
     )
 
     assert marker.exists()  # an actor did die in the middle of the run
@@ -145,6 +158,91 @@ def test_an_actor_killed_mid_run_loses_no_page_or_criterion(
         if row.pages:
             assert row.context.startswith(f"[page {row.pages[0]}]")
 
+    # The dead actor stored its last batch's scores before dying: the resubmitted batch
+    # (one document) was answered by the cache, every other document by the model.
+    for row in rows:
+        assert row.cache_hits is not None
+        assert row.cache_misses is not None
+        assert row.cache_hits + row.cache_misses == scored_pages(docs[row.index])
+    from_cache = {r.index for r in rows if r.cache_hits}
+    assert len(from_cache) == 1
+    for row in rows:
+        assert row.cache_misses == (0 if row.index in from_cache else scored_pages(docs[row.index]))
+
+    # One process reading the same file, keyed the same way, makes no model call.
+    with CachedScorer(LocalScorer(str(model_dir)), cache) as cached:
+        job = gate_documents(PageGate(cached, POLICY), docs, CRITERIA)
+        assert cached.stats.misses == 0
+        assert cached.stats.hits == len(CRITERIA) * len(
+            {p.text for d in docs for p in d.pages if p.text}
+        )
+    assert job.summary.model_requests == 0
+    assert_same_rows([row for i, r in enumerate(job.results) for row in rows_of(r, index=i)], rows)
+
+
+def test_an_actor_counts_each_rows_cache_hits_and_builds_the_detector_it_is_given(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    # The actor's class, called in this process as Ray Data calls it: no cluster needed.
+    rng = random.Random(3)
+    copy = sample_text(rng, 40)
+    near = copy.replace(copy.split()[0], "changed", 1)
+    docs = [
+        Document.from_texts([copy, near, sample_text(rng, 30), ""], source="a.pdf"),
+        *documents(2),
+    ]
+    batch = {
+        "index": list(range(len(docs))),
+        "document": [d.source for d in docs],
+        "pages": [[p.text for p in d.pages] for d in docs],
+    }
+    policy = SelectionPolicy(threshold=None, top_k=2, dedupe=True)
+    detector = functools.partial(ModelDetector, threshold=0.05)
+    worker = _GateWorker(
+        functools.partial(LocalScorer, str(model_dir)),
+        CRITERIA,
+        policy,
+        None,
+        False,
+        cache=str(tmp_path / "scores.sqlite3"),
+        duplicate_detector=detector,
+    )
+    assert isinstance(worker.gate.duplicate_detector, ModelDetector)
+    assert worker.gate.duplicate_detector.scorer is worker.cache
+
+    first = rows_from(worker(batch))
+    second = rows_from(worker(batch))
+    for before, again in zip(first, second, strict=True):
+        pages = scored_pages(docs[before.index])
+        assert (before.cache_hits, before.cache_misses) == (0, pages)
+        assert (again.cache_hits, again.cache_misses) == (pages, 0)
+        assert again.pages == before.pages
+
+    scorer = LocalScorer(str(model_dir))
+    gate = PageGate(scorer, policy, duplicate_detector=ModelDetector(scorer, threshold=0.05))
+    job = gate_documents(gate, docs, CRITERIA)
+    assert job.results[0].duplicates  # the near copy was judged by the model
+    assert {d.method for d in job.results[0].duplicates} <= {"model", "exact"}
+    want = [row for i, r in enumerate(job.results) for row in rows_of(r, index=i)]
+    assert [(r.index, r.criterion, r.pages) for r in first] == [
+        (r.index, r.criterion, r.pages) for r in want
+    ]
+
+    plain = _GateWorker(
+        functools.partial(LocalScorer, str(model_dir)), CRITERIA, POLICY, None, False
+    )
+    assert plain.cache is None
+    rows = rows_from(plain(batch))
+    assert all(r.cache_hits is None and r.cache_misses is None for r in rows)
+
+
+def rows_from(columns: dict[str, list[Any]]) -> list[GateRow]:
+    """The rows of what an actor returns for a batch (Ray Data's columns)."""
+    return [
+        GateRow.from_record(dict(zip(columns, values, strict=True)))
+        for values in zip(*columns.values(), strict=True)
+    ]
+
 
 def test_compress_ray_writes_what_compress_writes_in_process(
     ray_instance: Any, tmp_path: Path
@@ -152,6 +250,7 @@ def test_compress_ray_writes_what_compress_writes_in_process(
     import io
     import json
 
+    from zerank_core.calibrate import CriterionFit, ThresholdFit, ThresholdPolicy
     from zerank_core.cli import main
 
     for i, doc in enumerate(documents(3)):
@@ -160,23 +259,45 @@ def test_compress_ray_writes_what_compress_writes_in_process(
         )
     criteria = tmp_path / "criteria.txt"
     criteria.write_text("\n".join(c.text for c in CRITERIA), encoding="utf-8")
-    common = [str(tmp_path / "packet-*.json"), "-c", str(criteria), "--backend", "lexical"]
+    policy = ThresholdPolicy(
+        fit=ThresholdFit("conformal", 0.9, 0.5, 30, 30, 0.92, 0.09),
+        criteria={"C2": CriterionFit(0.8, 12, 12, 0.93)},
+        backend={"name": "lexical"},
+    ).save(tmp_path / "policy.json")
+    common = [
+        str(tmp_path / "packet-*.json"), "-c", str(criteria), "--backend", "lexical",
+        "--policy", str(policy), "--cache", str(tmp_path / "scores.sqlite3"),
+    ]  # fmt: skip
 
-    def run(*extra: str) -> dict[str, Any]:
+    def run(*extra: str) -> tuple[dict[str, Any], str]:
         out, err = io.StringIO(), io.StringIO()
-        code = main(["compress", *common, "--no-cache", "-o", "-", *extra], stdout=out, stderr=err)
+        code = main(["compress", *common, "-o", "-", *extra], stdout=out, stderr=err)
         assert code == 0, err.getvalue()
-        return dict(json.loads(out.getvalue()))
+        return dict(json.loads(out.getvalue())), err.getvalue()
 
-    on_ray = run("--ray", "--actors", "2", "--documents-per-batch", "2")
-    here = run()
+    # In this process first: every score goes to the cache, which the Ray actors then
+    # read under the same keys.
+    here, _ = run()
+    assert here["summary"]["cache"]["hits"] == 0
+    on_ray, err = run("--ray", "--actors", "2", "--documents-per-batch", "2")
+    assert f"cache: {tmp_path / 'scores.sqlite3'}, opened by each actor on its own node" in err
+    assert " hits, 0 misses (page scores of every document × criterion)" in err
+    assert "fitted on" not in err  # --backend lexical is what the policy was fitted on
     assert on_ray["summary"]["rows"] == 3 * len(CRITERIA)
+    assert on_ray["summary"]["cache"]["misses"] == 0
+    assert on_ray["summary"]["cache"]["hits"] == sum(
+        len(d["matrix"]["pages"]) - len(d["report"]["empty_pages"]) for d in here["documents"]
+    ) * len(CRITERIA)
     for got, want in zip(on_ray["documents"], here["documents"], strict=True):
         assert got["document"] == want["document"]
+        assert got["policy"] == want["policy"]
+        assert (got["policy"]["threshold"], got["policy"]["top_k"]) == (0.5, None)
         for a, b in zip(got["criteria"], want["criteria"], strict=True):
             assert (a["criterion"], a["pages"]) == (b["id"], b["pages"])
+            assert a["threshold"] == b["threshold"] == {"C1": 0.5, "C2": 0.8}[b["id"]]
             assert a["scores"] == pytest.approx(b["scores"])
             assert a["context"] == b["context"]
+            assert a["cache_misses"] == 0
 
 
 def test_bad_arguments_fail_before_anything_runs(ray_instance: Any) -> None:

@@ -13,17 +13,30 @@ killed for memory) and resubmit the batches it held: ``max_restarts=-1`` and
 module keeps. An error raised by the gate itself (a document without text, a
 backend's invalid answer) is not retried and fails the job.
 
+With ``cache=PATH`` each actor wraps its scorer in a
+:class:`~zerank_core.cache.CachedScorer` on that file, keyed exactly as in a
+single process, so a rerun, or a job resubmitted after an actor died, scores
+only what no earlier run stored. The path is opened by each actor on its own
+node: on one machine all actors share the file; on several machines each node
+has its own file at that path (SQLite's WAL needs one host's shared memory, so
+do not point it at a network filesystem).
+
 Needs the ``ray`` extra (``pip install 'zerank-gate[ray]'``).
 """
 
 from __future__ import annotations
 
 import math
+import os
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
+from zerank_core.cache import CachedScorer
 from zerank_core.criteria import Criterion
+from zerank_core.dedupe import DuplicateDetector
 from zerank_core.errors import ConfigurationError, InvalidResponseError, MissingDependencyError
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
 from zerank_core.loaders import Document, Page
@@ -38,6 +51,10 @@ __all__ = ["GateRow", "documents_dataset", "gate_dataset", "gate_on_ray", "rows_
 #: ``functools.partial(LocalScorer, "/models/zerank-2")``.
 ScorerFactory = Callable[[], Scorer]
 
+#: A picklable callable that builds the duplicate detector inside each actor
+#: from the actor's scorer, e.g. ``functools.partial(ModelDetector, threshold=0.8)``.
+DetectorFactory = Callable[[Scorer], DuplicateDetector]
+
 
 @dataclass(frozen=True)
 class GateRow:
@@ -47,7 +64,11 @@ class GateRow:
     page numbers in the policy's order and ``scores`` their scores;
     ``page_scores`` every page's score in page order (``None`` for an empty
     page, which is not scored). ``context`` is the kept pages' text, or
-    ``None`` when it was not asked for.
+    ``None`` when it was not asked for. With a score cache, ``cache_hits``
+    and ``cache_misses`` count this row's scored pages whose score the cache
+    held and those sent to the model (a page shared by several documents of
+    one batch is scored once but counts as a miss in each); ``None`` without
+    a cache.
     """
 
     index: int
@@ -60,6 +81,8 @@ class GateRow:
     chars_kept: int
     chars_total: int
     context: str | None = None
+    cache_hits: int | None = None
+    cache_misses: int | None = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> GateRow:
@@ -76,6 +99,8 @@ class GateRow:
             chars_kept=int(record["chars_kept"]),
             chars_total=int(record["chars_total"]),
             context=None if _missing(context) else str(context),
+            cache_hits=_count(record.get("cache_hits")),
+            cache_misses=_count(record.get("cache_misses")),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -90,11 +115,17 @@ class GateRow:
             "chars_kept": self.chars_kept,
             "chars_total": self.chars_total,
             "context": self.context,
+            "cache_hits": self.cache_hits,
+            "cache_misses": self.cache_misses,
         }
 
 
 def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _count(value: Any) -> int | None:
+    return None if _missing(value) else int(value)
 
 
 def rows_of(result: GateResult, *, index: int = 0, include_context: bool = False) -> list[GateRow]:
@@ -129,6 +160,28 @@ def _import_ray() -> Any:
     return ray
 
 
+class _RowCache(CachedScorer):
+    """A :class:`CachedScorer` that also notes which texts it sent to the model, per query.
+
+    The actor reads them back to count each row's hits and misses: the
+    wrapper's own totals are per scorer call, and one call covers the pages
+    of every document in a batch.
+    """
+
+    def __init__(self, scorer: Scorer, path: str | os.PathLike[str], **settings: Any) -> None:
+        super().__init__(scorer, path, **settings)
+        self.sent: dict[tuple[str, str | None], set[str]] = {}
+        self._sent_lock = threading.Lock()
+
+    def _plan(
+        self, query: str, texts: Sequence[str], instruction: str | None
+    ) -> tuple[list[bytes], dict[bytes, float], list[bytes], list[str]]:
+        planned = super()._plan(query, texts, instruction)
+        with self._sent_lock:
+            self.sent.setdefault((query, instruction), set()).update(planned[3])
+        return planned
+
+
 class _GateWorker:
     """A Ray Data actor: builds its scorer once, then gates batches of documents."""
 
@@ -139,8 +192,21 @@ class _GateWorker:
         policy: SelectionPolicy,
         instruction: str | None,
         include_context: bool,
+        cache: str | None = None,
+        duplicate_detector: DetectorFactory | None = None,
     ) -> None:
-        self.gate = PageGate(scorer(), policy, instruction=instruction, progress=False)
+        built = scorer()
+        self.cache = _RowCache(built, cache) if cache is not None else None
+        scoring = self.cache if self.cache is not None else built
+        self.gate = PageGate(
+            scoring,
+            policy,
+            instruction=instruction,
+            progress=False,
+            duplicate_detector=(
+                duplicate_detector(scoring) if duplicate_detector is not None else None
+            ),
+        )
         self.criteria = criteria
         self.include_context = include_context
 
@@ -149,13 +215,29 @@ class _GateWorker:
             Document(str(source), tuple(Page(n + 1, str(text)) for n, text in enumerate(pages)))
             for source, pages in zip(batch["document"], batch["pages"], strict=True)
         ]
+        if self.cache is not None:
+            self.cache.sent.clear()
         job = gate_documents(self.gate, documents, self.criteria)
         columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
         for index, result in zip(batch["index"], job.results, strict=True):
-            for row in rows_of(result, index=int(index), include_context=self.include_context):
+            rows = rows_of(result, index=int(index), include_context=self.include_context)
+            if self.cache is not None:
+                rows = [self._counted(self.cache, row, result.document) for row in rows]
+            for row in rows:
                 for name, value in row.to_dict().items():
                     columns[name].append(list(value) if isinstance(value, tuple) else value)
         return columns
+
+    def _counted(self, cache: _RowCache, row: GateRow, document: Document) -> GateRow:
+        """``row`` with the hits and misses of its criterion's lookups for its document."""
+        criterion = next(c for c in self.criteria if c.id == row.criterion)
+        instruction = (
+            criterion.instruction if criterion.instruction is not None else self.gate.instruction
+        )
+        sent = cache.sent.get((criterion.text, instruction), set())
+        texts = [p.text for p in document.pages if not p.is_empty]
+        misses = sum(text in sent for text in texts)
+        return replace(row, cache_hits=len(texts) - misses, cache_misses=misses)
 
 
 _COLUMNS = tuple(GateRow.__dataclass_fields__)
@@ -194,6 +276,8 @@ def gate_dataset(
     num_gpus: float = 0.0,
     num_cpus: float = 1.0,
     include_context: bool = False,
+    cache: str | os.PathLike[str] | None = None,
+    duplicate_detector: DetectorFactory | None = None,
 ) -> Any:
     """Rows of (document, criterion) results from a dataset of documents, lazily.
 
@@ -202,8 +286,13 @@ def gate_dataset(
     pages). ``scorer`` is a picklable factory called once in each of the
     ``actors`` actors; give each ``num_gpus=1`` to put one model on each GPU.
     ``documents_per_batch`` documents go to an actor at a time, and their
-    pages share the model's batches. Returns a Ray Dataset (nothing runs until
-    it is consumed) whose rows are :class:`GateRow` dicts.
+    pages share the model's batches. ``cache`` is a score cache file each
+    actor opens on its node (see the module's notes; a relative path is made
+    absolute here, since actors run elsewhere). With a policy that has
+    ``dedupe``, ``duplicate_detector`` builds each actor's detector from its
+    scorer (default: :class:`~zerank_core.dedupe.LexicalDetector`). Returns a
+    Ray Dataset (nothing runs until it is consumed) whose rows are
+    :class:`GateRow` dicts.
     """
     ray = _import_ray()
     from ray.data import ActorPoolStrategy
@@ -224,6 +313,16 @@ def gate_dataset(
     ids = [c.id for c in criteria]
     if len(set(ids)) != len(ids):
         raise ConfigurationError(f"criterion ids must be unique; got {ids}")
+    if duplicate_detector is not None and not callable(duplicate_detector):
+        raise ConfigurationError(
+            "duplicate_detector must be a callable that builds a detector from a scorer, "
+            f"got {type(duplicate_detector).__name__}"
+        )
+    cache_path = None
+    if cache is not None:
+        if not isinstance(cache, str | os.PathLike) or not str(cache):
+            raise ConfigurationError(f"cache must be a file path, got {cache!r}")
+        cache_path = str(Path(cache).expanduser().absolute())
     if not isinstance(dataset, ray.data.Dataset):
         raise ConfigurationError(
             f"dataset must be a ray.data.Dataset, got {type(dataset).__name__}"
@@ -236,6 +335,8 @@ def gate_dataset(
             "policy": policy,
             "instruction": instruction,
             "include_context": include_context,
+            "cache": cache_path,
+            "duplicate_detector": duplicate_detector,
         },
         batch_size=documents_per_batch,
         compute=ActorPoolStrategy(size=actors),
@@ -257,13 +358,16 @@ def gate_on_ray(
     num_gpus: float = 0.0,
     num_cpus: float = 1.0,
     include_context: bool = False,
+    cache: str | os.PathLike[str] | None = None,
+    duplicate_detector: DetectorFactory | None = None,
 ) -> list[GateRow]:
     """Gate ``documents`` on Ray and return every (document, criterion) row, in input order.
 
     Connects to the cluster at ``address`` (``"auto"``, ``ray://head:10001``;
     ``None``: Ray's default, ``RAY_ADDRESS`` or a new local instance) unless
-    Ray is already initialised, then runs :func:`gate_dataset`. Checks that
-    every document × criterion came back exactly once.
+    Ray is already initialised, then runs :func:`gate_dataset` (``cache`` and
+    ``duplicate_detector`` as there). Checks that every document × criterion
+    came back exactly once.
     """
     ray = _import_ray()
     documents = list(documents)
@@ -280,6 +384,8 @@ def gate_on_ray(
         num_gpus=num_gpus,
         num_cpus=num_cpus,
         include_context=include_context,
+        cache=cache,
+        duplicate_detector=duplicate_detector,
     )
     rows = [GateRow.from_record(r) for r in dataset.iter_rows()]
     order = {c.id: n for n, c in enumerate(criteria)}

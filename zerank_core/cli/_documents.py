@@ -19,10 +19,18 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from zerank_core.cli._common import count_arg, make_scorer, positive_arg, write_json
+from zerank_core.cache import CACHE_ENV, default_cache_path
+from zerank_core.cli._common import (
+    cache_line,
+    count_arg,
+    make_scorer,
+    positive_arg,
+    write_json,
+)
 from zerank_core.cli._policy import apply_policy_file
 from zerank_core.cli._reading import read_document, reading_dict
 from zerank_core.criteria import Criterion, load_criteria
+from zerank_core.dedupe import DuplicateDetector, LexicalDetector, ModelDetector
 from zerank_core.errors import ConfigurationError
 from zerank_core.gate import PageGate
 from zerank_core.loaders import TEXT_SUFFIXES, Document
@@ -31,7 +39,7 @@ from zerank_core.redaction import redact_url
 from zerank_core.scorers.base import Scorer
 from zerank_core.select import SelectionPolicy
 
-__all__ = ["add_many_options", "resolve_documents", "run_many"]
+__all__ = ["add_many_options", "duplicate_detector", "resolve_documents", "run_many"]
 
 _GLOB_CHARACTERS = re.compile(r"[*?\[]")
 
@@ -45,7 +53,10 @@ def add_many_options(parser: argparse.ArgumentParser) -> None:
         metavar="ADDRESS",
         help="gate the documents on a Ray cluster (zerank-gate[ray]): ADDRESS such as 'auto' "
         "or 'ray://head:10001'; without one, RAY_ADDRESS or a new local instance. Each "
-        "actor builds the backend from these flags and its node's environment",
+        "actor builds the backend from these flags and its node's environment; the score "
+        "cache is used only with --cache PATH or $ZERANK_CACHE, which each actor opens on "
+        "its own node (one file per machine, shared by its actors; not on a network "
+        "filesystem)",
     )
     group.add_argument(
         "--actors",
@@ -129,6 +140,7 @@ def run_many(
     finally:
         if cached is not None:
             cached.close()
+    stats = cached.stats if cached is not None else None
     width = max(8, *(len(d.source) for d in documents[:50]))
     print(f"\n{'document':<{width}}  {'pages':>5} {'kept chars':>16}  no evidence", file=err)
     for result in job.results:
@@ -152,6 +164,10 @@ def run_many(
         f"{summary.seconds:.1f} s, {summary.documents_per_second:.2f} documents/s",
         file=err,
     )
+    print(
+        cache_line(cached, stats.hits if stats else None, stats.misses if stats else None),
+        file=err,
+    )
     include_context = not args.no_context
     files = []
     for result in job.results:
@@ -160,6 +176,11 @@ def run_many(
         data["report"]["reading"] = reading_dict(result.document)
         files.append(data)
     head = {"backend": args.backend_used, "summary": summary.to_dict()}
+    head["summary"]["cache"] = (
+        None
+        if cached is None or stats is None
+        else {"path": str(cached.path), "hits": stats.hits, "misses": stats.misses}
+    )
     _write(files, head, folder, [d.source for d in documents], args.output, out, err)
     return 0
 
@@ -181,11 +202,21 @@ def _run_ray(
         "model": args.model,
         "device": args.device,
     }
+    cache = _ray_cache(args)
     print(
         f"ray: {args.actors} actor(s), {args.gpus_per_actor} GPU(s) each; each builds the "
-        "backend from these flags and its node's environment (no cache)",
+        "backend from these flags and its node's environment",
         file=err,
     )
+    if cache is None:
+        print("cache: off (on Ray only with --cache PATH or $ZERANK_CACHE)", file=err)
+    else:
+        print(f"cache: {cache}, opened by each actor on its own node", file=err)
+    detector = None
+    if policy.dedupe:
+        detector = functools.partial(
+            duplicate_detector, method=args.dedupe_with, threshold=args.dedupe_threshold
+        )
     start = time.perf_counter()
     rows = gate_on_ray(
         documents,
@@ -198,17 +229,24 @@ def _run_ray(
         documents_per_batch=args.documents_per_batch,
         num_gpus=args.gpus_per_actor,
         include_context=not args.no_context,
+        cache=cache,
+        duplicate_detector=detector,
     )
     seconds = time.perf_counter() - start
+    selection = _policy_dict(policy)
     files: list[dict[str, Any]] = [
-        {"document": d.source, "pages": len(d.pages), "criteria": []} for d in documents
+        {"document": d.source, "pages": len(d.pages), "policy": selection, "criteria": []}
+        for d in documents
     ]
+    thresholds = {c.id: c.threshold for c in criteria}
     for row in rows:
         entry = row.to_dict()
         for key in ("index", "document"):
             del entry[key]
         if entry["context"] is None:
             del entry["context"]
+        # The criterion's own threshold (a policy file's, if any); None: the policy's.
+        entry["threshold"] = thresholds[row.criterion]
         files[row.index]["criteria"].append(entry)
     no_evidence = sum(r.no_evidence for r in rows)
     print(
@@ -216,6 +254,18 @@ def _run_ray(
         f"{seconds:.1f} s, {len(documents) / seconds:.2f} documents/s",
         file=err,
     )
+    cached = None
+    if cache is not None:
+        cached = {
+            "path": str(cache),
+            "hits": sum(r.cache_hits or 0 for r in rows),
+            "misses": sum(r.cache_misses or 0 for r in rows),
+        }
+        print(
+            f"cache: {cache} — {cached['hits']} hits, {cached['misses']} misses "
+            "(page scores of every document × criterion)",
+            file=err,
+        )
     summary = {
         "documents": len(documents),
         "criteria": len(criteria),
@@ -224,12 +274,53 @@ def _run_ray(
         "seconds": round(seconds, 3),
         "documents_per_second": round(len(documents) / seconds, 3),
         "ray": {"address": args.ray or None, "actors": args.actors, "gpus": args.gpus_per_actor},
+        "cache": cached,
     }
     # The output names the backend the flags asked for; a URL loses its credentials.
     asked = {**backend, "server_url": redact_url(args.server_url) if args.server_url else None}
     head = {"backend": asked, "summary": summary}
     _write(files, head, folder, [d.source for d in documents], args.output, out, err)
     return 0
+
+
+def _ray_cache(args: argparse.Namespace) -> Path | None:
+    """The cache file a Ray run uses: only one the user named, as an absolute path.
+
+    Actors run in other folders and on other machines, where the default
+    under the driver's home folder means nothing in particular.
+    """
+    if args.no_cache:
+        return None
+    if args.cache is not None:
+        return Path(args.cache).expanduser().absolute()
+    if os.environ.get(CACHE_ENV):
+        return default_cache_path().absolute()
+    return None
+
+
+def _policy_dict(policy: SelectionPolicy) -> dict[str, Any]:
+    """The selection policy as a single-document result writes it."""
+    return {
+        "threshold": policy.threshold,
+        "top_k": policy.top_k,
+        "max_chars": policy.max_chars,
+        "max_tokens": policy.max_tokens,
+        "min_keep": policy.min_keep,
+        "order": policy.order,
+        "neighbors": policy.neighbors,
+        "dedupe": policy.dedupe,
+    }
+
+
+def duplicate_detector(
+    scorer: Scorer, *, method: str | None, threshold: float | None
+) -> DuplicateDetector:
+    """The detector ``--dedupe-with`` and ``--dedupe-threshold`` ask for (lexical by default)."""
+    if method == "model":
+        if threshold is None:
+            return ModelDetector(scorer)
+        return ModelDetector(scorer, threshold=threshold)
+    return LexicalDetector() if threshold is None else LexicalDetector(threshold=threshold)
 
 
 def _actor_scorer(**backend: Any) -> Scorer:

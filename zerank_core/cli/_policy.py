@@ -45,9 +45,21 @@ def apply_policy_file(
         + (f"; own thresholds for {', '.join(own)}" if own else ""),
         file=err,
     )
-    used = getattr(args, "backend_used", {}) or {}
+    used = getattr(args, "backend_used", None)
     fitted_with = fitted.backend.get("name")
-    if fitted_with is not None and fitted_with != used.get("name"):
+    if fitted_with is None:
+        return selection, updated
+    if used is None:
+        # On Ray each actor resolves the backend on its node; only --backend is known here.
+        if args.backend != fitted_with:
+            print(
+                f"note: the policy was fitted on {fitted_with} scores; on Ray each actor "
+                f"chooses its backend from the flags and its node's environment"
+                + (f" (here --backend {args.backend})" if args.backend else "")
+                + f": its thresholds hold for {fitted_with} scores only",
+                file=err,
+            )
+    elif fitted_with != used.get("name"):
         print(
             f"note: the policy was fitted on {fitted_with} scores and this run uses "
             f"{used.get('name')}: its thresholds do not carry over between backends",

@@ -23,7 +23,12 @@ from zerank_core.cli._common import (
     threshold_arg,
     write_json,
 )
-from zerank_core.cli._documents import add_many_options, resolve_documents, run_many
+from zerank_core.cli._documents import (
+    add_many_options,
+    duplicate_detector,
+    resolve_documents,
+    run_many,
+)
 from zerank_core.cli._policy import add_policy_option, apply_policy_file
 from zerank_core.cli._reading import (
     add_reading_options,
@@ -32,7 +37,7 @@ from zerank_core.cli._reading import (
     reading_dict,
 )
 from zerank_core.criteria import load_criteria
-from zerank_core.dedupe import DuplicateDetector, LexicalDetector, ModelDetector
+from zerank_core.dedupe import DuplicateDetector
 from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
 from zerank_core.plots import plot_heatmap
@@ -204,12 +209,7 @@ def _dedupe_policy(args: argparse.Namespace, policy: SelectionPolicy) -> Selecti
 def _detector(args: argparse.Namespace, scorer: Scorer) -> DuplicateDetector | None:
     if not args.dedupe and args.dedupe_with is None:
         return None
-    threshold = args.dedupe_threshold
-    if args.dedupe_with == "model":
-        if threshold is None:
-            return ModelDetector(scorer)
-        return ModelDetector(scorer, threshold=threshold)
-    return LexicalDetector() if threshold is None else LexicalDetector(threshold=threshold)
+    return duplicate_detector(scorer, method=args.dedupe_with, threshold=args.dedupe_threshold)
 
 
 def _duplicate_lines(result: GateResult, err: TextIO) -> None:
