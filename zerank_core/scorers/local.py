@@ -7,6 +7,12 @@ module adds what a context gate needs around it: device and dtype selection,
 batches filled to a token budget from length-sorted inputs, windows for texts
 longer than the model's context, and zerank's calibration ``sigmoid(logit / 5)``.
 
+Loaded weights are shared within the process: scorers built with the same
+load settings (model, revision, device, dtype, max_length, fast path and
+compile options) use one loaded model, held by weak reference, so that
+building another component for the same model costs no second load, and
+dropping every scorer that holds a model frees its memory.
+
 By default the scores are computed on a faster path than ``CrossEncoder.predict``
 with the same numbers: the prompts are rendered by the CrossEncoder itself, the
 base model runs on batches of equal-length prompts with no padding mask (so
@@ -25,7 +31,8 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,6 +48,7 @@ from zerank_core.scorers.base import (
     fingerprint,
     is_blank,
     query_with_instruction,
+    rebuild,
     to_probability,
 )
 
@@ -240,6 +248,91 @@ def _window_starts(n_tokens: int, window: int, overlap: int) -> list[int]:
     return starts
 
 
+@dataclass(eq=False)
+class _LoadedModel:
+    """One load of a model, shared by every :class:`LocalScorer` with the same load settings.
+
+    ``lock`` serialises every use of the model, whichever scorer makes it:
+    the tokenizer and a compiled graph are not safe to run from two threads.
+    """
+
+    cross_encoder: Any
+    max_length: int
+    fast: _FastPath | None
+    fast_problem: str | None
+    compile_seconds: float | None
+    lock: threading.Lock
+
+
+# Weak values: a model stays loaded while some scorer holds it, and no longer.
+_LOADED: weakref.WeakValueDictionary[Hashable, _LoadedModel] = weakref.WeakValueDictionary()
+# One lock per model being loaded, so that threads asking for it at once load it once
+# while other models load in parallel.
+_LOADING: dict[Hashable, threading.Lock] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+def _shared_model(key: Hashable | None, load: Callable[[], _LoadedModel]) -> _LoadedModel:
+    """The model loaded under ``key``, loading it with ``load`` if no scorer holds it now.
+
+    ``key=None`` (settings that cannot be compared) loads a private copy. A
+    failed load is not remembered: the next scorer tries again.
+    """
+    if key is None:
+        return load()
+    with _REGISTRY_LOCK:
+        found = _LOADED.get(key)
+        if found is not None:
+            return found
+        gate = _LOADING.setdefault(key, threading.Lock())
+    with gate:
+        with _REGISTRY_LOCK:
+            found = _LOADED.get(key)
+        if found is not None:
+            return found
+        try:
+            loaded = load()
+            with _REGISTRY_LOCK:
+                _LOADED[key] = loaded
+        finally:
+            with _REGISTRY_LOCK:
+                if _LOADING.get(key) is gate:
+                    del _LOADING[key]
+    return loaded
+
+
+def _frozen(value: Any) -> Hashable:
+    """``value`` as a hashable key, mappings and sequences as tuples.
+
+    Raises ``TypeError`` for a value that has none (then nothing is shared).
+    """
+    if isinstance(value, Mapping):
+        items = ((str(k), _frozen(v)) for k, v in value.items())
+        return ("mapping", tuple(sorted(items, key=lambda item: item[0])))
+    if isinstance(value, list | tuple):
+        return ("sequence", tuple(_frozen(v) for v in value))
+    hash(value)
+    # The type keeps True and 1 (equal, same hash) apart.
+    return (type(value).__qualname__, value)
+
+
+def _where(model: str) -> Hashable:
+    """What names the weights: a folder's absolute path and its files' sizes and times, or the id.
+
+    The files' stamps make a folder whose weights were replaced load anew
+    instead of sharing the model loaded before.
+    """
+    folder = Path(model).expanduser()
+    if not folder.is_dir():
+        return model
+    stamps = []
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_file():
+            stat = entry.stat()
+            stamps.append((entry.name, stat.st_size, stat.st_mtime_ns))
+    return (str(folder.resolve()), tuple(stamps))
+
+
 @dataclass(frozen=True)
 class LocalScores:
     """What one :meth:`LocalScorer.score_detailed` call computed, in input order.
@@ -317,6 +410,13 @@ class LocalScorer:
 
     The model is used under a lock, so one scorer can be shared by threads;
     :meth:`ascore` runs in a worker thread and does not block the event loop.
+
+    Scorers built in one process with the same load settings (``model`` —
+    a folder by its absolute path and its files' times —, ``revision``,
+    ``device``, ``dtype``, ``max_length``, ``local_files_only``,
+    ``cache_folder``, ``model_kwargs``, whether the fast path is allowed,
+    ``compile``) share one loaded model and take turns on it; it is freed
+    when the last of them is. A pickle holds the settings, not the weights.
     """
 
     def __init__(
@@ -358,7 +458,24 @@ class LocalScorer:
         if compile is not False and fast is False:
             raise ConfigurationError("compile needs the fast path; leave fast=None or True")
 
-        cross_encoder_cls, logit_score_cls = _import_sentence_transformers()
+        # What a pickle holds: the arguments as given, so that another process
+        # picks its own device and dtype where they were left to the defaults.
+        self._arguments: dict[str, Any] = {
+            "model": model,
+            "device": device,
+            "dtype": dtype,
+            "max_length": max_length,
+            "batch_tokens": batch_tokens,
+            "max_batch_size": max_batch_size,
+            "window_overlap": window_overlap,
+            "local_files_only": local_files_only,
+            "revision": revision,
+            "cache_folder": cache_folder,
+            "model_kwargs": None if model_kwargs is None else dict(model_kwargs),
+            "fast": fast,
+            "compile": dict(compile) if isinstance(compile, Mapping) else compile,
+        }
+        _import_sentence_transformers()
         torch = _import_torch()
         self.model = model
         self.device = select_device(device)
@@ -369,6 +486,70 @@ class LocalScorer:
         self._revision = revision
         if local_files_only is None:
             local_files_only = weights_available(model, cache_dir=cache_folder)
+        self._identity = torch.nn.Identity()
+        self._meter = UsageMeter()
+        self._batches = {"unmasked": 0, "masked": 0, "prompt_tokens": 0, "padding_tokens": 0}
+
+        # Everything that goes into loading the model or changes the loaded
+        # object; batch_tokens, max_batch_size and window_overlap only plan work.
+        key: Hashable | None
+        try:
+            key = (
+                _where(model),
+                revision,
+                self.device,
+                self.dtype,
+                max_length,
+                local_files_only,
+                cache_folder,
+                _frozen(model_kwargs or {}),
+                fast is not False,
+                None if compile is False else _frozen(compile if compile is not True else {}),
+            )
+        except TypeError:  # model_kwargs that cannot be compared: load a private copy
+            key = None
+        loaded = _shared_model(
+            key,
+            lambda: self._load(
+                max_length=max_length,
+                local_files_only=local_files_only,
+                revision=revision,
+                cache_folder=cache_folder,
+                model_kwargs=model_kwargs,
+                fast=fast,
+                compile=compile,
+            ),
+        )
+        # Held for as long as this scorer lives: the shared model is freed with its last holder.
+        self._loaded = loaded
+        self._cross_encoder = loaded.cross_encoder
+        self._tokenizer = loaded.cross_encoder.tokenizer
+        self.max_length: int = loaded.max_length
+        self._lock = loaded.lock
+        self._fast: _FastPath | None = loaded.fast
+        self._fast_problem: str | None = loaded.fast_problem
+        self._compile_seconds: float | None = loaded.compile_seconds
+        if fast and self._fast is None:
+            raise ConfigurationError(
+                f"the fast path does not support {model!r}: {self._fast_problem}; "
+                "pass fast=False (or leave fast unset)"
+            )
+
+    def _load(
+        self,
+        *,
+        max_length: int | None,
+        local_files_only: bool,
+        revision: str | None,
+        cache_folder: str | None,
+        model_kwargs: Mapping[str, Any] | None,
+        fast: bool | None,
+        compile: bool | Mapping[str, Any],
+    ) -> _LoadedModel:
+        """Load the model, check it is a zerank reranker, build and check the fast path."""
+        cross_encoder_cls, logit_score_cls = _import_sentence_transformers()
+        torch = _import_torch()
+        model = self.model
         try:
             self._cross_encoder = cross_encoder_cls(
                 model,
@@ -397,37 +578,35 @@ class LocalScorer:
             limit = max_length
         if limit is None:
             raise ConfigurationError(f"{model!r} declares no maximum length; pass max_length=...")
-        self.max_length: int = int(limit)
+        self.max_length = int(limit)
         self._tokenizer = self._cross_encoder.tokenizer
-        self._identity = torch.nn.Identity()
-        self._lock = threading.Lock()
-        self._meter = UsageMeter()
-        self._batches = {"unmasked": 0, "masked": 0, "prompt_tokens": 0, "padding_tokens": 0}
-        self._compile_seconds: float | None = None
-        self._fast: _FastPath | None = None
-        self._fast_problem: str | None = "fast=False was passed"
+        compile_seconds: float | None = None
+        self._fast = None
+        problem: str | None = "fast=False was passed"
         if fast is not False:
             built = _FastPath.build(self._cross_encoder)
             if isinstance(built, str):
-                self._fast_problem = built
+                problem = built
             else:
                 self._fast = built
-                self._fast_problem = self._check_fast_path()
-                if self._fast_problem is not None:
+                problem = self._check_fast_path()
+                if problem is not None:
                     self._fast = None
-            if fast and self._fast is None:
-                raise ConfigurationError(
-                    f"the fast path does not support {model!r}: {self._fast_problem}; "
-                    "pass fast=False (or leave fast unset)"
-                )
         if compile is not False:
             if self._fast is None:
                 raise ConfigurationError(
-                    f"compile needs the fast path, which {model!r} does not support: "
-                    f"{self._fast_problem}"
+                    f"compile needs the fast path, which {model!r} does not support: {problem}"
                 )
             options = dict(compile) if isinstance(compile, Mapping) else {}
-            self._compile_seconds = self._fast.compile(options)
+            compile_seconds = self._fast.compile(options)
+        return _LoadedModel(
+            cross_encoder=self._cross_encoder,
+            max_length=self.max_length,
+            fast=self._fast,
+            fast_problem=problem,
+            compile_seconds=compile_seconds,
+            lock=threading.Lock(),
+        )
 
     def _check_head(self, logit_score_cls: Any) -> None:
         """Refuse a folder that loads as some other scorer: its scores would look plausible."""
@@ -479,7 +658,10 @@ class LocalScorer:
 
     @property
     def cross_encoder(self) -> Any:
-        """The underlying sentence-transformers ``CrossEncoder`` (returns raw logits)."""
+        """The underlying sentence-transformers ``CrossEncoder`` (returns raw logits).
+
+        Shared with every scorer of the same load settings: changing it changes them all.
+        """
         return self._cross_encoder
 
     @property
@@ -498,6 +680,11 @@ class LocalScorer:
             window_overlap=self.window_overlap,
             instruction=INSTRUCTION_CONVENTION,
         )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A pickle holds the settings, never the weights: unpickled in this
+        # process the scorer shares the loaded model, elsewhere it loads it.
+        return (rebuild, (type(self), dict(self._arguments)))
 
     def __repr__(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
