@@ -41,6 +41,7 @@ from llama_index.core.schema import NodeWithScore, TextNode
 from langchain_zerank import ZeRankClassifier, ZeRankCompressor
 from llamaindex_zerank import ZeRankPostprocessor, ZeRankSelector
 from tests.tiny_zerank import build_tiny_zerank
+from zerank_core.errors import ConfigurationError
 from zerank_core.scorers.local import LocalScorer
 
 QUERY = "When is the invoice payment due?"
@@ -327,3 +328,13 @@ def test_closing_one_component_leaves_the_others_working(model_dir: Path, loads:
     assert len(other.postprocess_nodes(nodes, query_str=QUERY)) == 1
     assert len(closed.compress_documents([Document(page_content=TEXTS[0])], QUERY)) == 1
     assert loads.count == 1
+
+
+def test_a_failed_load_is_not_remembered(model_dir: Path, loads: Loads) -> None:
+    for _ in range(2):
+        with pytest.raises(ConfigurationError, match="max_length must be <="):
+            LocalScorer(str(model_dir), device="cpu", max_length=10**7)
+
+    LocalScorer(str(model_dir), device="cpu")
+
+    assert loads.count == 3

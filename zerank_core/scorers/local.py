@@ -326,10 +326,17 @@ def _where(model: str) -> Hashable:
     if not folder.is_dir():
         return model
     stamps = []
-    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
-        if entry.is_file():
-            stat = entry.stat()
-            stamps.append((entry.name, stat.st_size, stat.st_mtime_ns))
+    # Subfolders too: some sentence-transformers layouts keep the weights in
+    # a module's folder (0_Transformer/).
+    for root, dirs, files in os.walk(folder):
+        dirs.sort()
+        for name in sorted(files):
+            path = os.path.join(root, name)
+            try:
+                stat = os.stat(path)
+            except OSError:  # a dangling link: loading will say what is missing
+                continue
+            stamps.append((os.path.relpath(path, folder), stat.st_size, stat.st_mtime_ns))
     return (str(folder.resolve()), tuple(stamps))
 
 
