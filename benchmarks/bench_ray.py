@@ -8,6 +8,10 @@ gates them against three criteria:
 - with :func:`zerank_core.distributed.gate_on_ray` on a local Ray instance
   (``--cpus`` CPUs), with 1 and then 2 actors of one CPU each.
 
+With ``--cache`` it measures the score cache on Ray instead: 2 actors into
+an empty cache file, the same job again (every score a hit), and this process
+reading the file the actors wrote, with each run's hits and misses.
+
 A Ray run starts its actors (each imports torch and loads the model), so its
 figure includes that start-up, as a real job's would; the per-run start-up is
 printed from a one-document run. Every run's kept pages are checked against
@@ -29,6 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tests.tiny_zerank import build_tiny_zerank, sample_text
+from zerank_core.cache import CachedScorer
 from zerank_core.criteria import Criterion
 from zerank_core.distributed import gate_on_ray, rows_of
 from zerank_core.gate import PageGate
@@ -68,6 +73,9 @@ def main() -> None:
     parser.add_argument("--pages", type=int, default=8)
     parser.add_argument("--documents-per-batch", type=int, default=4)
     parser.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance")
+    parser.add_argument(
+        "--cache", action="store_true", help="measure a first run and a rerun with a score cache"
+    )
     args = parser.parse_args()
 
     import ray
@@ -95,7 +103,10 @@ def main() -> None:
         ray.data.DataContext.get_current().enable_progress_bars = False
         ray_start = time.perf_counter() - started
 
-        def on_ray(docs: list[Document], actors: int) -> float:
+        cache = Path(folder) / "scores.sqlite3"
+        counts: dict[str, tuple[int, int]] = {}
+
+        def on_ray(docs: list[Document], actors: int, label: str = "") -> float:
             start = time.perf_counter()
             rows = gate_on_ray(
                 docs,
@@ -103,14 +114,37 @@ def main() -> None:
                 scorer=factory,
                 actors=actors,
                 documents_per_batch=args.documents_per_batch,
+                cache=cache if label else None,
             )
             seconds = time.perf_counter() - start
             if len(docs) == len(documents):
                 assert [r.pages for r in rows] == [r.pages for r in want], "results differ"
+            if label:
+                counts[label] = (
+                    sum(r.cache_hits or 0 for r in rows),
+                    sum(r.cache_misses or 0 for r in rows),
+                )
             return seconds
 
         startup = on_ray(documents[:1], 1)
-        timings = {actors: on_ray(documents, actors) for actors in (1, 2)}
+        if args.cache:
+            timings = {
+                label: on_ray(documents, 2, label)
+                for label in ("Ray, 2 actors, empty cache", "Ray, 2 actors, rerun")
+            }
+            with CachedScorer(factory(), cache) as cached:
+                start = time.perf_counter()
+                again = gate_documents(PageGate(cached), documents, CRITERIA)
+                label = "this process, reading the actors' cache"
+                timings[label] = time.perf_counter() - start
+                counts[label] = (cached.stats.hits, cached.stats.misses)
+            got = [row for i, r in enumerate(again.results) for row in rows_of(r, index=i)]
+            assert [r.pages for r in got] == [r.pages for r in want], "results differ"
+        else:
+            timings = {
+                f"Ray, {actors} actor{'s' if actors > 1 else ''}": on_ray(documents, actors)
+                for actors in (1, 2)
+            }
         ray.shutdown()
 
     n = len(documents)
@@ -122,11 +156,17 @@ def main() -> None:
     )
     print(f"ray.init: {ray_start:.1f} s; a one-document run (actor start-up): {startup:.1f} s")
     print(f"{'in this process (gate_documents)':<40} {n / here_seconds:7.2f} documents/s")
-    for actors, seconds in timings.items():
-        label = f"Ray, {actors} actor{'s' if actors > 1 else ''}"
+    for label, seconds in timings.items():
         rate = f"{n / seconds:7.2f} documents/s"
-        print(f"{label:<40} {rate} ({seconds:.1f} s, {pages / seconds:.0f} pages/s)")
-    print(f"ratio 2 actors / 1 actor: {timings[1] / timings[2]:.2f}x")
+        cached = f"; {counts[label][0]} hits, {counts[label][1]} misses" if label in counts else ""
+        print(f"{label:<40} {rate} ({seconds:.1f} s, {pages / seconds:.0f} pages/s{cached})")
+    if args.cache:
+        first, rerun = timings["Ray, 2 actors, empty cache"], timings["Ray, 2 actors, rerun"]
+        print(f"ratio rerun / first run on Ray: {first / rerun:.2f}x faster")
+    else:
+        print(
+            f"ratio 2 actors / 1 actor: {timings['Ray, 1 actor'] / timings['Ray, 2 actors']:.2f}x"
+        )
 
 
 if __name__ == "__main__":
