@@ -33,6 +33,7 @@ from zerank_core.errors import ConfigurationError
 from zerank_core.gate import PageGate
 from zerank_core.loaders import Document
 from zerank_core.multi import gate_documents
+from zerank_core.scorers.lexical import BM25Scorer
 from zerank_core.scorers.local import LocalScorer
 from zerank_core.select import SelectionPolicy
 
@@ -313,3 +314,15 @@ def test_bad_arguments_fail_before_anything_runs(ray_instance: Any) -> None:
         documents_dataset([])
     with pytest.raises(ConfigurationError, match=r"documents\[0\] must be a Document"):
         documents_dataset(["a.pdf"])  # type: ignore[list-item]
+
+
+def test_an_actor_that_cannot_open_the_cache_is_a_clear_error(
+    ray_instance: Any, tmp_path: Path
+) -> None:
+    (tmp_path / "a-file").write_text("not a folder", encoding="utf-8")
+    cache = tmp_path / "a-file" / "scores.sqlite3"
+    with pytest.raises(ConfigurationError) as caught:
+        gate_on_ray(documents(1), CRITERIA, scorer=BM25Scorer, cache=cache)
+    message = str(caught.value)
+    assert message.startswith("a Ray actor could not start: ConfigurationError: cannot use ")
+    assert f"{cache} as a score cache" in message

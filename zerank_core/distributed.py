@@ -11,7 +11,9 @@ Ray Data's actor pools restart an actor that dies (a lost node, a process
 killed for memory) and resubmit the batches it held: ``max_restarts=-1`` and
 ``max_task_retries=-1`` are Ray Data's defaults for actor pools, which this
 module keeps. An error raised by the gate itself (a document without text, a
-backend's invalid answer) is not retried and fails the job.
+backend's invalid answer) is not retried and fails the job; an actor whose
+set-up fails (no model on its node, a cache it cannot open) fails it with a
+:class:`~zerank_core.errors.ConfigurationError` naming the actor's error.
 
 With ``cache=PATH`` each actor wraps its scorer in a
 :class:`~zerank_core.cache.CachedScorer` on that file, keyed exactly as in a
@@ -149,6 +151,21 @@ def rows_of(result: GateResult, *, index: int = 0, include_context: bool = False
             )
         )
     return rows
+
+
+def _creation_error(exc: BaseException) -> BaseException:
+    """A clear error for an actor whose set-up raised (no model, a cache it cannot open).
+
+    Ray keeps only the text of an exception raised while an actor is built;
+    its last line is the original type and message. An actor that died
+    otherwise is passed on as it is.
+    """
+    text = str(exc)
+    if "creation task" not in text:
+        return exc
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    cause = lines[-1].removeprefix("zerank_core.errors.") if lines else text
+    return ConfigurationError(f"a Ray actor could not start: {cause}")
 
 
 def _import_ray() -> Any:
@@ -387,7 +404,10 @@ def gate_on_ray(
         cache=cache,
         duplicate_detector=duplicate_detector,
     )
-    rows = [GateRow.from_record(r) for r in dataset.iter_rows()]
+    try:
+        rows = [GateRow.from_record(r) for r in dataset.iter_rows()]
+    except ray.exceptions.ActorDiedError as exc:
+        raise _creation_error(exc) from exc
     order = {c.id: n for n, c in enumerate(criteria)}
     rows.sort(key=lambda r: (r.index, order[r.criterion]))
     found = [(r.index, r.criterion) for r in rows]
