@@ -216,6 +216,31 @@ def test_hosted_refuses_a_client_whose_base_url_has_userinfo(
     asyncio.run(async_client.close())
 
 
+def test_the_sdk_puts_a_base_urls_query_before_the_path(fake_server: FakeRerankServer) -> None:
+    from zeroentropy import NotFoundError, ZeroEntropy
+
+    base_url = f"{fake_server.url}/v1?region=eu"
+    with ZeroEntropy(api_key=KEY, base_url=base_url) as client, pytest.raises(NotFoundError):
+        client.models.rerank(model="zerank-2", query=QUERY, documents=TEXTS)
+    assert [r.path for r in fake_server.requests] == ["/v1?region=eu/models/rerank"]
+
+
+@pytest.mark.parametrize("url_from", ["base_url", "ZEROENTROPY_BASE_URL"])
+def test_hosted_refuses_a_query_string_in_its_base_url(
+    fake_server: FakeRerankServer, monkeypatch: pytest.MonkeyPatch, url_from: str
+) -> None:
+    url = f"{fake_server.url}/v1?token={KEY}"
+    arguments = {"api_key": KEY}
+    if url_from.isupper():
+        monkeypatch.setenv(url_from, url)
+    else:
+        arguments[url_from] = url
+    with pytest.raises(ConfigurationError) as error:
+        ZeroEntropyScorer(**arguments)
+    assert refused(error).startswith(f"{url_from} carries a query string")
+    assert fake_server.requests == []
+
+
 async def test_hosted_sends_its_key_as_a_bearer_token(
     fake_server: FakeRerankServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -127,6 +127,7 @@ class ZeroEntropyScorer(BatchedScorer):
             check_url(self._base_url, "base_url")
             register_url_secrets(self._base_url)
             _refuse_userinfo(self._base_url, "base_url" if base_url else "ZEROENTROPY_BASE_URL")
+            _refuse_query(self._base_url, "base_url" if base_url else "ZEROENTROPY_BASE_URL")
         for given in (client, async_client):
             if given is not None:
                 where = f"the base_url of the {type(given).__name__} client passed in"
@@ -312,6 +313,21 @@ def _refuse_userinfo(url: str, where: str) -> None:
             "place of the API key (the ZeroEntropy API authenticates with the key, as a "
             f"bearer token, and the one Authorization header holds one credential): remove "
             f"user:password@ from {where} and give the key as api_key or ZEROENTROPY_API_KEY"
+        )
+
+
+def _refuse_query(url: str, where: str) -> None:
+    """Refuse a base URL with a query string: the SDK would put it before the request path.
+
+    The SDK appends ``/models/rerank`` to the base URL's raw path, query
+    included, so ``https://host/v1?region=eu`` would be sent to
+    ``/v1?region=eu/models/rerank`` (a 404 at best).
+    """
+    if httpx.URL(url).query:
+        raise ConfigurationError(
+            f"{where} carries a query string ({redact_url(url)!r}), which the ZeroEntropy SDK "
+            "would send before the request path (…?…/models/rerank): remove it; the API key "
+            "goes in api_key or ZEROENTROPY_API_KEY"
         )
 
 
