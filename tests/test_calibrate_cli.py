@@ -7,13 +7,13 @@ ContractNLI) with the offline BM25 backend.
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cli_run import call
 from zerank_core.calibrate import (
     CriterionFit,
     ThresholdFit,
@@ -21,7 +21,6 @@ from zerank_core.calibrate import (
     conformal_threshold,
     fit_policy,
 )
-from zerank_core.cli import main
 from zerank_core.datasets import load_labelled
 from zerank_core.errors import ConfigurationError, DocumentError
 from zerank_core.evaluate import (
@@ -37,12 +36,6 @@ EVIDENCE = PRIOR_AUTH / "evidence.yaml"
 PACKET = PRIOR_AUTH / "packet.txt"
 CRITERIA = PRIOR_AUTH / "criteria.yaml"
 CONTRACTNLI_DEV = ROOT / "benchmarks" / "data" / "contractnli" / "dev.json"
-
-
-def call(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def query(scores: list[float], relevant: set[int], qid: str = "") -> LabelledQuery:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.cli_run import call
 from tests.fake_servers import FakeRerankServer
 from zerank_core.cli import main
 
@@ -48,12 +48,6 @@ def run_zerank(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]
         timeout=120,
         check=False,
     )
-
-
-def call(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def without_cache_fields(data: dict[str, Any]) -> dict[str, Any]:

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from fpdf import FPDF
 
+from tests.cli_run import call
 from tests.fake_servers import FakeRerankServer
 from zerank_core.calibrate import CriterionFit, ThresholdFit, ThresholdPolicy
-from zerank_core.cli import main
 from zerank_core.cli._policy import apply_policy_file
 from zerank_core.criteria import Criterion
 from zerank_core.select import SelectionPolicy
@@ -34,12 +34,6 @@ def write_pdf(path: Path, pages: list[str]) -> Path:
             pdf.multi_cell(0, 6, text)
     pdf.output(str(path))
     return path
-
-
-def call(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 @pytest.fixture

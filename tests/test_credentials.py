@@ -53,6 +53,17 @@ def sent_authorizations(server: FakeRerankServer) -> list[str | None]:
     ]
 
 
+def settings(monkeypatch: pytest.MonkeyPatch, **given: tuple[str, str]) -> dict[str, str]:
+    """Arguments for a scorer: ``name=(source, value)``; an upper-case source is an env var."""
+    arguments: dict[str, str] = {}
+    for name, (source, value) in given.items():
+        if source.isupper():
+            monkeypatch.setenv(source, value)
+        else:
+            arguments[name] = value
+    return arguments
+
+
 def refused(error: pytest.ExceptionInfo[ConfigurationError]) -> str:
     message = str(error.value)
     assert KEY not in message
@@ -122,15 +133,9 @@ async def test_a_key_alone_is_sent_as_a_bearer_token(
 def test_userinfo_and_a_key_are_refused_naming_both_sources(
     fake_server: FakeRerankServer, monkeypatch: pytest.MonkeyPatch, url_from: str, key_from: str
 ) -> None:
-    arguments: dict[str, str] = {}
-    for source, name, value in (
-        (url_from, "url", rerank_url(fake_server)),
-        (key_from, "api_key", KEY),
-    ):
-        if source.isupper():
-            monkeypatch.setenv(source, value)
-        else:
-            arguments[name] = value
+    arguments = settings(
+        monkeypatch, url=(url_from, rerank_url(fake_server)), api_key=(key_from, KEY)
+    )
     with pytest.raises(ConfigurationError) as error:
         RerankServerScorer(**arguments)
     message = refused(error)
@@ -174,15 +179,9 @@ def test_an_authorization_header_counts_as_a_credential(fake_server: FakeRerankS
 def test_hosted_refuses_userinfo_in_its_base_url(
     fake_server: FakeRerankServer, monkeypatch: pytest.MonkeyPatch, url_from: str, key_from: str
 ) -> None:
-    arguments: dict[str, str] = {}
-    for source, name, value in (
-        (url_from, "base_url", hosted_base(fake_server)),
-        (key_from, "api_key", KEY),
-    ):
-        if source.isupper():
-            monkeypatch.setenv(source, value)
-        else:
-            arguments[name] = value
+    arguments = settings(
+        monkeypatch, base_url=(url_from, hosted_base(fake_server)), api_key=(key_from, KEY)
+    )
     with pytest.raises(ConfigurationError) as error:
         ZeroEntropyScorer(**arguments)
     message = refused(error)
@@ -230,11 +229,7 @@ def test_hosted_refuses_a_query_string_in_its_base_url(
     fake_server: FakeRerankServer, monkeypatch: pytest.MonkeyPatch, url_from: str
 ) -> None:
     url = f"{fake_server.url}/v1?token={KEY}"
-    arguments = {"api_key": KEY}
-    if url_from.isupper():
-        monkeypatch.setenv(url_from, url)
-    else:
-        arguments[url_from] = url
+    arguments = settings(monkeypatch, base_url=(url_from, url), api_key=("api_key", KEY))
     with pytest.raises(ConfigurationError) as error:
         ZeroEntropyScorer(**arguments)
     assert refused(error).startswith(f"{url_from} carries a query string")

@@ -6,7 +6,6 @@ pages as a Pillow image of rendered text placed on a page with no text layer.
 
 from __future__ import annotations
 
-import io
 import json
 import sys
 from collections.abc import Sequence
@@ -18,7 +17,7 @@ import pytest
 from fpdf import FPDF
 from PIL import Image, ImageDraw, ImageFont
 
-from zerank_core.cli import main
+from tests.cli_run import call
 from zerank_core.errors import ConfigurationError, DocumentError, MissingDependencyError
 from zerank_core.loaders import OCR_DPI, load_document, split_pages
 from zerank_core.ocr import RapidOcrEngine, ocr_available
@@ -68,12 +67,6 @@ def scanned_pdf(path: Path, lines: Sequence[str] = SCANNED_LINES, *, text_after:
         pdf.multi_cell(0, 5, text_after)
     pdf.output(str(path))
     return path
-
-
-def call(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def words(text: str) -> str:

@@ -8,7 +8,6 @@ deep in a client.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -23,21 +22,15 @@ import httpx
 import pytest
 import zeroentropy
 
+from tests.cli_run import call
 from tests.fake_servers import FakeRerankServer, reference_probability
 from zerank_core import BackendError, ConfigurationError, InvalidResponseError
 from zerank_core.cache import CachedScorer
-from zerank_core.cli import main
 from zerank_core.errors import ZeRankError
 from zerank_core.scorers import BM25Scorer, RerankServerScorer, ZeroEntropyScorer
 from zerank_core.scorers.base import Scale, to_probability
 
 QUERY = "termination notice period"
-
-
-def call(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    code = main(list(args), stdout=out, stderr=err)
-    return code, out.getvalue(), err.getvalue()
 
 
 def hosted(server: FakeRerankServer, **kwargs: object) -> ZeroEntropyScorer:

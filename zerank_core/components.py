@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable, MutableMapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 
 from pydantic import SecretStr
 
@@ -92,13 +92,7 @@ class BackendSettings:
 
     def without_key(self) -> BackendSettings:
         """The settings a pickle may hold."""
-        return BackendSettings(
-            backend=self.backend,
-            model=self.model,
-            device=self.device,
-            base_url=self.base_url,
-            server_url=self.server_url,
-        )
+        return replace(self, api_key=None)
 
 
 def close_built(scorer: Scorer, *, built: bool) -> None:

@@ -124,13 +124,12 @@ def deployment_url(url: str) -> str:
 
     Two URLs that differ only in their credentials name the same server.
     """
+    cleaned = without_credentials(url)
     try:
-        parts = urlsplit(url)
-    except ValueError:
-        return redact(url)
-    netloc = parts.netloc.rpartition("@")[2]
-    pairs = [p for p in parts.query.split("&") if p and not _is_secret_parameter(p)]
-    return urlunsplit((parts.scheme, netloc.lower(), parts.path, "&".join(pairs), ""))
+        parts = urlsplit(cleaned)
+    except ValueError:  # without_credentials could not split it either: already redacted
+        return cleaned
+    return urlunsplit((parts.scheme, parts.netloc.lower(), parts.path, parts.query, ""))
 
 
 def has_credentials(url: str) -> bool:

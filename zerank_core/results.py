@@ -222,16 +222,7 @@ class GateResult:
             "document": self.document.source,
             "model": self.model,
             "scale": self.scale.value,
-            "policy": {
-                "threshold": self.policy.threshold,
-                "top_k": self.policy.top_k,
-                "max_chars": self.policy.max_chars,
-                "max_tokens": self.policy.max_tokens,
-                "min_keep": self.policy.min_keep,
-                "order": self.policy.order,
-                "neighbors": self.policy.neighbors,
-                "dedupe": self.policy.dedupe,
-            },
+            "policy": self.policy.to_dict(),
             "duplicates": [d.to_dict() for d in self.duplicates],
             "criteria": criteria,
             "matrix": {

@@ -233,7 +233,7 @@ def _run_ray(
         duplicate_detector=detector,
     )
     seconds = time.perf_counter() - start
-    selection = _policy_dict(policy)
+    selection = policy.to_dict()
     files: list[dict[str, Any]] = [
         {"document": d.source, "pages": len(d.pages), "policy": selection, "criteria": []}
         for d in documents
@@ -296,20 +296,6 @@ def _ray_cache(args: argparse.Namespace) -> Path | None:
     if os.environ.get(CACHE_ENV):
         return default_cache_path().absolute()
     return None
-
-
-def _policy_dict(policy: SelectionPolicy) -> dict[str, Any]:
-    """The selection policy as a single-document result writes it."""
-    return {
-        "threshold": policy.threshold,
-        "top_k": policy.top_k,
-        "max_chars": policy.max_chars,
-        "max_tokens": policy.max_tokens,
-        "min_keep": policy.min_keep,
-        "order": policy.order,
-        "neighbors": policy.neighbors,
-        "dedupe": policy.dedupe,
-    }
 
 
 def duplicate_detector(
