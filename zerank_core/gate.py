@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from zerank_core.criteria import Criterion
@@ -28,9 +28,12 @@ from zerank_core.errors import (
 from zerank_core.loaders import Document, Page
 from zerank_core.results import (
     CriterionResult,
+    DocumentRecord,
     DuplicatePage,
     GateReport,
     GateResult,
+    PageRecord,
+    Timings,
     why_nothing_passed,
 )
 from zerank_core.scorers.base import (
@@ -112,6 +115,7 @@ class PageGate:
         texts = [p.text for p in pages]
         items = self._items(pages, criteria)
         before = self._snapshot()
+        started = time.perf_counter()
         with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
             columns: list[list[float] | None] = list(
                 score_many(
@@ -124,7 +128,7 @@ class PageGate:
         duplicates = None
         if self.policy.dedupe:
             duplicates = self._detector().find(texts, score_columns=_complete(columns, len(texts)))
-        return self._finish(document, pages, criteria, columns, before, duplicates)
+        return self._finish(document, pages, criteria, columns, before, duplicates, started)
 
     async def arun(self, document: Document, criteria: Sequence[Criterion]) -> GateResult:
         """Async :meth:`run`, through the scorer's ``ascore_many`` (or ``ascore``)."""
@@ -132,6 +136,7 @@ class PageGate:
         texts = [p.text for p in pages]
         items = self._items(pages, criteria)
         before = self._snapshot()
+        started = time.perf_counter()
         with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
             columns: list[list[float] | None] = list(
                 await ascore_many(
@@ -146,7 +151,7 @@ class PageGate:
             duplicates = await self._detector().afind(
                 texts, score_columns=_complete(columns, len(texts))
             )
-        return self._finish(document, pages, criteria, columns, before, duplicates)
+        return self._finish(document, pages, criteria, columns, before, duplicates, started)
 
     def _detector(self) -> DuplicateDetector:
         return self.duplicate_detector if self.duplicate_detector is not None else LexicalDetector()
@@ -201,16 +206,15 @@ class PageGate:
         columns: list[list[float] | None],
         before: tuple[Usage | None, CacheStats | None],
         duplicates: Duplicates | None = None,
+        started: float | None = None,
     ) -> GateResult:
         by_number = {p.number: p for p in document.pages}
         lengths = [len(p.text) for p in pages]
         tokens = [estimate_tokens(p.text) for p in pages]
-        matrix: list[tuple[float | None, ...]] = []
         results: list[CriterionResult] = []
         for criterion, column in zip(criteria, columns, strict=True):
             scores = _checked_column(criterion, column, pages)
             by_page = dict(zip((p.number for p in pages), scores, strict=True))
-            matrix.append(tuple(by_page.get(p.number) for p in document.pages))
             policy = self.policy
             if criterion.threshold is not None:
                 policy = replace(policy, threshold=criterion.threshold)
@@ -225,7 +229,7 @@ class PageGate:
                 CriterionResult(
                     criterion=criterion,
                     pages=kept,
-                    scores=MappingProxyType(by_page),
+                    scores=by_page,
                     evidence_pages=_numbers(pages, selection.selected, kept),
                     neighbor_pages=_numbers(pages, selection.neighbors, kept),
                     forced_pages=_numbers(pages, selection.forced, kept),
@@ -233,7 +237,10 @@ class PageGate:
                     chars_kept=sum(len(by_number[n].text) for n in kept),
                     duplicates=tuple(
                         DuplicatePage(
-                            pages[d.index].number, pages[d.of].number, d.similarity, d.method
+                            page=pages[d.index].number,
+                            duplicate_of=pages[d.of].number,
+                            similarity=d.similarity,
+                            method=d.method,
                         )
                         for d in selection.duplicates
                     ),
@@ -244,9 +251,7 @@ class PageGate:
             )
         report = self._report(document, pages, criteria, results, before)
         return GateResult(
-            document=document,
-            criteria=tuple(criteria),
-            matrix=tuple(matrix),
+            document=_record(document, {n for r in results for n in r.pages}),
             results=tuple(results),
             report=report,
             policy=self.policy,
@@ -255,8 +260,16 @@ class PageGate:
             duplicates=()
             if duplicates is None
             else tuple(
-                DuplicatePage(pages[p.second].number, pages[p.first].number, p.similarity, p.method)
+                DuplicatePage(
+                    page=pages[p.second].number,
+                    duplicate_of=pages[p.first].number,
+                    similarity=p.similarity,
+                    method=p.method,
+                )
                 for p in sorted(duplicates.pairs, key=lambda p: (p.second, p.first))
+            ),
+            timings=Timings.of(
+                document.reading, None if started is None else time.perf_counter() - started
             ),
         )
 
@@ -294,22 +307,35 @@ class PageGate:
             chars_kept=sum(r.chars_kept for r in results),
             tokens_full_estimate=sum(page_tokens.values()) * len(criteria),
             tokens_kept_estimate=sum(page_tokens[n] for r in results for n in r.pages),
-            pages_kept=MappingProxyType({r.criterion.id: len(r.pages) for r in results}),
+            pages_kept={r.criterion.id: len(r.pages) for r in results},
             no_evidence=tuple(r.criterion.id for r in results if r.no_evidence),
-            kept_nothing=MappingProxyType(
-                {
-                    r.criterion.id: r.kept_nothing
-                    for r in results
-                    if r.kept_nothing is not None and not r.no_evidence
-                }
-            ),
-            model_requests=usage.requests,
-            model_texts=usage.texts,
-            model_tokens=usage.total_tokens,
+            kept_nothing={
+                r.criterion.id: r.kept_nothing
+                for r in results
+                if r.kept_nothing is not None and not r.no_evidence
+            },
+            usage=usage,
             estimated_cost_usd=cost,
             cache_hits=None if stats is None else stats.hits,
             cache_misses=None if stats is None else stats.misses,
         )
+
+
+def _record(document: Document, kept: set[int]) -> DocumentRecord:
+    """The result's view of ``document``: every page's length, the kept pages' text."""
+    return DocumentRecord(
+        source=document.source,
+        pages=tuple(
+            PageRecord(
+                number=p.number,
+                chars=len(p.text),
+                empty=p.is_empty,
+                text=p.text if p.number in kept else None,
+            )
+            for p in document.pages
+        ),
+        reading=document.reading,
+    )
 
 
 @contextmanager
