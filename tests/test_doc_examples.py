@@ -10,6 +10,7 @@ collection at another folder, which the test of a broken example uses.
 from __future__ import annotations
 
 import ast
+import importlib
 import os
 import subprocess
 import sys
@@ -124,3 +125,43 @@ def test_an_unknown_requirement_is_an_error(tmp_path: Path) -> None:
 
     with pytest.raises(ValueError, match="'internet'; use one or more of gpu, weights"):
         find_blocks(page)
+
+
+def test_the_api_reference_has_a_page_for_every_public_module() -> None:
+    pytest.importorskip("mkdocs", reason="the docs extra: pip install '.[docs]'")
+    sys.path.insert(0, str(ROOT))
+    try:
+        import mkdocs_hooks
+    finally:
+        sys.path.remove(str(ROOT))
+
+    modules = {m for package in mkdocs_hooks.PACKAGES for m in mkdocs_hooks.public_modules(package)}
+
+    assert {"langchain_zerank", "llamaindex_zerank", "zerank_core"} <= modules
+    assert {"langchain_zerank.compressor", "llamaindex_zerank.selector"} <= modules
+    assert "zerank_core.scorers.server" in modules
+    assert not any("._" in module for module in modules)
+    for module in modules:
+        assert importlib.import_module(module).__name__ == module
+        assert mkdocs_hooks.page_text(module).endswith(f"::: {module}\n")
+
+
+def test_docstring_markup_becomes_markdown_in_the_reference() -> None:
+    pytest.importorskip("mkdocs", reason="the docs extra: pip install '.[docs]'")
+    sys.path.insert(0, str(ROOT))
+    try:
+        from mkdocs_hooks import sphinx_to_markdown
+    finally:
+        sys.path.remove(str(ROOT))
+
+    text = (
+        "Keeps what :class:`~zerank_core.select.SelectionPolicy` selects (:func:`a.b`).\n\n"
+        "Example:\n    .. code-block:: python\n\n        x = 1\n\n"
+        ">>> y = 2\n"
+    )
+
+    assert sphinx_to_markdown(text) == (
+        "Keeps what ``SelectionPolicy`` selects (``a.b``).\n\n"
+        "Example:\n    ```python\n    x = 1\n    ```\n\n"
+        "```pycon\n>>> y = 2\n```"
+    )

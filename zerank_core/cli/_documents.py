@@ -201,6 +201,7 @@ def _run_ray(
         "server_url": args.server_url,
         "model": args.model,
         "device": args.device,
+        "scale": args.scale,
     }
     cache = _ray_cache(args)
     print(
@@ -318,6 +319,7 @@ def _actor_scorer(**backend: Any) -> Scorer:
         server_url=backend["server_url"],
         model=backend["model"],
         device=backend["device"],
+        scale=backend.get("scale"),
     ).scorer
 
 
