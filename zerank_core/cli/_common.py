@@ -19,7 +19,7 @@ from zerank_core.scorers.auto import (
     planned_backend,
     resolve_backend,
 )
-from zerank_core.scorers.base import Scorer
+from zerank_core.scorers.base import Scale, Scorer
 
 __all__ = [
     "ArgumentParser",
@@ -124,6 +124,15 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
         "--device",
         help="device for open weights in-process: cpu, cuda, cuda:1, mps (implies local)",
     )
+    group.add_argument(
+        "--scale",
+        choices=("logit", "sigmoid", "probability"),
+        help="what the model's numbers are: with --server-url, what the server returns (as "
+        "$ZERANK_SERVER_SCALE); with a --model run in-process, declares any "
+        "sentence-transformers cross-encoder (not zerank) whose head returns this scale "
+        "('logit' for MiniLM and bge rerankers): its scores are uncalibrated until "
+        "zerank calibrate --calibrator fits a calibrator",
+    )
     cache = parser.add_argument_group("score cache")
     cache.add_argument(
         "--cache",
@@ -152,6 +161,7 @@ CLI_VOCABULARY = Vocabulary(
         "model": "--model",
         "device": "--device",
         "server_url": "--server-url",
+        "scale": "--scale",
         "api_key": None,
         "base_url": None,
         "scorer": None,
@@ -166,17 +176,21 @@ def choose_backend(
     server_url: str | None = None,
     model: str | None = None,
     device: str | None = None,
+    scale: str | None = None,
 ) -> BackendChoice:
     """The scorer the flags and the environment ask for, through :func:`resolve_backend`.
 
     The command line adds only its offline default: with nothing configured
-    it runs on the BM25 baseline (and says so) instead of failing.
+    it runs on the BM25 baseline (and says so) instead of failing. Its
+    requests carry the User-Agent ``zerank-gate/<version> cli``.
     """
     return resolve_backend(
         backend=backend,
         model=model,
         device=device,
         server_url=server_url,
+        scale=scale,
+        framework="cli",
         allow_lexical=True,
         vocabulary=CLI_VOCABULARY,
     )
@@ -188,6 +202,7 @@ def check_backend(
     server_url: str | None = None,
     model: str | None = None,
     device: str | None = None,
+    scale: str | None = None,
 ) -> None:
     """Build the backend these flags ask for once, and close it: fail before a cluster starts.
 
@@ -198,13 +213,17 @@ def check_backend(
     planned = planned_backend(backend=backend, model=model, device=device, server_url=server_url)
     if planned == "local":
         return
-    scorer = choose_backend(backend, server_url=server_url, model=model, device=device).scorer
-    close_scorer(scorer, None)
+    choice = choose_backend(backend, server_url=server_url, model=model, device=device, scale=scale)
+    close_scorer(choice.scorer, None)
 
 
 def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer | None]:
     choice = choose_backend(
-        args.backend, server_url=args.server_url, model=args.model, device=args.device
+        args.backend,
+        server_url=args.server_url,
+        model=args.model,
+        device=args.device,
+        scale=args.scale,
     )
     reason = redact(choice.reason)
     args.backend_used = {"name": choice.name, "description": reason}
@@ -213,6 +232,14 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
         print(
             "note: BM25 scores are uncalibrated (1.0 = best page for each query); set "
             "ZEROENTROPY_API_KEY, ZERANK_SERVER_URL or ZERANK_LOCAL_MODEL for zerank",
+            file=err,
+        )
+    elif choice.scorer.scale is Scale.UNCALIBRATED:
+        print(
+            f"note: {choice.scorer.model} is not a zerank model: its scores are uncalibrated "
+            "(they order pages, but a threshold on them means nothing) until zerank "
+            "calibrate --calibrator platt|isotonic fits a calibrator on your labelled set "
+            "and --policy applies it",
             file=err,
         )
     if args.no_cache:

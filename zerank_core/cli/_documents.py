@@ -202,6 +202,7 @@ def _run_ray(
         "server_url": args.server_url,
         "model": args.model,
         "device": args.device,
+        "scale": args.scale,
     }
     # Settings and credentials are checked here, before Ray starts (seconds).
     check_backend(**backend)
@@ -321,6 +322,7 @@ def _actor_scorer(**backend: Any) -> Scorer:
         server_url=backend["server_url"],
         model=backend["model"],
         device=backend["device"],
+        scale=backend.get("scale"),
     ).scorer
 
 

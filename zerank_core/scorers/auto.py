@@ -29,6 +29,22 @@ Rules, in order:
    :class:`ConfigurationError` with one message naming every option. The
    framework adapters never fall back to BM25 unless asked by name.
 
+Throughput settings (``timeout``, ``max_retries``, ``max_concurrency``,
+``requests_per_minute``, ``bytes_per_minute``, ``tokens_per_minute``,
+``max_batch_size``; see :class:`Throughput`) are checked here whatever the
+backend, and go to the backend chosen where they mean something: all of them
+to the hosted API and to a rerank server; ``max_batch_size`` to open weights
+in-process; none to BM25, which sends no request. A setting that does not
+apply is accepted and has no effect, so one configuration works whichever
+backend the environment picks. ``framework`` tags every request's
+User-Agent (``zerank-gate/<version> langchain``).
+
+``scale`` declares what a model's numbers are: for a rerank server, what it
+returns (as ``ZERANK_SERVER_SCALE``); for open weights in-process, that the
+model is not a zerank reranker but any sentence-transformers cross-encoder
+whose head returns this scale (see :class:`~zerank_core.scorers.local.LocalScorer`);
+such a model's scores are uncalibrated until a calibrator is fitted.
+
 Error messages speak the caller's language through a :class:`Vocabulary`:
 keyword arguments for the library (:data:`LIBRARY`), flags for the command
 line (the CLI passes its own).
@@ -39,21 +55,26 @@ from __future__ import annotations
 import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
+from zerank_core._version import user_agent
 from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.redaction import redact
-from zerank_core.scorers.base import Scorer
+from zerank_core.scorers.base import Scale, Scorer, check_count, check_timeout
+from zerank_core.scorers.engine import RateLimits
 
 __all__ = [
     "BACKENDS",
     "BACKEND_ALIASES",
     "LEXICAL_MODELS",
     "LIBRARY",
+    "THROUGHPUT_SETTINGS",
     "BackendChoice",
+    "Throughput",
     "Vocabulary",
     "resolve_backend",
     "scorer_from_env",
@@ -94,7 +115,65 @@ class BackendChoice:
         object.__setattr__(self, "reason", redact(self.reason))
 
 
-SETTINGS = ("backend", "model", "device", "api_key", "base_url", "server_url", "scorer")
+@dataclass(frozen=True)
+class Throughput:
+    """How a backend paces its requests; ``None`` leaves the backend's default.
+
+    ``timeout``: seconds one request may take (> 0). ``max_retries``: how many
+    times a request that failed transiently is sent again (>= 0).
+    ``max_concurrency``: most requests in flight at once (>= 1).
+    ``requests_per_minute``, ``bytes_per_minute``, ``tokens_per_minute``:
+    budgets kept on the client side (> 0). ``max_batch_size``: most texts in
+    one request, or in one forward pass of open weights (>= 1).
+
+    Every value is checked at construction, whatever the backend; the module
+    docstring says which backend uses which.
+    """
+
+    timeout: float | None = None
+    max_retries: int | None = None
+    max_concurrency: int | None = None
+    requests_per_minute: float | None = None
+    bytes_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_timeout(self.timeout)
+        for name, minimum in (("max_retries", 0), ("max_concurrency", 1), ("max_batch_size", 1)):
+            value = getattr(self, name)
+            if value is not None:
+                check_count(value, name, minimum)
+        RateLimits(self.requests_per_minute, self.bytes_per_minute, self.tokens_per_minute)
+
+    def given(self) -> dict[str, Any]:
+        """The settings that were set, by name."""
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+    def for_backend(self, name: str) -> dict[str, Any]:
+        """The constructor arguments of backend ``name``'s scorer that these settings give."""
+        given = self.given()
+        if name in ("hosted", "server"):
+            return given
+        if name == "local":
+            return {k: v for k, v in given.items() if k == "max_batch_size"}
+        return {}
+
+
+#: The throughput settings, by the names the scorers' constructors use.
+THROUGHPUT_SETTINGS = tuple(Throughput.__dataclass_fields__)
+
+SETTINGS = (
+    "backend",
+    "model",
+    "device",
+    "api_key",
+    "base_url",
+    "server_url",
+    "scale",
+    "scorer",
+    *THROUGHPUT_SETTINGS,
+)
 
 _METAVARS = {"backend": "NAME", "model": "MODEL", "device": "DEVICE", "server_url": "URL"}
 
@@ -174,6 +253,15 @@ def resolve_backend(
     api_key: str | SecretStr | None = None,
     base_url: str | None = None,
     server_url: str | None = None,
+    scale: Scale | str | None = None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    max_concurrency: int | None = None,
+    requests_per_minute: float | None = None,
+    bytes_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    max_batch_size: int | None = None,
+    framework: str | None = None,
     allow_lexical: bool = False,
     vocabulary: Vocabulary = LIBRARY,
     environ: Mapping[str, str] | None = None,
@@ -197,6 +285,17 @@ def resolve_backend(
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ConfigurationError(f"{say(setting)} must be a non-empty string, got {value!r}")
     key = _secret(api_key, say("api_key"))
+    declared = _scale(scale, say("scale"))
+    throughput = Throughput(
+        timeout=timeout,
+        max_retries=max_retries,
+        max_concurrency=max_concurrency,
+        requests_per_minute=requests_per_minute,
+        bytes_per_minute=bytes_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        max_batch_size=max_batch_size,
+    )
+    agent = user_agent(framework)
     for setting, url in (("base_url", base_url), ("server_url", server_url)):
         if url is not None and not url.startswith(("http://", "https://")):
             raise ConfigurationError(
@@ -233,11 +332,12 @@ def resolve_backend(
         "api_key": key,
         "base_url": base_url,
         "server_url": server_url,
+        "scale": declared,
     }
     applies = {
         "hosted": ("model", "api_key", "base_url"),
-        "server": ("model", "api_key", "server_url"),
-        "local": ("model", "device"),
+        "server": ("model", "api_key", "server_url", "scale"),
+        "local": ("model", "device", "scale"),
         "lexical": (),
     }[name]
     extra = [setting for setting, value in given.items() if value is not None]
@@ -247,12 +347,14 @@ def resolve_backend(
         raise ConfigurationError(
             f"{', '.join(say(s) for s in wrong)} does not apply to the {name} backend{why}"
         )
+    options = throughput.for_backend(name)
     if name == "hosted":
-        return _hosted(model, key, base_url, env, vocabulary)
+        return _hosted(model, key, base_url, env, vocabulary, {**options, "user_agent": agent})
     if name == "server":
-        return _server(model, key, server_url, env, vocabulary)
+        options = {**options, "user_agent": agent, "scale": declared}
+        return _server(model, key, server_url, env, vocabulary, options)
     if name == "local":
-        return _local(model, device, env, vocabulary)
+        return _local(model, device, env, vocabulary, {**options, "scale": declared})
     from zerank_core.scorers.lexical import BM25Scorer
 
     return BackendChoice("lexical", BM25Scorer(), "BM25 lexical baseline (offline, uncalibrated)")
@@ -314,6 +416,19 @@ def _secret(api_key: object, name: str) -> SecretStr | None:
     return api_key if isinstance(api_key, SecretStr) else SecretStr(value)
 
 
+def _scale(scale: object, name: str) -> Scale | None:
+    if scale is None:
+        return None
+    try:
+        declared = Scale(str(scale))
+    except ValueError:
+        declared = None
+    if declared is None or declared is Scale.UNCALIBRATED:
+        choices = ", ".join(s.value for s in Scale if s is not Scale.UNCALIBRATED)
+        raise ConfigurationError(f"{name} must be one of {choices}; got {scale!r}")
+    return declared
+
+
 def _is_folder(model: str) -> bool:
     return model.startswith(("/", "./", "../", "~")) or Path(model).expanduser().is_dir()
 
@@ -369,6 +484,7 @@ def _hosted(
     base_url: str | None,
     env: Mapping[str, str],
     vocabulary: Vocabulary,
+    options: Mapping[str, Any],
 ) -> BackendChoice:
     from zerank_core.scorers.zeroentropy import ZeroEntropyScorer
 
@@ -396,7 +512,7 @@ def _hosted(
             f"{_how(vocabulary, 'api_key', 'ZEROENTROPY_API_KEY')}{hint}"
         )
     model = model or env.get("ZERANK_MODEL") or "zerank-2"
-    scorer = ZeroEntropyScorer(model=model, api_key=key, base_url=base_url)
+    scorer = ZeroEntropyScorer(model=model, api_key=key, base_url=base_url, **options)
     return BackendChoice("hosted", scorer, f"ZeroEntropy API ({scorer.model})")
 
 
@@ -406,6 +522,7 @@ def _server(
     server_url: str | None,
     env: Mapping[str, str],
     vocabulary: Vocabulary,
+    options: Mapping[str, Any],
 ) -> BackendChoice:
     from zerank_core.scorers.server import RerankServerScorer, check_one_credential
 
@@ -423,7 +540,7 @@ def _server(
         key_name = "ZERANK_SERVER_API_KEY"
     url_name = vocabulary.spell("server_url") if server_url else "ZERANK_SERVER_URL"
     check_one_credential(url, url_name, key_name)
-    server = RerankServerScorer(url, model=model, api_key=key)
+    server = RerankServerScorer(url, model=model, api_key=key, **options)
     return BackendChoice(
         "server",
         server,
@@ -432,7 +549,11 @@ def _server(
 
 
 def _local(
-    model: str | None, device: str | None, env: Mapping[str, str], vocabulary: Vocabulary
+    model: str | None,
+    device: str | None,
+    env: Mapping[str, str],
+    vocabulary: Vocabulary,
+    options: Mapping[str, Any],
 ) -> BackendChoice:
     try:
         from zerank_core.scorers.local import DEFAULT_MODEL, LocalScorer, weights_available
@@ -448,8 +569,11 @@ def _local(
                 "needs pip install 'zerank-gate[local]')"
             )
         model = DEFAULT_MODEL
-    scorer = LocalScorer(model, device=device)
-    return BackendChoice("local", scorer, f"open weights in-process ({model}, {scorer.device})")
+    scorer = LocalScorer(model, device=device, **options)
+    what = "" if scorer.calibrated else f"; uncalibrated {scorer.output_scale.value} scores"
+    return BackendChoice(
+        "local", scorer, f"open weights in-process ({model}, {scorer.device}{what})"
+    )
 
 
 def scorer_from_env(backend: str | None = None, *, allow_lexical: bool = True) -> BackendChoice:
