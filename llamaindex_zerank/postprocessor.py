@@ -19,6 +19,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from pydantic import BaseModel, SecretStr
 
 from zerank_core.components import (
+    BACKEND_SETTINGS,
     BackendSettings,
     aclose_built,
     build_scorer,
@@ -148,6 +149,44 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         description="Force a backend: 'hosted', 'server', 'local' or 'lexical' (default "
         "ZERANK_BACKEND, then the settings above and the environment).",
     )
+    scale: Literal["logit", "sigmoid", "probability"] | None = Field(
+        default=None,
+        description="What the model's numbers are: with server_url, what the server returns "
+        "(default ZERANK_SERVER_SCALE, else 'probability'); with open weights in-process, "
+        "declares model to be another sentence-transformers cross-encoder (not zerank) whose "
+        "head returns this scale ('logit' for MiniLM and bge rerankers), uncalibrated until a "
+        "calibrator is fitted. Refused for the hosted API and BM25.",
+    )
+    timeout: float | None = Field(
+        default=None,
+        description="Seconds one request may take, > 0 (hosted API and rerank servers).",
+    )
+    max_retries: int | None = Field(
+        default=None,
+        description="Resends of a request that failed transiently (connection error, timeout, "
+        "408/409/5xx), >= 0 (default 2); 429s are waited out until the deadline.",
+    )
+    max_concurrency: int | None = Field(
+        default=None, description="Most requests in flight at once, >= 1 (default 16)."
+    )
+    requests_per_minute: float | None = Field(
+        default=None, description="Requests a minute, > 0, paced on the client side."
+    )
+    bytes_per_minute: float | None = Field(
+        default=None,
+        description="Request bytes a minute, > 0 (150 + len(query) + len(document) per "
+        "document, UTF-8).",
+    )
+    tokens_per_minute: float | None = Field(
+        default=None, description="Tokens a minute, > 0 (estimated, then as reported)."
+    )
+    max_batch_size: int | None = Field(
+        default=None,
+        description="Most nodes in one request (hosted default 256, server 32) or one forward "
+        "pass of open weights (default 256), >= 1. The throughput settings are checked "
+        "whatever the backend; the network ones do not affect open weights in-process, and "
+        "none affects BM25.",
+    )
 
     _scorer: Scorer = PrivateAttr()
     _scorer_given: bool = PrivateAttr(default=False)
@@ -167,18 +206,10 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         super().__init__(**data)
         check_top_n(self.top_n)
         _ = self.policy  # the core validates the selection options now, not at the first query
-        settings = BackendSettings(
-            backend=self.backend,
-            model=self.model,
-            device=self.device,
-            api_key=api_key
-            if api_key is None or isinstance(api_key, SecretStr)
-            else SecretStr(api_key),
-            base_url=self.base_url,
-            server_url=self.server_url,
+        self._api_key = (
+            api_key if api_key is None or isinstance(api_key, SecretStr) else SecretStr(api_key)
         )
-        self._api_key = settings.api_key
-        self._scorer = build_scorer(scorer, settings)
+        self._scorer = build_scorer(scorer, self._settings(), framework="llamaindex")
         self._scorer_given = scorer is not None
 
     @classmethod
@@ -205,7 +236,9 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         BaseModel.__setstate__(self, state)
         self._api_key = None
         if not self._scorer_given:
-            self._scorer = rebuild_scorer(self._settings(), "ZeRankPostprocessor")
+            self._scorer = rebuild_scorer(
+                self._settings(), "ZeRankPostprocessor", framework="llamaindex"
+            )
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
         # Copies share the scorer: it is a resource (clients, weights, locks), not a value.
@@ -214,14 +247,8 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         return super().__deepcopy__(memo)
 
     def _settings(self) -> BackendSettings:
-        return BackendSettings(
-            backend=self.backend,
-            model=self.model,
-            device=self.device,
-            api_key=self._api_key,
-            base_url=self.base_url,
-            server_url=self.server_url,
-        )
+        values = {name: getattr(self, name) for name in BACKEND_SETTINGS if name != "api_key"}
+        return BackendSettings(**values, api_key=self._api_key)
 
     @property
     def policy(self) -> SelectionPolicy:

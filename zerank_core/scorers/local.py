@@ -7,6 +7,13 @@ module adds what a context gate needs around it: device and dtype selection,
 batches filled to a token budget from length-sorted inputs, windows for texts
 longer than the model's context, and zerank's calibration ``sigmoid(logit / 5)``.
 
+Any other sentence-transformers ``CrossEncoder`` (a MiniLM or bge reranker)
+runs here too when its output scale is declared (``scale="logit"``,
+``"sigmoid"`` or ``"probability"``): its scores are then uncalibrated
+(:attr:`LocalScorer.calibrated` is False, its ``scale`` is
+``Scale.UNCALIBRATED``, as BM25's) until a calibrator is fitted on labelled
+data (``zerank calibrate --calibrator``, :class:`~zerank_core.calibrate.CalibratedScorer`).
+
 Loaded weights are shared within the process: scorers built with the same
 load settings (model, revision, device, dtype, max_length, fast path and
 compile options) use one loaded model, held by weak reference, so that
@@ -260,6 +267,7 @@ class _LoadedModel:
     fast_problem: str | None
     compile_seconds: float | None
     lock: threading.Lock
+    not_zerank: tuple[str, ...] = ()
 
 
 # Weak values: a model stays loaded while some scorer holds it, and no longer.
@@ -425,6 +433,19 @@ class LocalScorer:
     ``cache_folder``, ``model_kwargs``, whether the fast path is allowed,
     ``compile``) share one loaded model and take turns on it; it is freed
     when the last of them is. A pickle holds the settings, not the weights.
+
+    Other cross-encoders: a model that does not load as a zerank reranker is
+    refused, unless ``scale`` declares what its head returns (the output of
+    ``CrossEncoder.predict`` with an identity activation): ``"logit"`` for
+    the usual one-label classification head (MiniLM, bge rerankers), or
+    ``"sigmoid"`` / ``"probability"`` for a head whose numbers are already in
+    [0, 1]. Such a model's scores are ``sigmoid(logit)`` (or the head's value,
+    checked to be in [0, 1]): they order texts, but a threshold on them means
+    nothing until a calibrator is fitted, so :attr:`scale` is
+    ``Scale.UNCALIBRATED`` and :attr:`calibrated` is False. They run through
+    ``CrossEncoder.predict`` (the fast path is zerank's). A zerank reranker
+    keeps its calibrated scale; declaring ``scale="logit"`` for it changes
+    nothing, another scale is refused.
     """
 
     def __init__(
@@ -443,7 +464,9 @@ class LocalScorer:
         model_kwargs: Mapping[str, Any] | None = None,
         fast: bool | None = None,
         compile: bool | Mapping[str, Any] = False,
+        scale: Scale | str | None = None,
     ) -> None:
+        declared = _declared_scale(scale)
         if not isinstance(model, str | os.PathLike) or not os.fspath(model):
             raise ConfigurationError(f"model must be a model id or a folder, got {model!r}")
         model = os.fspath(model)
@@ -482,6 +505,7 @@ class LocalScorer:
             "model_kwargs": None if model_kwargs is None else dict(model_kwargs),
             "fast": fast,
             "compile": dict(compile) if isinstance(compile, Mapping) else compile,
+            "scale": None if declared is None else declared.value,
         }
         _import_sentence_transformers()
         torch = _import_torch()
@@ -537,6 +561,26 @@ class LocalScorer:
         self._fast: _FastPath | None = loaded.fast
         self._fast_problem: str | None = loaded.fast_problem
         self._compile_seconds: float | None = loaded.compile_seconds
+        problems = loaded.not_zerank
+        if problems and declared is None:
+            raise ConfigurationError(
+                f"{model!r} does not load as a zerank reranker: {'; '.join(problems)}. "
+                "A zerank model needs the sentence-transformers configuration zerank's "
+                "repositories ship (modules.json, sentence_bert_config.json, 1_LogitScore); "
+                "update the download. For another cross-encoder, declare what its head "
+                "returns: scale='logit' (most rerankers), 'sigmoid' or 'probability'; its "
+                "scores are then uncalibrated until a calibrator is fitted"
+            )
+        if not problems and declared not in (None, Scale.LOGIT):
+            raise ConfigurationError(
+                f"{model!r} is a zerank reranker, whose head returns the raw logit: leave "
+                f"scale unset (or 'logit'), got {declared.value!r}"
+            )
+        self.calibrated: bool = not problems
+        """Whether scores are zerank's calibrated probabilities (False: another
+        cross-encoder, uncalibrated until a calibrator is fitted)."""
+        self.output_scale: Scale = Scale.LOGIT if declared is None or not problems else declared
+        """What the model's head returns: the raw logit for zerank, else the declared scale."""
         if fast and self._fast is None:
             raise ConfigurationError(
                 f"the fast path does not support {model!r}: {self._fast_problem}; "
@@ -554,7 +598,11 @@ class LocalScorer:
         fast: bool | None,
         compile: bool | Mapping[str, Any],
     ) -> _LoadedModel:
-        """Load the model, check it is a zerank reranker, build and check the fast path."""
+        """Load the model, check whether it is a zerank reranker, build and check the fast path.
+
+        The fast path is built for zerank rerankers only; another cross-encoder
+        loads with what makes it not one recorded in ``not_zerank``.
+        """
         cross_encoder_cls, logit_score_cls = _import_sentence_transformers()
         torch = _import_torch()
         model = self.model
@@ -574,7 +622,7 @@ class LocalScorer:
                 f"cannot load {model!r}: its weights are not {where} ({exc}). "
                 f"Download them with `hf download {model}`, or pass a local folder"
             ) from exc
-        self._check_head(logit_score_cls)
+        not_zerank = tuple(self._zerank_problems(logit_score_cls))
 
         limit = self._cross_encoder.max_seq_length
         if max_length is not None:
@@ -591,7 +639,9 @@ class LocalScorer:
         compile_seconds: float | None = None
         self._fast = None
         problem: str | None = "fast=False was passed"
-        if fast is not False:
+        if not_zerank:
+            problem = "the fast path runs zerank rerankers only"
+        elif fast is not False:
             built = _FastPath.build(self._cross_encoder)
             if isinstance(built, str):
                 problem = built
@@ -614,10 +664,15 @@ class LocalScorer:
             fast_problem=problem,
             compile_seconds=compile_seconds,
             lock=threading.Lock(),
+            not_zerank=not_zerank,
         )
 
-    def _check_head(self, logit_score_cls: Any) -> None:
-        """Refuse a folder that loads as some other scorer: its scores would look plausible."""
+    def _zerank_problems(self, logit_score_cls: Any) -> list[str]:
+        """What makes the loaded model not a zerank reranker (empty: it is one).
+
+        A folder that loads as some other scorer gives plausible-looking
+        numbers on another scale, so it is refused unless its scale is declared.
+        """
         modules = list(self._cross_encoder)
         transformer, head = modules[0], modules[-1]
         problems = []
@@ -632,17 +687,12 @@ class LocalScorer:
         chat = (getattr(transformer, "processing_kwargs", None) or {}).get("chat_template", {})
         if not chat.get("add_generation_prompt"):
             problems.append("its chat template is not rendered with the generation prompt")
-        if problems:
-            raise ConfigurationError(
-                f"{self.model!r} does not load as a zerank reranker: {'; '.join(problems)}. "
-                "It needs the sentence-transformers configuration zerank's repositories ship "
-                "(modules.json, sentence_bert_config.json, 1_LogitScore); update the download"
-            )
+        return problems
 
     @property
     def scale(self) -> Scale:
-        """Scores are zerank's calibrated probabilities."""
-        return Scale.PROBABILITY
+        """zerank's calibrated probabilities, or ``UNCALIBRATED`` for another cross-encoder."""
+        return Scale.PROBABILITY if self.calibrated else Scale.UNCALIBRATED
 
     @property
     def usage(self) -> Usage:
@@ -679,15 +729,17 @@ class LocalScorer:
         A model folder is named by its path: after replacing the weights in
         the same folder, clear the cache.
         """
-        return fingerprint(
-            "local",
-            model=self.model,
-            revision=self._revision,
-            dtype=str(self.dtype).removeprefix("torch."),
-            max_length=self.max_length,
-            window_overlap=self.window_overlap,
-            instruction=INSTRUCTION_CONVENTION,
-        )
+        settings: dict[str, object] = {
+            "model": self.model,
+            "revision": self._revision,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "max_length": self.max_length,
+            "window_overlap": self.window_overlap,
+            "instruction": INSTRUCTION_CONVENTION,
+        }
+        if not self.calibrated:
+            settings["output_scale"] = self.output_scale.value
+        return fingerprint("local", **settings)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A pickle holds the settings, never the weights: unpickled in this
@@ -696,7 +748,10 @@ class LocalScorer:
 
     def __repr__(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
-        return f"LocalScorer(model={self.model!r}, device={self.device!r}, dtype={dtype!r})"
+        declared = "" if self.calibrated else f", scale={self.output_scale.value!r}"
+        return (
+            f"LocalScorer(model={self.model!r}, device={self.device!r}, dtype={dtype!r}{declared})"
+        )
 
     def score(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
@@ -863,24 +918,44 @@ class LocalScorer:
         used = [0] * len(jobs)
         for piece, value in enumerate(values):
             job, owner = owners[piece]
-            if not math.isfinite(value):
-                number = batch_of[piece]
-                raise InvalidResponseError(
-                    f"logit for text {owner} is {value} (numeric overflow? try dtype='float32')",
-                    batch=number,
-                    batch_size=sizes[number],
-                )
+            self._check_output(value, owner, batch_of[piece], sizes[batch_of[piece]])
             logits[job][owner] = max(logits[job][owner], value)
             windows[job][owner] += 1
             used[job] += tokens[piece]
 
         results = []
         for job, (_, texts) in enumerate(jobs):
-            # zerank's calibration, in its one place: p = sigmoid(logit / 5).
-            probabilities = tuple(to_probability(x, Scale.LOGIT) for x in logits[job])
+            probabilities = tuple(self._to_score(x) for x in logits[job])
             self._meter.add(texts=len(texts), total_tokens=used[job])
             results.append(LocalScores(probabilities, tuple(logits[job]), tuple(windows[job])))
         return results
+
+    def _to_score(self, value: float) -> float:
+        """One head output (checked by :meth:`_check_output`) as this scorer's score."""
+        if self.calibrated:
+            # zerank's calibration, in its one place: p = sigmoid(logit / 5).
+            return to_probability(value, Scale.LOGIT)
+        if self.output_scale is Scale.LOGIT:
+            # Another cross-encoder: sigmoid(logit) orders texts in [0, 1], uncalibrated.
+            return 1.0 / (1.0 + math.exp(-value)) if value >= 0 else _sigmoid_negative(value)
+        return value
+
+    def _check_output(self, value: float, owner: int, batch: int, batch_size: int) -> None:
+        """Refuse a head output that is not finite, or not on the declared scale."""
+        if not math.isfinite(value):
+            raise InvalidResponseError(
+                f"logit for text {owner} is {value} (numeric overflow? try dtype='float32')",
+                batch=batch,
+                batch_size=batch_size,
+            )
+        if self.output_scale is not Scale.LOGIT and not 0.0 <= value <= 1.0:
+            raise InvalidResponseError(
+                f"the model returned {value} for text {owner}, outside [0, 1], which its "
+                f"declared {self.output_scale.value!r} scale cannot be; declare scale='logit' "
+                "for a head that returns logits",
+                batch=batch,
+                batch_size=batch_size,
+            )
 
     def _predict_logits(
         self, pairs: list[tuple[str, str]], lengths: list[int]
@@ -1006,6 +1081,27 @@ class LocalScorer:
         """Tokens of the full prompt for one pair, as the model will see it."""
         features = self._cross_encoder.preprocess([(query, text)])
         return int(features["input_ids"].shape[-1])
+
+
+def _sigmoid_negative(value: float) -> float:
+    e = math.exp(value)
+    return e / (1.0 + e)
+
+
+def _declared_scale(scale: object) -> Scale | None:
+    """``scale`` as a :class:`Scale` a model's head can return, or None when not declared."""
+    if scale is None:
+        return None
+    try:
+        declared = Scale(str(scale))
+    except ValueError:
+        declared = None
+    if declared is None or declared is Scale.UNCALIBRATED:
+        raise ConfigurationError(
+            f"scale must be 'logit', 'sigmoid' or 'probability' (what the model's head "
+            f"returns), got {scale!r}"
+        )
+    return declared
 
 
 def _unpack_item(item: Any, position: int) -> tuple[Any, Any, str | None]:
