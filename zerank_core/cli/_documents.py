@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from zerank_core.cache import CACHE_ENV, default_cache_path
 from zerank_core.cli._common import (
     cache_line,
+    check_backend,
     count_arg,
     make_scorer,
     positive_arg,
@@ -216,7 +217,10 @@ def _run_ray(
         "server_url": args.server_url,
         "model": args.model,
         "device": args.device,
+        "scale": args.scale,
     }
+    # Settings and credentials are checked here, before Ray starts (seconds).
+    check_backend(**backend)
     cache = _ray_cache(args)
     print(
         f"ray: {args.actors} actor(s), {args.gpus_per_actor} GPU(s) each; each builds the "
@@ -291,6 +295,7 @@ def _actor_scorer(**backend: Any) -> BackendChoice:
         server_url=backend["server_url"],
         model=backend["model"],
         device=backend["device"],
+        scale=backend.get("scale"),
     )
 
 
