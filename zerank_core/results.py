@@ -55,6 +55,7 @@ __all__ = [
     "MultiResult",
     "PageRecord",
     "Passage",
+    "PolicySource",
     "RayRun",
     "Reading",
     "Timings",
@@ -341,6 +342,19 @@ class BackendInfo(_Model):
     description: str
 
 
+class PolicySource(_Model):
+    """The threshold policy file a run applied (``zerank compress --policy``).
+
+    ``fitted_on`` names the backend whose scores it was fitted on: its
+    thresholds hold for that backend's scores only.
+    """
+
+    path: str
+    method: str
+    target: float
+    fitted_on: str | None = None
+
+
 class Timings(_Model):
     """How long one document took: the only fields of a result that vary between runs."""
 
@@ -376,6 +390,7 @@ class GateResult(_Model):
     model: str | None = None
     scale: Scale = Scale.PROBABILITY
     policy: SelectionPolicy
+    policy_source: PolicySource | None = None
     report: GateReport
     results: tuple[CriterionResult, ...]
     duplicates: tuple[DuplicatePage, ...] = ()
@@ -533,6 +548,8 @@ def write_result(
     text = dump_result(result, include_text=include_text)
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp makes the file private; a result file gets the usual permissions.
+        os.chmod(temp, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(temp, target)
@@ -540,6 +557,12 @@ def write_result(
         Path(temp).unlink(missing_ok=True)
         raise
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_result(

@@ -33,11 +33,13 @@ from zerank_core.errors import ConfigurationError
 from zerank_core.gate import PageGate
 from zerank_core.loaders import TEXT_SUFFIXES, Document
 from zerank_core.multi import gate_documents
+from zerank_core.report import write_report
 from zerank_core.results import (
     BackendInfo,
     CacheInfo,
     GateResult,
     MultiResult,
+    PolicySource,
     dump_result,
     write_result,
 )
@@ -49,6 +51,7 @@ __all__ = [
     "add_many_options",
     "duplicate_detector",
     "emit_result",
+    "policy_source",
     "resolve_documents",
     "result_names",
     "run_many",
@@ -155,8 +158,11 @@ def run_many(
             cached.close()
     stats = cached.stats if cached is not None else None
     backend = BackendInfo(**args.backend_used)
+    source = policy_source(args)
     job = MultiResult(
-        results=tuple(r.model_copy(update={"backend": backend}) for r in job.results),
+        results=tuple(
+            r.model_copy(update={"backend": backend, "policy_source": source}) for r in job.results
+        ),
         summary=job.summary.model_copy(
             update={
                 "backend": backend,
@@ -250,6 +256,15 @@ def _run_ray(
         cache=cache,
         duplicate_detector=detector,
     )
+    source = policy_source(args)
+    if source is not None:
+        job = job.model_copy(
+            update={
+                "results": tuple(
+                    r.model_copy(update={"policy_source": source}) for r in job.results
+                )
+            }
+        )
     _print_job(job, err)
     if job.summary.cache is not None:
         print(
@@ -311,6 +326,21 @@ def _output_folder(output: str | None) -> Path | None:
     return folder
 
 
+def policy_source(args: argparse.Namespace) -> PolicySource | None:
+    """What the result records of the ``--policy`` file (``None`` without one)."""
+    if args.policy is None:
+        return None
+    from zerank_core.calibrate import ThresholdPolicy
+
+    fitted = ThresholdPolicy.load(args.policy)
+    return PolicySource(
+        path=str(args.policy),
+        method=fitted.fit.method,
+        target=fitted.target,
+        fitted_on=fitted.backend.get("name"),
+    )
+
+
 def emit_result(
     result: GateResult | MultiResult,
     output: str | None,
@@ -352,11 +382,17 @@ def _write(
     err: TextIO,
 ) -> None:
     include_text = not args.no_context
+    sources = [r.document.source for r in job.results]
+    names = result_names(sources)
+    if args.html is not None:
+        html = Path(args.html) if args.html else (folder or Path("."))
+        for name, result in zip(names, job.results, strict=True):
+            shown = result if include_text else result.without_text()
+            write_report(html / Path(name).with_suffix(".html"), shown)
+        print(f"reports: {html}/ — {len(names)} HTML files", file=err)
     if folder is None:
         emit_result(job, args.output, out, err, include_text=include_text)
         return
-    sources = [r.document.source for r in job.results]
-    names = result_names(sources)
     for name, result in zip(names, job.results, strict=True):
         write_result(folder / name, result, include_text=include_text)
     summary = job.summary.model_copy(update={"files": dict(zip(sources, names, strict=True))})

@@ -26,6 +26,7 @@ from zerank_core.cli._documents import (
     add_many_options,
     duplicate_detector,
     emit_result,
+    policy_source,
     resolve_documents,
     run_many,
 )
@@ -40,6 +41,7 @@ from zerank_core.dedupe import DuplicateDetector
 from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
 from zerank_core.plots import plot_heatmap
+from zerank_core.report import write_report
 from zerank_core.results import BackendInfo, GateResult
 from zerank_core.scorers.base import Scale, Scorer
 from zerank_core.select import SelectionPolicy
@@ -167,6 +169,15 @@ def add_parser(commands: Any) -> None:
         type=Path,
         metavar="FILE.png",
         help="save a pages × criteria picture (needs zerank-gate[eval])",
+    )
+    parser.add_argument(
+        "--html",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="also write the evidence report, one self-contained HTML file per document: "
+        "PATH is the file (several documents: the folder); without PATH, beside the -o "
+        "output (or DOCUMENT.html in the current folder)",
     )
     parser.add_argument(
         "--price-per-million-tokens",
@@ -364,6 +375,20 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print(cache_line(cached, report.cache_hits, report.cache_misses), file=err)
     if args.heatmap is not None:
         print(f"heatmap: {plot_heatmap(result, args.heatmap)}", file=err)
-    result = result.model_copy(update={"backend": BackendInfo(**args.backend_used)})
+    result = result.model_copy(
+        update={"backend": BackendInfo(**args.backend_used), "policy_source": policy_source(args)}
+    )
     emit_result(result, args.output, out, err, include_text=not args.no_context)
+    if args.html is not None:
+        html = Path(args.html) if args.html else _html_path(args.output, args.document)
+        # The report shows what the JSON holds: with --no-context, no page text either.
+        shown = result.without_text() if args.no_context else result
+        print(f"report: {write_report(html, shown)}", file=err)
     return 0
+
+
+def _html_path(output: str | None, document: Path) -> Path:
+    """Where ``--html`` without a path writes: beside -o FILE, else DOCUMENT.html here."""
+    if output and output != "-":
+        return Path(output).with_suffix(".html")
+    return Path(f"{document.stem or 'document'}.html")
