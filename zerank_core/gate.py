@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from zerank_core.cache import CacheStats
     from zerank_core.dedupe import DuplicateDetector
 
-__all__ = ["DEFAULT_PAGE_POLICY", "PageGate"]
+__all__ = ["DEFAULT_PAGE_POLICY", "PageGate", "count_pairs", "progress_bar"]
 
 #: Top-3 pages per criterion with a floor of 0.5, read in page order. With an
 #: uncalibrated scorer (BM25, max-scaled per call) the floor means "at least
@@ -116,12 +116,12 @@ class PageGate:
         items = self._items(pages, criteria)
         before = self._snapshot()
         started = time.perf_counter()
-        with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
+        with self._bar(len(pages) * len(criteria), document) as bar, _naming_criteria(criteria):
             columns: list[list[float] | None] = list(
                 score_many(
                     self.scorer,
                     items,
-                    on_batch=_progress(bar, len(pages), len(criteria)),
+                    on_batch=count_pairs(bar),
                     max_concurrency=self.max_concurrency,
                 )
             )
@@ -137,12 +137,12 @@ class PageGate:
         items = self._items(pages, criteria)
         before = self._snapshot()
         started = time.perf_counter()
-        with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
+        with self._bar(len(pages) * len(criteria), document) as bar, _naming_criteria(criteria):
             columns: list[list[float] | None] = list(
                 await ascore_many(
                     self.scorer,
                     items,
-                    on_batch=_progress(bar, len(pages), len(criteria)),
+                    on_batch=count_pairs(bar),
                     max_concurrency=self.max_concurrency,
                 )
             )
@@ -188,11 +188,11 @@ class PageGate:
             )
         return pages, criteria
 
-    def _bar(self, total: int) -> Any:
-        from tqdm import tqdm
-
-        show = sys.stderr.isatty() if self.progress is None else self.progress
-        return tqdm(total=total, desc="criteria", unit="criterion", disable=not show, leave=False)
+    def _bar(self, total: int, document: Document) -> Any:
+        """Page × criterion pairs scored of those planned, named after the document."""
+        return progress_bar(
+            self.progress, total=total, desc=f"scoring {_name(document.source)}", unit="pair"
+        )
 
     def _snapshot(self) -> tuple[Usage | None, CacheStats | None]:
         stats = self._cache_stats() if self._cache_stats is not None else None
@@ -350,17 +350,26 @@ def _naming_criteria(criteria: list[Criterion]) -> Iterator[None]:
         raise
 
 
-def _progress(bar: Any, pages: int, criteria: int) -> BatchCallback:
-    """Advance the bar by one criterion when all its pages are scored."""
-    remaining = [pages] * criteria
+def progress_bar(show: bool | None, **settings: Any) -> Any:
+    """A tqdm bar on stderr: ``show=None`` means only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    visible = sys.stderr.isatty() if show is None else show
+    return tqdm(disable=not visible, leave=False, dynamic_ncols=True, **settings)
+
+
+def _name(source: str) -> str:
+    name = source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or source
+    return name if len(name) <= 40 else name[:39] + "…"
+
+
+def count_pairs(bar: Any) -> BatchCallback:
+    """Advance the bar by the pairs of each scored batch."""
     lock = threading.Lock()
 
     def advance(item: int, indices: Sequence[int], scores: Sequence[float]) -> None:
         with lock:
-            remaining[item] -= len(indices)
-            done = remaining[item] <= 0
-        if done:
-            bar.update(1)
+            bar.update(len(indices))
 
     return advance
 

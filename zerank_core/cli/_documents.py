@@ -13,6 +13,7 @@ import functools
 import glob
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,11 +27,12 @@ from zerank_core.cli._common import (
     positive_arg,
 )
 from zerank_core.cli._policy import apply_policy_file
-from zerank_core.cli._reading import read_document
+from zerank_core.cli._reading import print_reading, read_document
+from zerank_core.cli._summary import print_job
 from zerank_core.criteria import Criterion, load_criteria
 from zerank_core.dedupe import DuplicateDetector, LexicalDetector, ModelDetector
 from zerank_core.errors import ConfigurationError
-from zerank_core.gate import PageGate
+from zerank_core.gate import PageGate, progress_bar
 from zerank_core.loaders import TEXT_SUFFIXES, Document
 from zerank_core.multi import gate_documents
 from zerank_core.report import write_report
@@ -142,7 +144,7 @@ def run_many(
     if args.heatmap is not None:
         raise ConfigurationError("--heatmap draws one document; leave it out with several")
     folder = _output_folder(args.output)
-    documents = [read_document(path, args) for path in paths]
+    documents = _read_all(paths, args, err)
     criteria = load_criteria(args.criteria)
     print(f"documents: {len(documents)}, {sum(len(d.pages) for d in documents)} pages", file=err)
     if args.ray is not None:
@@ -172,7 +174,7 @@ def run_many(
             }
         ),
     )
-    _print_job(job, err)
+    print_job(job, err)
     print(
         cache_line(cached, stats.hits if stats else None, stats.misses if stats else None),
         file=err,
@@ -181,30 +183,24 @@ def run_many(
     return 0
 
 
-def _print_job(job: MultiResult, err: TextIO) -> None:
-    width = max(8, *(len(r.document.source) for r in job.results[:50]))
-    print(f"\n{'document':<{width}}  {'pages':>5} {'kept chars':>16}  no evidence", file=err)
-    for result in job.results:
-        report = result.report
-        print(
-            f"{result.document.source:<{width}}  {report.pages:>5} "
-            f"{report.chars_kept:>7,}/{report.chars_full:<8,}  "
-            f"{', '.join(report.no_evidence) or '—'}",
-            file=err,
-        )
-    summary = job.summary
-    tokens = f"{summary.model_tokens:,} tokens" if summary.model_tokens is not None else ""
-    print(
-        f"\nkept {summary.chars_kept:,} of {summary.chars_full:,} characters; "
-        f"{summary.no_evidence} document × criterion pairs without evidence",
-        file=err,
-    )
-    print(
-        f"model calls: {summary.model_requests} requests, {summary.model_texts} page scores "
-        f"({summary.unique_texts} distinct pages){', ' + tokens if tokens else ''}; "
-        f"{summary.seconds:.1f} s, {summary.documents_per_second:.2f} documents/s",
-        file=err,
-    )
+def _read_all(paths: list[Path], args: argparse.Namespace, err: TextIO) -> list[Document]:
+    """Read every document, saying for each what reading took (a bar on a terminal)."""
+    documents = []
+    pages = 0
+    started = time.perf_counter()
+    with progress_bar(args.progress, total=len(paths), desc="reading", unit="document") as bar:
+        for path in paths:
+            bar.set_postfix_str(path.name, refresh=False)
+            document = read_document(path, args)
+            pages += len(document.pages)
+            seconds = time.perf_counter() - started
+            if seconds > 0:
+                bar.set_postfix_str(f"{path.name}, {pages / seconds:.0f} pages/s")
+            bar.update(1)
+            documents.append(document)
+    for document in documents:
+        print_reading(document, args, err)
+    return documents
 
 
 def _run_ray(
@@ -265,7 +261,7 @@ def _run_ray(
                 )
             }
         )
-    _print_job(job, err)
+    print_job(job, err)
     if job.summary.cache is not None:
         print(
             f"cache: {cache} — {job.summary.cache.hits} hits, {job.summary.cache.misses} misses",
