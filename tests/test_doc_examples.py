@@ -144,3 +144,24 @@ def test_the_api_reference_has_a_page_for_every_public_module() -> None:
     for module in modules:
         assert importlib.import_module(module).__name__ == module
         assert mkdocs_hooks.page_text(module).endswith(f"::: {module}\n")
+
+
+def test_docstring_markup_becomes_markdown_in_the_reference() -> None:
+    pytest.importorskip("mkdocs", reason="the docs extra: pip install '.[docs]'")
+    sys.path.insert(0, str(ROOT))
+    try:
+        from mkdocs_hooks import sphinx_to_markdown
+    finally:
+        sys.path.remove(str(ROOT))
+
+    text = (
+        "Keeps what :class:`~zerank_core.select.SelectionPolicy` selects (:func:`a.b`).\n\n"
+        "Example:\n    .. code-block:: python\n\n        x = 1\n\n"
+        ">>> y = 2\n"
+    )
+
+    assert sphinx_to_markdown(text) == (
+        "Keeps what ``SelectionPolicy`` selects (``a.b``).\n\n"
+        "Example:\n    ```python\n    x = 1\n    ```\n\n"
+        "```pycon\n>>> y = 2\n```"
+    )

@@ -4,24 +4,56 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from zerank_core.cache import CachedScorer, default_cache_path
+from zerank_core.errors import ConfigurationError
 from zerank_core.redaction import redact
-from zerank_core.scorers.auto import BACKENDS, BackendChoice, Vocabulary, resolve_backend
+from zerank_core.scorers.auto import (
+    BACKENDS,
+    BackendChoice,
+    Vocabulary,
+    backend_name,
+    planned_backend,
+    resolve_backend,
+)
 from zerank_core.scorers.base import Scale, Scorer
 
 if TYPE_CHECKING:
     from zerank_core.calibrate import IsotonicCalibrator, PlattCalibrator
 
 __all__ = [
+    "ArgumentParser",
     "add_backend_options",
     "add_output_option",
     "choose_backend",
     "close_scorer",
     "make_scorer",
 ]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad argument is one error line and a hint, not the usage block.
+
+    The usage block buried the line that matters under fifteen others;
+    ``--help`` still prints it.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"hint: {self.prog} --help lists every option\n")
+        sys.exit(2)
+
+
+def backend_arg(value: str) -> str:
+    """``--backend``: a backend name or an alias users type (bm25, zeroentropy)."""
+    try:
+        return backend_name(value, "--backend")
+    except ConfigurationError as exc:
+        message = str(exc).removeprefix("--backend must be ")
+        raise argparse.ArgumentTypeError(f"must be {message}") from None
 
 
 def threshold_arg(value: str) -> float | None:
@@ -75,8 +107,10 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backend")
     group.add_argument(
         "--backend",
-        choices=BACKENDS,
-        help="which scorer to use (default: $ZERANK_BACKEND, then the first configured one)",
+        type=backend_arg,
+        metavar="{" + ",".join(BACKENDS) + "}",
+        help="which scorer to use (default: $ZERANK_BACKEND, then the first configured one); "
+        "bm25 means lexical, zeroentropy means hosted",
     )
     group.add_argument(
         "--server-url",
@@ -163,6 +197,27 @@ def choose_backend(
         allow_lexical=True,
         vocabulary=CLI_VOCABULARY,
     )
+
+
+def check_backend(
+    backend: str | None = None,
+    *,
+    server_url: str | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    scale: str | None = None,
+) -> None:
+    """Build the backend these flags ask for once, and close it: fail before a cluster starts.
+
+    Open weights are not loaded here (they are on the actors' nodes, maybe
+    not on this one); every other backend checks its settings and
+    credentials as it is built, without a request.
+    """
+    planned = planned_backend(backend=backend, model=model, device=device, server_url=server_url)
+    if planned == "local":
+        return
+    choice = choose_backend(backend, server_url=server_url, model=model, device=device, scale=scale)
+    close_scorer(choice.scorer, None)
 
 
 def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer | None]:

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from zerank_core.cache import CACHE_ENV, default_cache_path
 from zerank_core.cli._common import (
     cache_line,
+    check_backend,
     count_arg,
     make_scorer,
     positive_arg,
@@ -204,6 +205,8 @@ def _run_ray(
         "scale": args.scale,
         "calibrator": _policy_calibrator(args),
     }
+    # Settings and credentials are checked here, before Ray starts (seconds).
+    check_backend(**backend)
     cache = _ray_cache(args)
     print(
         f"ray: {args.actors} actor(s), {args.gpus_per_actor} GPU(s) each; each builds the "
