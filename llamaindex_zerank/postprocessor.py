@@ -31,11 +31,20 @@ from zerank_core.components import (
 )
 from zerank_core.dedupe import Duplicates, afind_duplicates, find_duplicates
 from zerank_core.errors import ConfigurationError
+from zerank_core.passages import (
+    DEFAULT_PASSAGE_CHARS,
+    DEFAULT_PASSAGE_POLICY,
+    PassagePolicy,
+    ScoredCut,
+    ascore_passages,
+    score_passages,
+)
 from zerank_core.scorers.base import Scorer, check_scores
 from zerank_core.select import Selection, SelectionPolicy
 
 __all__ = [
     "DUPLICATES_KEY",
+    "PASSAGES_KEY",
     "RELEVANCE_SCORE_KEY",
     "RETRIEVAL_SCORE_KEY",
     "ZeRankPostprocessor",
@@ -44,6 +53,7 @@ __all__ = [
 RELEVANCE_SCORE_KEY = "relevance_score"
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 DUPLICATES_KEY = "duplicates"
+PASSAGES_KEY = "passages"
 
 # llama-index-core re-exports get_dispatcher without marking it public (no __all__).
 dispatcher = instrument.get_dispatcher(__name__)  # type: ignore[attr-defined]
@@ -123,6 +133,34 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
     keep_retrieval_score: bool = Field(
         default=True,
         description="Copy the retriever's score into metadata['retrieval_score'].",
+    )
+    passages: bool = Field(
+        default=False,
+        description="Trim each kept node to its evidence passages: its text is cut into "
+        "sentences or short windows, scored against the query in one more scorer call, and "
+        "the node copy's text becomes the kept passages in order, one a line; "
+        "metadata['passages'] lists them as {start, end, score, text}, offsets into the "
+        "original text. Node id and relationships are kept.",
+    )
+    passage_threshold: float | None = Field(
+        default=DEFAULT_PASSAGE_POLICY.threshold,
+        description="Keep passages scoring at least this, in [0, 1] (None: no floor).",
+    )
+    passage_top_k: int | None = Field(
+        default=DEFAULT_PASSAGE_POLICY.top_k,
+        description="Keep at most this many passages of each kept node (None: no limit).",
+    )
+    passage_max_chars: int | None = Field(
+        default=None,
+        description="Character budget over the passages of all kept nodes, best first.",
+    )
+    passage_min_keep: int = Field(
+        default=DEFAULT_PASSAGE_POLICY.min_keep,
+        description="Each kept node keeps at least this many of its best passages.",
+    )
+    passage_chars: int = Field(
+        default=DEFAULT_PASSAGE_CHARS,
+        description="The longest passage in characters; longer sentences are cut between words.",
     )
     model: str | None = Field(
         default=None,
@@ -206,6 +244,7 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         super().__init__(**data)
         check_top_n(self.top_n)
         _ = self.policy  # the core validates the selection options now, not at the first query
+        _ = self.passage_policy
         self._api_key = (
             api_key if api_key is None or isinstance(api_key, SecretStr) else SecretStr(api_key)
         )
@@ -256,6 +295,11 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         return SelectionPolicy.from_attributes(self)
 
     @property
+    def passage_policy(self) -> PassagePolicy:
+        """The core passage policy the ``passage_*`` fields describe."""
+        return PassagePolicy.from_attributes(self)
+
+    @property
     def scorer(self) -> Scorer:
         """The scorer in use: ``scorer=``, or the one the settings resolved to."""
         return self._scorer
@@ -288,6 +332,11 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
                 self.dedupe, self.duplicate_detector, _contents(nodes), scores
             )
             kept = self._keep(nodes, scores, duplicates)
+            if self.passages and kept:
+                chosen = score_passages(
+                    scorer, query, _texts(kept), self.passage_policy, instruction=self.instruction
+                )
+                kept = [_trimmed(n, c) for n, c in zip(kept, chosen, strict=True)]
             event.on_end(payload={EventPayload.NODES: kept})
         return self._end_event(kept)
 
@@ -313,6 +362,11 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
                 self.dedupe, self.duplicate_detector, _contents(nodes), scores
             )
             kept = self._keep(nodes, scores, duplicates)
+            if self.passages and kept:
+                chosen = await ascore_passages(
+                    scorer, query, _texts(kept), self.passage_policy, instruction=self.instruction
+                )
+                kept = [_trimmed(n, c) for n, c in zip(kept, chosen, strict=True)]
             event.on_end(payload={EventPayload.NODES: kept})
         return self._end_event(kept)
 
@@ -401,6 +455,36 @@ def _contents(nodes: list[NodeWithScore]) -> list[str]:
     # Copies of one passage often differ only in metadata (file name, page
     # label): duplicates are judged on the text alone.
     return [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
+
+
+def _texts(nodes: list[NodeWithScore]) -> list[str]:
+    # Passages are cut from the node's own text, so offsets point into it.
+    return [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
+
+
+def _trimmed(scored: NodeWithScore, passages: list[ScoredCut]) -> NodeWithScore:
+    """``scored``'s node copy (already a copy) with its text cut down to ``passages``."""
+    node = scored.node
+    original = node.get_content(metadata_mode=MetadataMode.NONE)
+    records = [
+        {"start": start, "end": end, "score": score, "text": original[start:end]}
+        for start, end, score in passages
+    ]
+    metadata = {**node.metadata, PASSAGES_KEY: records}
+    copy = node.model_copy(
+        update={
+            "metadata": metadata,
+            "excluded_llm_metadata_keys": _with_keys(
+                node.excluded_llm_metadata_keys, [PASSAGES_KEY]
+            ),
+            "excluded_embed_metadata_keys": _with_keys(
+                node.excluded_embed_metadata_keys, [PASSAGES_KEY]
+            ),
+            "relationships": dict(node.relationships),
+        }
+    )
+    copy.set_content("\n".join(str(r["text"]) for r in records))
+    return NodeWithScore(node=copy, score=scored.score)
 
 
 def _with_keys(existing: list[str], added: list[str]) -> list[str]:

@@ -51,6 +51,23 @@ def test_passages_end_at_sentences_and_line_breaks_with_offsets_into_the_page() 
     assert texts[3] == "notices are sent by registered mail to the address above."
 
 
+def test_hard_wrapped_lines_are_not_cut_but_headings_and_list_items_are() -> None:
+    text = (
+        "PATIENT HISTORY\n"
+        "She meets the\n2010 ACR/EULAR classification criteria for rheumatoid arthritis and\n"
+        "was started on methotrexate 15 mg weekly in March, with folic acid\n"
+        "1 mg daily\n"
+        "(a) a negative interferon-gamma release assay in January\n"
+        "- hepatitis B surface antigen negative on the same day\n"
+        "Hemoglobin 12.1 g/dL"
+    )
+    texts = [text[a:b] for a, b in split_passages(text, 500)]
+    assert texts[0].startswith("PATIENT HISTORY\nShe meets the\n2010 ACR/EULAR")
+    assert texts[0].endswith("with folic acid\n1 mg daily")
+    assert texts[1] == "(a) a negative interferon-gamma release assay in January"
+    assert texts[2].startswith("- hepatitis B surface antigen negative on the same day")
+
+
 def test_a_table_with_no_sentence_boundary_still_yields_bounded_passages() -> None:
     assert "\n" not in TABLE
     assert not re.search(r"[.!?;:]\s", TABLE)

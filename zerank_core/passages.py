@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from zerank_core.errors import ConfigurationError
+from zerank_core.scorers.base import Scorer, check_scores
 from zerank_core.select import Selection
 
 __all__ = [
@@ -21,8 +22,15 @@ __all__ = [
     "DEFAULT_PASSAGE_POLICY",
     "MERGE_BELOW_CHARS",
     "PassagePolicy",
+    "ScoredCut",
+    "ascore_passages",
+    "choose_passages",
+    "score_passages",
     "split_passages",
 ]
+
+#: A kept passage of one text: ``(start, end, score)``, offsets into that text.
+ScoredCut = tuple[int, int, float]
 
 #: The longest passage :func:`split_passages` makes by default: two or three
 #: sentences of a contract, about 125 tokens.
@@ -32,9 +40,17 @@ DEFAULT_PASSAGE_CHARS = 500
 #: the next one, so that a passage holds a statement the model can judge.
 MERGE_BELOW_CHARS = 40
 
-# Where a passage may end: after a line break, or after a sentence or clause
-# ending followed by white space.
-_BOUNDARY = re.compile(r"\n\s*|(?<=[.!?;:])\s+")
+# Where a passage may end: at a blank line; after a sentence or clause
+# ending; at a line break before a list item; at a line break after a line
+# that does not run on. A line ending in a lower-case letter, a digit, a
+# comma or a hyphen is taken as hard-wrapped text (PDF and pdftotext lines),
+# so a sentence is not cut at every line end.
+_BOUNDARY = re.compile(
+    r"\n[ \t]*\n\s*"
+    r"|(?<=[.!?;:])\s+"
+    r"|[ \t]*\n\s*(?=[-•*▪◦·]\s|\(?[0-9a-zA-Z]{1,3}[.)]\s)"
+    r"|(?<=[^a-z0-9,(\-–/&\s])[ \t]*\n\s*"
+)
 _WORD = re.compile(r"\S+")
 
 
@@ -43,13 +59,16 @@ def split_passages(text: str, max_chars: int = DEFAULT_PASSAGE_CHARS) -> list[tu
 
     Returns ``(start, end)`` offsets into ``text``, in order, that never
     overlap and never start or end with white space; white space between
-    passages belongs to none. Passages end at line breaks and after
-    sentences (``.``, ``!``, ``?``, ``;``, ``:`` followed by white space);
-    a piece shorter than :data:`MERGE_BELOW_CHARS` is joined to the next one
-    while the two fit. A sentence longer than ``max_chars`` (or a table row
-    with no boundary at all) is cut between words into windows of at most
-    ``max_chars``, and only a single longer word is cut mid-word, so every
-    passage is bounded. Text with no visible character has no passage.
+    passages belongs to none. Passages end at blank lines, after sentences
+    (``.``, ``!``, ``?``, ``;``, ``:`` followed by white space), at line
+    breaks before a list item, and at line breaks after a line that does not
+    run on (a line ending in a lower-case letter, digit, comma or hyphen is
+    hard-wrapped text, and the sentence goes on); a piece shorter than
+    :data:`MERGE_BELOW_CHARS` is joined to the next one while the two fit.
+    A sentence longer than ``max_chars`` (or a table row with no boundary at
+    all) is cut between words into windows of at most ``max_chars``, and
+    only a single longer word is cut mid-word, so every passage is bounded.
+    Text with no visible character has no passage.
     """
     if isinstance(max_chars, bool) or not isinstance(max_chars, int) or max_chars < 1:
         raise ConfigurationError(f"passage_chars must be an integer >= 1, got {max_chars!r}")
@@ -236,6 +255,79 @@ class PassagePolicy:
 def _check_int(name: str, value: object, minimum: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def choose_passages(
+    policy: PassagePolicy,
+    cuts: Sequence[Sequence[tuple[int, int]]],
+    scores: Sequence[float],
+) -> list[list[ScoredCut]]:
+    """Apply ``policy`` to the scored passages of several texts.
+
+    ``cuts[t]`` are text ``t``'s passages and ``scores`` their scores, text
+    after text, as they were sent to the scorer. Returns each text's kept
+    passages as ``(start, end, score)``, in text order.
+    """
+    by_text: list[list[float]] = []
+    offset = 0
+    for text_cuts in cuts:
+        by_text.append(list(scores[offset : offset + len(text_cuts)]))
+        offset += len(text_cuts)
+    if offset != len(scores):
+        raise ConfigurationError(f"{len(scores)} scores for {offset} passages")
+    lengths = [[end - start for start, end in text_cuts] for text_cuts in cuts]
+    selections = policy.select(by_text, lengths)
+    return [
+        [(*text_cuts[i], text_scores[i]) for i in selection.indices]
+        for text_cuts, text_scores, selection in zip(cuts, by_text, selections, strict=True)
+    ]
+
+
+def score_passages(
+    scorer: Scorer,
+    query: str,
+    texts: Sequence[str],
+    policy: PassagePolicy,
+    *,
+    instruction: str | None = None,
+) -> list[list[ScoredCut]]:
+    """Cut ``texts`` into passages, score them against ``query`` in one call, keep by ``policy``.
+
+    The scorer plans its own batches for the call (and a cache wrapper
+    answers what it has seen). Returns each text's kept passages as
+    ``(start, end, score)``, offsets into that text, in text order.
+    """
+    cuts = [policy.split(text) for text in texts]
+    flat = _flat(texts, cuts)
+    scores = scorer.score(query, flat, instruction=instruction) if flat else []
+    return choose_passages(policy, cuts, _checked(scores, flat, scorer))
+
+
+async def ascore_passages(
+    scorer: Scorer,
+    query: str,
+    texts: Sequence[str],
+    policy: PassagePolicy,
+    *,
+    instruction: str | None = None,
+) -> list[list[ScoredCut]]:
+    """Async :func:`score_passages`, through the scorer's ``ascore``."""
+    cuts = [policy.split(text) for text in texts]
+    flat = _flat(texts, cuts)
+    scores = await scorer.ascore(query, flat, instruction=instruction) if flat else []
+    return choose_passages(policy, cuts, _checked(scores, flat, scorer))
+
+
+def _flat(texts: Sequence[str], cuts: list[list[tuple[int, int]]]) -> list[str]:
+    return [
+        text[start:end]
+        for text, text_cuts in zip(texts, cuts, strict=True)
+        for start, end in text_cuts
+    ]
+
+
+def _checked(scores: Sequence[float], flat: list[str], scorer: Scorer) -> list[float]:
+    return check_scores(scores, len(flat), context=f"scorer {scorer.model!r}", items="passages")
 
 
 #: The passage policy of ``compress --passages`` and the adapters: the three

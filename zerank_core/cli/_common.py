@@ -4,21 +4,56 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from zerank_core.cache import CachedScorer, default_cache_path
+from zerank_core.errors import ConfigurationError
 from zerank_core.redaction import redact
-from zerank_core.scorers.auto import BACKENDS, BackendChoice, Vocabulary, resolve_backend
+from zerank_core.scorers.auto import (
+    BACKENDS,
+    BackendChoice,
+    Vocabulary,
+    backend_name,
+    planned_backend,
+    resolve_backend,
+)
 from zerank_core.scorers.base import Scale, Scorer
 
+if TYPE_CHECKING:
+    from zerank_core.calibrate import IsotonicCalibrator, PlattCalibrator
+
 __all__ = [
+    "ArgumentParser",
     "add_backend_options",
     "add_output_option",
     "choose_backend",
     "close_scorer",
     "make_scorer",
 ]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad argument is one error line and a hint, not the usage block.
+
+    The usage block buried the line that matters under fifteen others;
+    ``--help`` still prints it.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"hint: {self.prog} --help lists every option\n")
+        sys.exit(2)
+
+
+def backend_arg(value: str) -> str:
+    """``--backend``: a backend name or an alias users type (bm25, zeroentropy)."""
+    try:
+        return backend_name(value, "--backend")
+    except ConfigurationError as exc:
+        message = str(exc).removeprefix("--backend must be ")
+        raise argparse.ArgumentTypeError(f"must be {message}") from None
 
 
 def threshold_arg(value: str) -> float | None:
@@ -72,8 +107,10 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backend")
     group.add_argument(
         "--backend",
-        choices=BACKENDS,
-        help="which scorer to use (default: $ZERANK_BACKEND, then the first configured one)",
+        type=backend_arg,
+        metavar="{" + ",".join(BACKENDS) + "}",
+        help="which scorer to use (default: $ZERANK_BACKEND, then the first configured one); "
+        "bm25 means lexical, zeroentropy means hosted",
     )
     group.add_argument(
         "--server-url",
@@ -162,6 +199,27 @@ def choose_backend(
     )
 
 
+def check_backend(
+    backend: str | None = None,
+    *,
+    server_url: str | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    scale: str | None = None,
+) -> None:
+    """Build the backend these flags ask for once, and close it: fail before a cluster starts.
+
+    Open weights are not loaded here (they are on the actors' nodes, maybe
+    not on this one); every other backend checks its settings and
+    credentials as it is built, without a request.
+    """
+    planned = planned_backend(backend=backend, model=model, device=device, server_url=server_url)
+    if planned == "local":
+        return
+    choice = choose_backend(backend, server_url=server_url, model=model, device=device, scale=scale)
+    close_scorer(choice.scorer, None)
+
+
 def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer | None]:
     choice = choose_backend(
         args.backend,
@@ -173,13 +231,14 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
     reason = redact(choice.reason)
     args.backend_used = {"name": choice.name, "description": reason}
     print(f"backend: {choice.name} — {reason}", file=err)
+    calibrator = _policy_calibrator(args, choice, err)
     if choice.name == "lexical":
         print(
             "note: BM25 scores are uncalibrated (1.0 = best page for each query); set "
             "ZEROENTROPY_API_KEY, ZERANK_SERVER_URL or ZERANK_LOCAL_MODEL for zerank",
             file=err,
         )
-    elif choice.scorer.scale is Scale.UNCALIBRATED:
+    elif choice.scorer.scale is Scale.UNCALIBRATED and calibrator is None:
         print(
             f"note: {choice.scorer.model} is not a zerank model: its scores are uncalibrated "
             "(they order pages, but a threshold on them means nothing) until zerank "
@@ -188,9 +247,48 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
             file=err,
         )
     if args.no_cache:
-        return choice.scorer, None
+        return _calibrated(choice.scorer, calibrator), None
     cached = CachedScorer(choice.scorer, args.cache or default_cache_path())
-    return cached, cached
+    # The cache holds the backend's own scores; the calibrator applies on top.
+    return _calibrated(cached, calibrator), cached
+
+
+def _policy_calibrator(
+    args: argparse.Namespace, choice: BackendChoice, err: TextIO
+) -> PlattCalibrator | IsotonicCalibrator | None:
+    """The calibrator of the ``--policy`` file, if it has one, said on ``err``."""
+    path = getattr(args, "policy", None)
+    if path is None:
+        return None
+    from zerank_core.calibrate import ThresholdPolicy
+
+    fitted = ThresholdPolicy.load(path)
+    if fitted.calibrator is None:
+        if choice.scorer.scale is Scale.UNCALIBRATED and choice.name != "lexical":
+            print(
+                f"note: {path} has no calibrator: refit it with zerank calibrate --calibrator "
+                "so that its thresholds are probabilities",
+                file=err,
+            )
+        return None
+    method = fitted.calibrator.to_dict()["method"]
+    print(f"calibration: {method} calibrator from {path}: scores are probabilities", file=err)
+    model = fitted.backend.get("model")
+    if model is not None and model != choice.scorer.model:
+        print(
+            f"note: the calibrator was fitted on {model} scores and this run uses "
+            f"{choice.scorer.model}: a calibrator does not carry over between models",
+            file=err,
+        )
+    return fitted.calibrator
+
+
+def _calibrated(scorer: Scorer, calibrator: PlattCalibrator | IsotonicCalibrator | None) -> Scorer:
+    if calibrator is None:
+        return scorer
+    from zerank_core.calibrate import CalibratedScorer
+
+    return CalibratedScorer(scorer, calibrator)
 
 
 def close_scorer(scorer: Scorer, cached: CachedScorer | None) -> None:
@@ -198,6 +296,10 @@ def close_scorer(scorer: Scorer, cached: CachedScorer | None) -> None:
     if cached is not None:
         cached.close()
         scorer = cached.scorer
+    from zerank_core.calibrate import CalibratedScorer
+
+    if isinstance(scorer, CalibratedScorer):  # a --policy calibrator around the backend
+        scorer = scorer.scorer
     close = getattr(scorer, "close", None)
     if callable(close):
         close()

@@ -8,7 +8,9 @@ setting is an error where the component is built, not at its first query.
 Rules, in order:
 
 1. ``backend`` (or ``ZERANK_BACKEND``) names one of ``hosted``, ``server``,
-   ``local``, ``lexical``; ``model="bm25"`` means ``lexical``.
+   ``local``, ``lexical``, or an alias users type (``bm25`` for ``lexical``,
+   ``zeroentropy`` for ``hosted``: :data:`BACKEND_ALIASES`); ``model="bm25"``
+   means ``lexical``.
 2. Otherwise an explicit endpoint decides: ``server_url`` → a rerank server
    (vLLM, llama.cpp, Infinity; ``api_key`` is then its bearer token);
    ``api_key`` or ``base_url`` → ZeroEntropy's API (``base_url`` is the API's
@@ -50,6 +52,7 @@ line (the CLI passes its own).
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -66,6 +69,7 @@ from zerank_core.scorers.engine import RateLimits
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_ALIASES",
     "LEXICAL_MODELS",
     "LIBRARY",
     "THROUGHPUT_SETTINGS",
@@ -77,6 +81,15 @@ __all__ = [
 ]
 
 BACKENDS = ("hosted", "server", "local", "lexical")
+
+#: Other names users give the backends, and the backend each means.
+BACKEND_ALIASES = {
+    "bm25": "lexical",
+    "zeroentropy": "hosted",
+    "api": "hosted",
+    "rerank-server": "server",
+    "open-weights": "local",
+}
 
 #: ``model=`` values that name the lexical baseline instead of a model.
 LEXICAL_MODELS = ("bm25", "lexical")
@@ -297,9 +310,9 @@ def resolve_backend(
 
     source = say("backend")
     if backend is None and env.get("ZERANK_BACKEND"):
-        backend, source = env["ZERANK_BACKEND"].strip().lower(), "ZERANK_BACKEND"
-    if backend is not None and backend not in BACKENDS:
-        raise ConfigurationError(f"{source} must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        backend, source = env["ZERANK_BACKEND"], "ZERANK_BACKEND"
+    if backend is not None:
+        backend = backend_name(backend, source)
     if model is not None and model.strip().lower() in LEXICAL_MODELS:
         if backend not in (None, "lexical"):
             raise ConfigurationError(
@@ -345,6 +358,48 @@ def resolve_backend(
     from zerank_core.scorers.lexical import BM25Scorer
 
     return BackendChoice("lexical", BM25Scorer(), "BM25 lexical baseline (offline, uncalibrated)")
+
+
+def backend_name(name: str, source: str = "backend") -> str:
+    """The backend ``name`` means (an alias resolved); else an error with a did-you-mean.
+
+    ``source`` is what the name came from, for the message (``--backend``,
+    ``ZERANK_BACKEND``).
+    """
+    lowered = name.strip().lower()
+    lowered = BACKEND_ALIASES.get(lowered, lowered)
+    if lowered in BACKENDS:
+        return lowered
+    close = difflib.get_close_matches(lowered, [*BACKENDS, *BACKEND_ALIASES], n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigurationError(
+        f"{source} must be one of {', '.join(BACKENDS)} (or bm25 for lexical, zeroentropy "
+        f"for hosted); got {name!r}{hint}"
+    )
+
+
+def planned_backend(
+    *,
+    backend: str | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    server_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str | None:
+    """The backend :func:`resolve_backend` would pick for these settings, without building it.
+
+    ``None``: nothing configured. Errors in the settings are left to
+    :func:`resolve_backend`.
+    """
+    env = os.environ if environ is None else environ
+    if backend is None and env.get("ZERANK_BACKEND"):
+        backend = env["ZERANK_BACKEND"]
+    if backend is not None:
+        lowered = backend.strip().lower()
+        return BACKEND_ALIASES.get(lowered, lowered)
+    if model is not None and model.strip().lower() in LEXICAL_MODELS:
+        return "lexical"
+    return _infer(model, device, None, None, server_url, env)
 
 
 def _secret(api_key: object, name: str) -> SecretStr | None:
@@ -443,6 +498,15 @@ def _hosted(
                 f"; for its open weights in-process, {weights} (pip install 'zerank-gate[local]')"
             )
         what = f"model {model!r} (a ZeroEntropy API model name)" if model else "the hosted backend"
+        if model is not None and model not in OPEN_WEIGHTS:
+            names = [*OPEN_WEIGHTS, *OPEN_WEIGHTS.values(), *LEXICAL_MODELS]
+            close = difflib.get_close_matches(model.lower(), names, n=1, cutoff=0.6)
+            if close:
+                raise ConfigurationError(
+                    f"{vocabulary.spell('model')} {model!r} is no model this package knows; "
+                    f"did you mean {close[0]!r}? (a ZeroEntropy API model needs a "
+                    f"ZeroEntropy API key: {_how(vocabulary, 'api_key', 'ZEROENTROPY_API_KEY')})"
+                )
         raise ConfigurationError(
             f"{what} needs a ZeroEntropy API key: "
             f"{_how(vocabulary, 'api_key', 'ZEROENTROPY_API_KEY')}{hint}"

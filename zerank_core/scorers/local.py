@@ -22,9 +22,10 @@ dropping every scorer that holds a model frees its memory.
 
 By default the scores are computed on a faster path than ``CrossEncoder.predict``
 with the same numbers: the prompts are rendered by the CrossEncoder itself, the
-base model runs on batches of equal-length prompts with no padding mask (so
-attention takes the fused causal kernel), and only the "Yes" row of the output
-head is applied to the last hidden state. ``compile=True`` adds ``torch.compile``.
+base model runs on length-sorted batches with no padding mask (so attention
+takes the fused causal kernel; shorter prompts are padded at their end, which
+causal attention keeps out of their positions), and only the "Yes" row of the
+output head is applied at each prompt's last position. ``compile=True`` adds ``torch.compile``.
 
 Needs the ``local`` extra (``pip install 'zerank-gate[local]'``); torch,
 transformers and sentence-transformers are imported only when a scorer is built.
@@ -64,7 +65,7 @@ __all__ = [
     "LocalScorer",
     "LocalScores",
     "LocalStats",
-    "plan_equal_length_batches",
+    "plan_padded_batches",
     "plan_token_batches",
     "select_device",
     "weights_available",
@@ -91,15 +92,9 @@ _DTYPE_NAMES = {
 # template can merge or split a token at its edges.
 _EDGE_MARGIN = 4
 
-# On the fast path, a group of equal-length prompts runs as its own unmasked
-# batch when it fills at least this share of a batch; smaller groups are
-# pooled into padded, masked batches. Below about a quarter, an unmasked batch
-# of a few prompts loses more (small matmuls) than the padding mask costs.
-_MIN_BUCKET_FILL = 0.25
-
-# A padded batch on the fast path takes a prompt only if it is at most this
-# share shorter than the batch's longest, which bounds the pad tokens (that
-# cost as much compute as real ones) to this share of the batch.
+# A batch on the fast path takes a prompt only if it is at most this share
+# shorter than the batch's longest, which bounds the pad tokens (that cost as
+# much compute as real ones) to this share of the batch.
 _MAX_PADDING = 0.125
 
 # Prompts rendered per call of the CrossEncoder's preprocessing on the fast path.
@@ -107,6 +102,9 @@ _RENDER_CHUNK = 256
 
 # The pair the fast path is checked on at load time (from zerank's model card).
 _CHECK_PAIR = ("What is 2+2?", "The answer is definitely 1 million")
+# Checked in one batch with the pair above: a shorter prompt is padded at its
+# end, which leaves its logit unchanged only under causal attention.
+_CHECK_SHORT = ("What is 2+2?", "4")
 
 
 def weights_available(model: str, *, cache_dir: str | Path | None = None) -> bool:
@@ -369,17 +367,18 @@ class LocalStats:
     ``fast`` is whether scores come from the fast path (else from
     ``CrossEncoder.predict``, and ``fast_off_because`` says why);
     ``compile_seconds`` is the time ``torch.compile`` took at load (``None``
-    without ``compile``). The counts are the fast path's: ``unmasked_batches``
-    ran as equal-length prompts without a padding mask, ``masked_batches`` were
-    padded, ``padding_tokens`` counts the pad tokens those carried and
-    ``prompt_tokens`` the tokens of every prompt scored (windows counted).
+    without ``compile``). The counts are the fast path's: ``equal_length_batches``
+    held prompts of one length, ``padded_batches`` prompts of several lengths
+    (padded at their end), ``padding_tokens`` counts the pad tokens those
+    carried and ``prompt_tokens`` the tokens of every prompt scored (windows
+    counted). No batch needs a padding mask.
     """
 
     fast: bool
     fast_off_because: str | None
     compile_seconds: float | None
-    unmasked_batches: int
-    masked_batches: int
+    equal_length_batches: int
+    padded_batches: int
     prompt_tokens: int
     padding_tokens: int
 
@@ -413,12 +412,14 @@ class LocalScorer:
 
     ``fast`` picks how the model runs. The fast path (default, ``None``: when
     the model supports it) takes the CrossEncoder's own rendered prompts, runs
-    the base model on batches of equal-length prompts with no padding mask
-    (SDPA's fused causal kernel; leftover prompts share padded batches) and
-    applies only the "Yes" row of the output head to the last hidden state.
-    It is checked against ``CrossEncoder.predict`` on one pair at load. ``False``
-    scores through ``CrossEncoder.predict``; ``True`` insists on the fast path.
-    ``compile=True`` runs the fast path's unmasked batches under
+    the base model on length-sorted batches with no padding mask (SDPA's fused
+    causal kernel: a shorter prompt is padded at its end, where causal
+    attention keeps the pad tokens out of its positions) and applies only the
+    "Yes" row of the output head to each prompt's last real position. It is
+    checked against ``CrossEncoder.predict`` at load, on two prompts of
+    different lengths in one batch. ``False`` scores through
+    ``CrossEncoder.predict``; ``True`` insists on the fast path.
+    ``compile=True`` runs the fast path's batches under
     ``torch.compile(dynamic=True)`` (a mapping gives ``torch.compile``'s
     keyword arguments instead); it compiles at load, and :attr:`stats`
     reports how long that took.
@@ -519,7 +520,7 @@ class LocalScorer:
             local_files_only = weights_available(model, cache_dir=cache_folder)
         self._identity = torch.nn.Identity()
         self._meter = UsageMeter()
-        self._batches = {"unmasked": 0, "masked": 0, "prompt_tokens": 0, "padding_tokens": 0}
+        self._batches = {"equal_length": 0, "padded": 0, "prompt_tokens": 0, "padding_tokens": 0}
 
         # Everything that goes into loading the model or changes the loaded
         # object; batch_tokens, max_batch_size and window_overlap only plan work.
@@ -707,8 +708,8 @@ class LocalScorer:
             fast=self._fast is not None,
             fast_off_because=self._fast_problem,
             compile_seconds=self._compile_seconds,
-            unmasked_batches=counts["unmasked"],
-            masked_batches=counts["masked"],
+            equal_length_batches=counts["equal_length"],
+            padded_batches=counts["padded"],
             prompt_tokens=counts["prompt_tokens"],
             padding_tokens=counts["padding_tokens"],
         )
@@ -1011,71 +1012,70 @@ class LocalScorer:
         torch = _import_torch()
         prompts = self._render(pairs, lengths)
         sizes = [int(p.shape[0]) for p in prompts]
-        plan = plan_equal_length_batches(
+        plan = plan_padded_batches(
             sizes, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size
         )
         batch_of = [0] * len(pairs)
         outputs = []
-        padding = masked = 0
+        padding = padded = 0
         with torch.inference_mode():
-            for number, (batch, padded) in enumerate(plan):
-                for index in batch:
-                    batch_of[index] = number
-                if not padded:
-                    ids = torch.stack([prompts[i] for i in batch])
-                    outputs.append(fast.unmasked(ids.to(fast.device, non_blocking=True)))
-                    continue
-                masked += 1
+            for number, batch in enumerate(plan):
                 width = max(sizes[i] for i in batch)
+                # Pad at the end, no mask: under causal attention a prompt's
+                # positions never see the pad tokens after it.
                 ids = torch.full((len(batch), width), fast.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
                 for row, index in enumerate(batch):
-                    ids[row, width - sizes[index] :] = prompts[index]
-                    mask[row, width - sizes[index] :] = 1
-                padding += int(mask.numel() - mask.sum())
-                # Positions count real tokens only, as for the same prompt unpadded.
-                positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+                    batch_of[index] = number
+                    ids[row, : sizes[index]] = prompts[index]
+                last = torch.tensor([sizes[i] - 1 for i in batch], dtype=torch.long)
+                pads = len(batch) * width - sum(sizes[i] for i in batch)
+                padding += pads
+                padded += pads > 0
                 outputs.append(
-                    fast.masked(
+                    fast.logits(
                         ids.to(fast.device, non_blocking=True),
-                        mask.to(fast.device, non_blocking=True),
-                        positions.to(fast.device, non_blocking=True),
+                        last.to(fast.device, non_blocking=True),
                     )
                 )
             # One transfer at the end: the device never waits for the host between batches.
             flat = torch.cat(outputs).tolist() if outputs else []
         values = [math.nan] * len(pairs)
-        for value, index in zip(flat, (i for batch, _ in plan for i in batch), strict=True):
+        for value, index in zip(flat, (i for batch in plan for i in batch), strict=True):
             values[index] = float(value)
-        self._batches["unmasked"] += len(plan) - masked
-        self._batches["masked"] += masked
+        self._batches["equal_length"] += len(plan) - padded
+        self._batches["padded"] += padded
         self._batches["prompt_tokens"] += sum(sizes)
         self._batches["padding_tokens"] += padding
-        return values, batch_of, [len(b) for b, _ in plan], sizes
+        return values, batch_of, [len(b) for b in plan], sizes
 
     def _check_fast_path(self) -> str | None:
-        """Why the fast path disagrees with ``CrossEncoder.predict`` on one pair, or None."""
-        query, text = _CHECK_PAIR
+        """Why the fast path disagrees with ``CrossEncoder.predict``, or None.
+
+        Two pairs of different lengths share one batch, so the shorter is
+        padded at its end: a model whose attention is not causal fails here.
+        """
+        pairs = [_CHECK_PAIR, _CHECK_SHORT]
         torch = _import_torch()
-        fast = self._fast_logits([(query, text)], [1])[0][0]
-        reference = float(
-            self._cross_encoder.predict(
-                [(query, text)],
-                activation_fn=self._identity,
-                show_progress_bar=False,
-                convert_to_numpy=True,
-            )[0]
-        )
-        # Loose in half precision, where the two paths round differently; a wrong
-        # head or a post-head transform is off by far more.
-        tolerance = 1e-3 if self.dtype == torch.float32 else 0.05 + 0.02 * abs(reference)
+        fast = self._fast_logits(pairs, [2, 1])[0]
         self._batches = dict.fromkeys(self._batches, 0)
-        if abs(fast - reference) <= tolerance:
-            return None
-        return (
-            f"it gives the logit {fast:.4f} where CrossEncoder.predict gives {reference:.4f} "
-            f"on {_CHECK_PAIR!r}"
-        )
+        for pair, got in zip(pairs, fast, strict=True):
+            reference = float(
+                self._cross_encoder.predict(
+                    [pair],
+                    activation_fn=self._identity,
+                    show_progress_bar=False,
+                    convert_to_numpy=True,
+                )[0]
+            )
+            # Loose in half precision, where the two paths round differently; a
+            # wrong head, a post-head transform or non-causal attention is off by far more.
+            tolerance = 1e-3 if self.dtype == torch.float32 else 0.05 + 0.02 * abs(reference)
+            if abs(got - reference) > tolerance:
+                return (
+                    f"it gives the logit {got:.4f} where CrossEncoder.predict gives "
+                    f"{reference:.4f} on {pair!r}"
+                )
+        return None
 
     def _prompt_tokens(self, query: str, text: str) -> int:
         """Tokens of the full prompt for one pair, as the model will see it."""
@@ -1116,54 +1116,38 @@ def _unpack_item(item: Any, position: int) -> tuple[Any, Any, str | None]:
     )
 
 
-def plan_equal_length_batches(
+def plan_padded_batches(
     lengths: Sequence[int], *, batch_tokens: int, max_batch_size: int
-) -> list[tuple[list[int], bool]]:
-    """Batches of prompts for the fast path: ``(indices, padded)``, longest first.
+) -> list[list[int]]:
+    """Batches of prompt indices for the fast path, longest first.
 
-    Prompts of the same length form batches of up to ``batch_tokens`` tokens
-    and ``max_batch_size`` prompts that need no padding mask (``padded`` is
-    False), so attention can take the fused causal kernel. A group too small to
-    fill a quarter of such a batch is pooled with the other leftovers into
-    length-sorted padded batches within the same limits, each holding prompts
-    at most 12.5 % shorter than its longest (so pad tokens stay under 12.5 %);
-    a pooled batch whose prompts happen to share one length needs no mask.
+    Prompts sorted by length (ties in input order) fill a batch while its
+    padded size (prompts x longest) stays within ``batch_tokens`` and it holds
+    at most ``max_batch_size`` prompts, each at most 12.5 % shorter than the
+    batch's longest, so that pad tokens stay under 12.5 % of a batch. A
+    prompt longer than ``batch_tokens`` gets a batch of its own.
     """
     if batch_tokens < 1:
         raise ConfigurationError(f"batch_tokens must be >= 1, got {batch_tokens}")
     if max_batch_size < 1:
         raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    groups: dict[int, list[int]] = {}
-    for index, length in enumerate(lengths):
-        groups.setdefault(length, []).append(index)
-    plan: list[tuple[list[int], bool]] = []
-    leftovers: list[int] = []
-    for length in sorted(groups, reverse=True):
-        members = groups[length]
-        capacity = max(1, min(max_batch_size, batch_tokens // max(length, 1)))
-        enough = math.ceil(capacity * _MIN_BUCKET_FILL)
-        for start in range(0, len(members), capacity):
-            chunk = members[start : start + capacity]
-            if len(chunk) >= enough:
-                plan.append((chunk, False))
-            else:
-                leftovers.extend(chunk)
-    leftovers.sort(key=lambda i: -lengths[i])
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    plan: list[list[int]] = []
     current: list[int] = []
     width = 0
-    for index in leftovers:
+    for index in order:
         if current and (
             len(current) >= max_batch_size
             or (len(current) + 1) * width > batch_tokens
             or lengths[index] < width * (1 - _MAX_PADDING)
         ):
-            plan.append((current, len({lengths[i] for i in current}) > 1))
+            plan.append(current)
             current = []
         if not current:
             width = lengths[index]
         current.append(index)
     if current:
-        plan.append((current, len({lengths[i] for i in current}) > 1))
+        plan.append(current)
     return plan
 
 
@@ -1185,6 +1169,7 @@ class _FastPath:
         self.yes_bias = yes_bias
         self.pad_id = pad_id
         self.device = device
+        self._torch = _import_torch()
         self._compiled: Any = None
 
     @classmethod
@@ -1213,36 +1198,32 @@ class _FastPath:
         pad = cross_encoder.tokenizer.pad_token_id
         return cls(decoder, row, bias, int(pad) if pad is not None else 0, row.device)
 
-    def _last_hidden(self, ids: Any, mask: Any = None, positions: Any = None) -> Any:
-        hidden = self.decoder(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
-        ).last_hidden_state
-        logit = hidden[:, -1].float() @ self.yes_row
+    def _last_logit(self, ids: Any, last: Any) -> Any:
+        hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
+        rows = hidden[self._torch.arange(ids.shape[0], device=ids.device), last]
+        logit = rows.float() @ self.yes_row
         return logit if self.yes_bias is None else logit + self.yes_bias
 
-    def unmasked(self, ids: Any) -> Any:
-        """Logits of equal-length prompts, with no mask (causal attention only)."""
+    def logits(self, ids: Any, last: Any) -> Any:
+        """The "Yes" logit at position ``last[i]`` of row ``i``; no mask (causal attention)."""
         if self._compiled is not None:
-            return self._compiled(ids)
-        return self._last_hidden(ids)
-
-    def masked(self, ids: Any, mask: Any, positions: Any) -> Any:
-        """Logits of left-padded prompts."""
-        return self._last_hidden(ids, mask, positions)
+            return self._compiled(ids, last)
+        return self._last_logit(ids, last)
 
     def compile(self, options: dict[str, Any]) -> float:
-        """Compile :meth:`unmasked`; returns the seconds compiling took.
+        """Compile :meth:`logits`; returns the seconds compiling took.
 
         The warm-up compiles a dynamic graph and the batch of one that torch
         specialises (sizes 0 and 1), so later batches reuse them.
         """
         torch = _import_torch()
-        compiled = torch.compile(self._last_hidden, **{"dynamic": True, **options})
+        compiled = torch.compile(self._last_logit, **{"dynamic": True, **options})
         start = time.perf_counter()
         with torch.inference_mode():
             for batch, length in ((2, 16), (1, 16)):
                 ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
-                compiled(ids.to(self.device))
+                last = torch.full((batch,), length - 1, dtype=torch.long)
+                compiled(ids.to(self.device), last.to(self.device))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._compiled = compiled
