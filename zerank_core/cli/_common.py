@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from zerank_core.cache import CachedScorer, default_cache_path
+from zerank_core.cache import CachedScorer, ScoreStore, default_cache_path
 from zerank_core.errors import ConfigurationError
 from zerank_core.redaction import redact
 from zerank_core.scorers.auto import (
@@ -19,7 +22,10 @@ from zerank_core.scorers.auto import (
     planned_backend,
     resolve_backend,
 )
-from zerank_core.scorers.base import Scale, Scorer
+from zerank_core.scorers.base import BatchCallback, Scale, ScoreItem, Scorer, Usage
+
+if TYPE_CHECKING:
+    from zerank_core.calibrate import IsotonicCalibrator, PlattCalibrator
 
 __all__ = [
     "ArgumentParser",
@@ -228,13 +234,14 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
     reason = redact(choice.reason)
     args.backend_used = {"name": choice.name, "description": reason}
     print(f"backend: {choice.name} — {reason}", file=err)
+    calibrator = _policy_calibrator(args, choice, err)
     if choice.name == "lexical":
         print(
             "note: BM25 scores are uncalibrated (1.0 = best page for each query); set "
             "ZEROENTROPY_API_KEY, ZERANK_SERVER_URL or ZERANK_LOCAL_MODEL for zerank",
             file=err,
         )
-    elif choice.scorer.scale is Scale.UNCALIBRATED:
+    elif choice.scorer.scale is Scale.UNCALIBRATED and calibrator is None:
         print(
             f"note: {choice.scorer.model} is not a zerank model: its scores are uncalibrated "
             "(they order pages, but a threshold on them means nothing) until zerank "
@@ -243,9 +250,129 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
             file=err,
         )
     if args.no_cache:
-        return choice.scorer, None
+        resumable = ResumableScorer(choice.scorer)
+        args.resume_cache = resumable.path
+        return _calibrated(resumable, calibrator), None
     cached = CachedScorer(choice.scorer, args.cache or default_cache_path())
-    return cached, cached
+    # The cache holds the backend's own scores; the calibrator applies on top.
+    return _calibrated(cached, calibrator), cached
+
+
+def _policy_calibrator(
+    args: argparse.Namespace, choice: BackendChoice, err: TextIO
+) -> PlattCalibrator | IsotonicCalibrator | None:
+    """The calibrator of the ``--policy`` file, if it has one, said on ``err``."""
+    path = getattr(args, "policy", None)
+    if path is None:
+        return None
+    from zerank_core.calibrate import ThresholdPolicy
+
+    fitted = ThresholdPolicy.load(path)
+    if fitted.calibrator is None:
+        if choice.scorer.scale is Scale.UNCALIBRATED and choice.name != "lexical":
+            print(
+                f"note: {path} has no calibrator: refit it with zerank calibrate --calibrator "
+                "so that its thresholds are probabilities",
+                file=err,
+            )
+        return None
+    method = fitted.calibrator.to_dict()["method"]
+    print(f"calibration: {method} calibrator from {path}: scores are probabilities", file=err)
+    model = fitted.backend.get("model")
+    if model is not None and model != choice.scorer.model:
+        print(
+            f"note: the calibrator was fitted on {model} scores and this run uses "
+            f"{choice.scorer.model}: a calibrator does not carry over between models",
+            file=err,
+        )
+    return fitted.calibrator
+
+
+def _calibrated(scorer: Scorer, calibrator: PlattCalibrator | IsotonicCalibrator | None) -> Scorer:
+    if calibrator is None:
+        return scorer
+    from zerank_core.calibrate import CalibratedScorer
+
+    return CalibratedScorer(scorer, calibrator)
+
+
+class ResumableScorer:
+    """``--no-cache``: the run's scores go to a temporary cache, so that a failed run resumes.
+
+    Nothing is read from an earlier run (the file is new), but when a request
+    fails after its retries, the scores of every other one are on disk: the
+    error names the file, and ``--cache FILE`` on the rerun sends only what
+    is missing. :func:`finish_resumable` removes the file after a run that
+    succeeded. It reports what its backend spent (``usage``); it is not a
+    :class:`~zerank_core.cache.CachedScorer`, so reports show no cache.
+    """
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+        self.path = Path(tempfile.mkdtemp(prefix="zerank-resume-")) / "scores.sqlite3"
+        self._cache = CachedScorer(scorer, self.path)
+
+    @property
+    def model(self) -> str:
+        return self.scorer.model
+
+    @property
+    def scale(self) -> Scale:
+        return self.scorer.scale
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.scorer.usage
+
+    def score(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        return self._cache.score(query, texts, instruction=instruction)
+
+    async def ascore(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        return await self._cache.ascore(query, texts, instruction=instruction)
+
+    def score_many(
+        self, items: Sequence[ScoreItem | tuple[Any, ...]], *, on_batch: BatchCallback | None = None
+    ) -> list[list[float]]:
+        return self._cache.score_many(items, on_batch=on_batch)
+
+    async def ascore_many(
+        self, items: Sequence[ScoreItem | tuple[Any, ...]], *, on_batch: BatchCallback | None = None
+    ) -> list[list[float]]:
+        return await self._cache.ascore_many(items, on_batch=on_batch)
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """After a failed ``--no-cache`` run that scored something: where its scores are kept."""
+    path = getattr(args, "resume_cache", None)
+    if path is None or not path.exists():
+        return ""
+    store = ScoreStore(path)
+    try:
+        entries = store.info().entries
+    finally:
+        store.close()
+    if not entries:
+        finish_resumable(args)
+        return ""
+    return (
+        f"; the {entries:,} scores that came back are kept in {path}: rerun with "
+        f"--cache {path} to send only what is missing"
+    )
+
+
+def finish_resumable(args: argparse.Namespace) -> None:
+    """Remove a ``--no-cache`` run's temporary cache (the run succeeded, or kept nothing)."""
+    path = getattr(args, "resume_cache", None)
+    if path is not None:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        args.resume_cache = None
 
 
 def close_scorer(scorer: Scorer, cached: CachedScorer | None) -> None:
@@ -253,6 +380,13 @@ def close_scorer(scorer: Scorer, cached: CachedScorer | None) -> None:
     if cached is not None:
         cached.close()
         scorer = cached.scorer
+    from zerank_core.calibrate import CalibratedScorer
+
+    if isinstance(scorer, CalibratedScorer):  # a --policy calibrator around the backend
+        scorer = scorer.scorer
+    if isinstance(scorer, ResumableScorer):
+        scorer.close()
+        scorer = scorer.scorer
     close = getattr(scorer, "close", None)
     if callable(close):
         close()

@@ -9,6 +9,7 @@ file per page, as for a single document; a folder with both is refused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import glob
 import os
@@ -220,6 +221,7 @@ def _run_ray(
         "model": args.model,
         "device": args.device,
         "scale": args.scale,
+        "calibrator": _policy_calibrator(args),
     }
     # Settings and credentials are checked here, before Ray starts (seconds).
     check_backend(**backend)
@@ -301,13 +303,29 @@ def _actor_scorer(**backend: Any) -> BackendChoice:
     """The backend the command line asked for, built inside a Ray actor (and named)."""
     from zerank_core.cli._common import choose_backend
 
-    return choose_backend(
+    choice = choose_backend(
         backend["backend"],
         server_url=backend["server_url"],
         model=backend["model"],
         device=backend["device"],
         scale=backend.get("scale"),
     )
+    if backend.get("calibrator") is None:
+        return choice
+    from zerank_core.calibrate import CalibratedScorer, calibrator_from_dict
+
+    calibrated = CalibratedScorer(choice.scorer, calibrator_from_dict(backend["calibrator"]))
+    return dataclasses.replace(choice, scorer=calibrated)
+
+
+def _policy_calibrator(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``--policy`` file's calibrator as JSON, for the actors (None: there is none)."""
+    if getattr(args, "policy", None) is None:
+        return None
+    from zerank_core.calibrate import ThresholdPolicy
+
+    calibrator = ThresholdPolicy.load(args.policy).calibrator
+    return None if calibrator is None else calibrator.to_dict()
 
 
 def _output_folder(output: str | None) -> Path | None:
