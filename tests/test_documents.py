@@ -488,4 +488,6 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(capsys: pytest.CaptureFix
     PageGate(KeywordScorer()).run(document, CRITERIA)
     assert capsys.readouterr().err == ""  # stderr is not a terminal under pytest
     PageGate(KeywordScorer(), progress=True).run(document, CRITERIA)
-    assert "criteria" in capsys.readouterr().err
+    bar = capsys.readouterr().err
+    assert "scoring <texts>" in bar
+    assert "0/15" in bar  # 5 pages × 3 criteria planned
