@@ -17,6 +17,7 @@ import pytest
 pytest.importorskip("ray.data")
 pytest.importorskip("sentence_transformers.cross_encoder.modules")
 
+from tests.fake_servers import FakeRerankServer, reference_probability
 from tests.tiny_zerank import build_tiny_zerank, sample_text
 from zerank_core.cache import CachedScorer
 from zerank_core.criteria import Criterion
@@ -28,6 +29,7 @@ from zerank_core.distributed import (
     gate_dataset,
     gate_on_ray,
     rows_of,
+    run_on_ray,
 )
 from zerank_core.errors import ConfigurationError
 from zerank_core.gate import PageGate
@@ -35,6 +37,7 @@ from zerank_core.loaders import Document
 from zerank_core.multi import gate_documents
 from zerank_core.scorers.lexical import BM25Scorer
 from zerank_core.scorers.local import LocalScorer
+from zerank_core.scorers.server import RerankServerScorer
 from zerank_core.select import SelectionPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -326,3 +329,118 @@ def test_an_actor_that_cannot_open_the_cache_is_a_clear_error(
     message = str(caught.value)
     assert message.startswith("a Ray actor could not start: ConfigurationError: cannot use ")
     assert f"{cache} as a score cache" in message
+
+
+@pytest.mark.parametrize("actors", [2, 4])
+def test_limits_hold_for_the_whole_job_not_per_actor(ray_instance: Any, actors: int) -> None:
+    """Every actor's scorer is told 480 requests/min and at most 2 in flight.
+
+    The server admits 20 requests in any 2 s (600/min) and answers 429 above
+    that. Paced per actor, 2 actors would send up to 2 × 480/min (30 in 2 s)
+    and 4 twice that; paced for the job, they stay at 480/min (16 in 2 s).
+    """
+    server = FakeRerankServer(requests_per_minute=600, window_s=2.0, latency_s=0.01)
+    try:
+        factory = functools.partial(
+            RerankServerScorer,
+            f"{server.url}/v1/rerank",
+            max_batch_size=2,
+            max_concurrency=2,
+            requests_per_minute=480,
+        )
+        docs = documents(8)
+        run = run_on_ray(
+            docs,
+            CRITERIA,
+            scorer=factory,
+            policy=POLICY,
+            actors=actors,
+            documents_per_batch=1,
+            num_cpus=2 / actors,
+        )
+        assert server.rate_limited == 0
+        assert server.max_in_flight <= 2  # max_concurrency held for the job, too
+        assert run.peak_in_flight <= 2
+        assert run.requests == server.served == len(server.requests)
+        assert run.actors_built == actors
+        for row in run.rows:
+            doc = docs[row.index]
+            criterion = next(c for c in CRITERIA if c.id == row.criterion)
+            query = (
+                f"<query>{criterion.text}</query>\n<instruction>{criterion.instruction}"
+                "</instruction>"
+                if criterion.instruction
+                else criterion.text
+            )
+            want = [reference_probability(query, p.text) for p in doc.pages if p.text]
+            assert list(row.page_scores[:-1]) == pytest.approx(want)
+    finally:
+        server.close()
+
+
+class LoggedScorer(LocalScorer):
+    """A LocalScorer that notes each build (each model load) in a file."""
+
+    def __init__(self, model: str, builds: str) -> None:
+        with Path(builds).open("a") as log:
+            log.write(f"{os.getpid()}\n")
+        super().__init__(model)
+
+
+def test_a_fully_cached_rerun_loads_no_model(
+    ray_instance: Any, model_dir: Path, tmp_path: Path
+) -> None:
+    docs = documents(4)
+    builds, cache = tmp_path / "builds", tmp_path / "scores.sqlite3"
+    factory = functools.partial(LoggedScorer, str(model_dir), str(builds))
+    common: dict[str, Any] = {
+        "scorer": factory, "policy": POLICY, "actors": 2, "documents_per_batch": 1,
+        "cache": cache,
+    }  # fmt: skip
+
+    first = run_on_ray(docs, CRITERIA, **common)
+    assert 1 <= first.actors_built <= 2
+    assert len(builds.read_text().split()) == first.actors_built
+    assert all(r.cache_hits == 0 for r in first.rows)
+
+    again = run_on_ray(docs, CRITERIA, **common)
+    assert again.actors_built == 0
+    assert len(builds.read_text().split()) == first.actors_built  # no model was loaded
+    assert all(r.cache_misses == 0 for r in again.rows)
+    assert_same_rows(list(again.rows), single_process_rows(model_dir, docs))
+
+    # One new document: only an actor that meets a miss builds its scorer.
+    more = [*docs, *documents(5)[4:]]
+    third = run_on_ray(more, CRITERIA, **common)
+    assert third.actors_built == 1
+    assert [r.cache_misses == 0 for r in third.rows] == [r.index < 4 for r in third.rows]
+
+
+def test_an_actor_whose_scorer_is_not_the_one_described_starts_its_batch_again(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    docs = documents(2)
+    batch = {
+        "index": [0, 1],
+        "document": [d.source for d in docs],
+        "pages": [[p.text for p in d.pages] for d in docs],
+    }
+    cache = str(tmp_path / "scores.sqlite3")
+    factory = functools.partial(LocalScorer, str(model_dir))
+    first = rows_from(_GateWorker(factory, CRITERIA, POLICY, None, False, cache=cache)(batch))
+    # The file now says what this factory builds; make it say something else.
+    with sqlite3.connect(cache) as db:
+        (description,) = db.execute("SELECT description FROM scorer_descriptions").fetchone()
+        other = description.replace('"backend\\": \\"local', '"backend\\": \\"other')
+        assert other != description
+        db.execute("UPDATE scorer_descriptions SET description = ?", (other,))
+    worker = _GateWorker(factory, CRITERIA, POLICY, None, False, cache=cache)
+    assert worker.built is None  # lazy, trusting the description
+    again = rows_from(worker(batch))
+    assert worker.built is not None
+    assert [(r.pages, r.cache_misses) for r in again] == [(r.pages, 0) for r in first]
+    with sqlite3.connect(cache) as db:
+        (restored,) = db.execute("SELECT description FROM scorer_descriptions").fetchone()
+    assert restored == description

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any, TextIO
 
 from zerank_core.cache import CachedScorer, default_cache_path
+from zerank_core.limits import LIMIT_VARIABLES
 from zerank_core.redaction import redact
 from zerank_core.scorers.auto import BACKENDS, BackendChoice, Vocabulary, resolve_backend
 from zerank_core.scorers.base import Scorer
@@ -58,6 +60,30 @@ def positive_arg(value: str) -> int:
     return number
 
 
+def rate_arg(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value}")
+    return number
+
+
+#: The limit flags and the keyword each sets (see zerank_core.limits).
+LIMIT_FLAGS = {
+    "requests_per_minute": "--requests-per-minute",
+    "bytes_per_minute": "--bytes-per-minute",
+    "tokens_per_minute": "--tokens-per-minute",
+    "max_concurrency": "--max-concurrency",
+}
+
+
+def limits_of(args: argparse.Namespace) -> dict[str, float | int]:
+    """The limits the flags set (the environment's are read where the backend is built)."""
+    return {k: v for k in LIMIT_FLAGS if (v := getattr(args, k, None)) is not None}
+
+
 def price_arg(value: str) -> float:
     try:
         number = float(value)
@@ -90,6 +116,23 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
         "--device",
         help="device for open weights in-process: cpu, cuda, cuda:1, mps (implies local)",
     )
+    limits = parser.add_argument_group(
+        "limits (a hosted or server backend; on Ray they hold for the whole job)"
+    )
+    for key, flag in LIMIT_FLAGS.items():
+        variable = LIMIT_VARIABLES[key]
+        what, otherwise = {
+            "requests_per_minute": ("requests per minute", "no limit"),
+            "bytes_per_minute": ("request bytes per minute (150 + query + text each)", "no limit"),
+            "tokens_per_minute": ("tokens per minute (estimated: bytes / 4)", "no limit"),
+            "max_concurrency": ("requests in flight at once", "16"),
+        }[key]
+        limits.add_argument(
+            flag,
+            type=positive_arg if key == "max_concurrency" else rate_arg,
+            metavar="N",
+            help=f"at most N {what} (default: ${variable}, else {otherwise})",
+        )
     cache = parser.add_argument_group("score cache")
     cache.add_argument(
         "--cache",
@@ -121,6 +164,7 @@ CLI_VOCABULARY = Vocabulary(
         "api_key": None,
         "base_url": None,
         "scorer": None,
+        **LIMIT_FLAGS,
     },
     flags=True,
 )
@@ -132,6 +176,7 @@ def choose_backend(
     server_url: str | None = None,
     model: str | None = None,
     device: str | None = None,
+    limits: dict[str, float | int] | None = None,
 ) -> BackendChoice:
     """The scorer the flags and the environment ask for, through :func:`resolve_backend`.
 
@@ -143,6 +188,7 @@ def choose_backend(
         model=model,
         device=device,
         server_url=server_url,
+        limits=limits,
         allow_lexical=True,
         vocabulary=CLI_VOCABULARY,
     )
@@ -150,7 +196,11 @@ def choose_backend(
 
 def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer | None]:
     choice = choose_backend(
-        args.backend, server_url=args.server_url, model=args.model, device=args.device
+        args.backend,
+        server_url=args.server_url,
+        model=args.model,
+        device=args.device,
+        limits=limits_of(args),
     )
     reason = redact(choice.reason)
     args.backend_used = {"name": choice.name, "description": reason}

@@ -23,6 +23,7 @@ from zerank_core.cache import CACHE_ENV, default_cache_path
 from zerank_core.cli._common import (
     cache_line,
     count_arg,
+    limits_of,
     make_scorer,
     positive_arg,
     write_json,
@@ -194,13 +195,14 @@ def _run_ray(
     out: TextIO,
     err: TextIO,
 ) -> int:
-    from zerank_core.distributed import gate_on_ray
+    from zerank_core.distributed import run_on_ray
 
     backend = {
         "backend": args.backend,
         "server_url": args.server_url,
         "model": args.model,
         "device": args.device,
+        "limits": limits_of(args),
     }
     cache = _ray_cache(args)
     print(
@@ -217,8 +219,10 @@ def _run_ray(
         detector = functools.partial(
             duplicate_detector, method=args.dedupe_with, threshold=args.dedupe_threshold
         )
+    if backend["limits"]:
+        print(f"limits for the whole job: {_limits_text(backend['limits'])}", file=err)
     start = time.perf_counter()
-    rows = gate_on_ray(
+    run = run_on_ray(
         documents,
         criteria,
         scorer=functools.partial(_actor_scorer, **backend),
@@ -233,6 +237,7 @@ def _run_ray(
         duplicate_detector=detector,
     )
     seconds = time.perf_counter() - start
+    rows = run.rows
     selection = policy.to_dict()
     files: list[dict[str, Any]] = [
         {"document": d.source, "pages": len(d.pages), "policy": selection, "criteria": []}
@@ -254,6 +259,16 @@ def _run_ray(
         f"{seconds:.1f} s, {len(documents) / seconds:.2f} documents/s",
         file=err,
     )
+    print(
+        f"backend built by {run.actors_built} of {args.actors} actor(s) "
+        "(an actor builds it, and loads its model, at its first cache miss)"
+        + (
+            f"; {run.requests} requests, at most {run.peak_in_flight} in flight"
+            if run.requests
+            else ""
+        ),
+        file=err,
+    )
     cached = None
     if cache is not None:
         cached = {
@@ -273,7 +288,14 @@ def _run_ray(
         "no_evidence": no_evidence,
         "seconds": round(seconds, 3),
         "documents_per_second": round(len(documents) / seconds, 3),
-        "ray": {"address": args.ray or None, "actors": args.actors, "gpus": args.gpus_per_actor},
+        "ray": {
+            "address": args.ray or None,
+            "actors": args.actors,
+            "gpus": args.gpus_per_actor,
+            "actors_built": run.actors_built,
+            "requests": run.requests,
+            "peak_in_flight": run.peak_in_flight,
+        },
         "cache": cached,
     }
     # The output names the backend the flags asked for; a URL loses its credentials.
@@ -281,6 +303,10 @@ def _run_ray(
     head = {"backend": asked, "summary": summary}
     _write(files, head, folder, [d.source for d in documents], args.output, out, err)
     return 0
+
+
+def _limits_text(limits: dict[str, float | int]) -> str:
+    return ", ".join(f"{key.replace('_', ' ')} {value:g}" for key, value in limits.items())
 
 
 def _ray_cache(args: argparse.Namespace) -> Path | None:
@@ -318,6 +344,7 @@ def _actor_scorer(**backend: Any) -> Scorer:
         server_url=backend["server_url"],
         model=backend["model"],
         device=backend["device"],
+        limits=backend["limits"],
     ).scorer
 
 

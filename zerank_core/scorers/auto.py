@@ -161,11 +161,18 @@ def resolve_backend(
     api_key: str | SecretStr | None = None,
     base_url: str | None = None,
     server_url: str | None = None,
+    limits: Mapping[str, float | int] | None = None,
     allow_lexical: bool = False,
     vocabulary: Vocabulary = LIBRARY,
     environ: Mapping[str, str] | None = None,
 ) -> BackendChoice:
     """Build the scorer these settings and the environment ask for; see the module docstring.
+
+    ``limits`` (``requests_per_minute``, ``bytes_per_minute``,
+    ``tokens_per_minute``, ``max_concurrency``) go to a hosted or server
+    backend over those set in the environment (``ZERANK_REQUESTS_PER_MINUTE``
+    ...; see :mod:`zerank_core.limits`); given explicitly to an in-process
+    backend they are an error, from the environment they are ignored there.
 
     Raises :class:`ConfigurationError` (in ``vocabulary``'s words) when a
     setting is missing, malformed, or does not apply to the backend chosen,
@@ -174,6 +181,11 @@ def resolve_backend(
     """
     env = os.environ if environ is None else environ
     say = vocabulary.spell
+    from zerank_core.limits import check_limits, limits_from_env
+
+    explicit = dict(limits or {})
+    check_limits(explicit, names={k: say(k) for k in explicit})
+    limits = {**limits_from_env(env), **explicit}
     for setting, value in (
         ("backend", backend),
         ("model", model),
@@ -228,6 +240,9 @@ def resolve_backend(
         "lexical": (),
     }[name]
     extra = [setting for setting, value in given.items() if value is not None]
+    if name in ("hosted", "server"):
+        applies = (*applies, *explicit)
+    extra += list(explicit)
     wrong = [setting for setting in extra if setting not in applies]
     if wrong:
         why = f" (chosen by {source})" if backend is not None else ""
@@ -235,9 +250,9 @@ def resolve_backend(
             f"{', '.join(say(s) for s in wrong)} does not apply to the {name} backend{why}"
         )
     if name == "hosted":
-        return _hosted(model, key, base_url, env, vocabulary)
+        return _hosted(model, key, base_url, env, vocabulary, limits)
     if name == "server":
-        return _server(model, key, server_url, env, vocabulary)
+        return _server(model, key, server_url, env, vocabulary, limits)
     if name == "local":
         return _local(model, device, env, vocabulary)
     from zerank_core.scorers.lexical import BM25Scorer
@@ -314,6 +329,7 @@ def _hosted(
     base_url: str | None,
     env: Mapping[str, str],
     vocabulary: Vocabulary,
+    limits: Mapping[str, float | int],
 ) -> BackendChoice:
     from zerank_core.scorers.zeroentropy import ZeroEntropyScorer
 
@@ -332,7 +348,7 @@ def _hosted(
             f"{_how(vocabulary, 'api_key', 'ZEROENTROPY_API_KEY')}{hint}"
         )
     model = model or env.get("ZERANK_MODEL") or "zerank-2"
-    scorer = ZeroEntropyScorer(model=model, api_key=key, base_url=base_url)
+    scorer = ZeroEntropyScorer(model=model, api_key=key, base_url=base_url, **limits)  # type: ignore[arg-type]
     return BackendChoice("hosted", scorer, f"ZeroEntropy API ({scorer.model})")
 
 
@@ -342,6 +358,7 @@ def _server(
     server_url: str | None,
     env: Mapping[str, str],
     vocabulary: Vocabulary,
+    limits: Mapping[str, float | int],
 ) -> BackendChoice:
     from zerank_core.scorers.server import RerankServerScorer, check_one_credential
 
@@ -359,7 +376,7 @@ def _server(
         key_name = "ZERANK_SERVER_API_KEY"
     url_name = vocabulary.spell("server_url") if server_url else "ZERANK_SERVER_URL"
     check_one_credential(url, url_name, key_name)
-    server = RerankServerScorer(url, model=model, api_key=key)
+    server = RerankServerScorer(url, model=model, api_key=key, **limits)  # type: ignore[arg-type]
     return BackendChoice(
         "server",
         server,
