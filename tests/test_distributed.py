@@ -444,3 +444,84 @@ def test_an_actor_whose_scorer_is_not_the_one_described_starts_its_batch_again(
     with sqlite3.connect(cache) as db:
         (restored,) = db.execute("SELECT description FROM scorer_descriptions").fetchone()
     assert restored == description
+
+
+def test_compress_ray_writes_each_document_as_it_finishes_and_a_killed_driver_resumes(
+    ray_instance: Any, tmp_path: Path
+) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.cli_run import call
+    from zerank_core.cli._progress import PROGRESS_FILE
+
+    docs = documents(4)
+    for i, doc in enumerate(docs):
+        (tmp_path / f"packet-{i}.json").write_text(
+            json.dumps([p.text for p in doc.pages]), encoding="utf-8"
+        )
+    criteria = tmp_path / "criteria.txt"
+    criteria.write_text("\n".join(c.text for c in CRITERIA), encoding="utf-8")
+    results, cache = tmp_path / "results", tmp_path / "scores.sqlite3"
+    # One actor, one document and one request at a time: two requests per document.
+    # The server answers five, then holds the next until the driver is killed.
+    server = FakeRerankServer(block_after=5)
+    address = ray_instance.get_runtime_context().gcs_address
+    common = [
+        *(str(tmp_path / f"packet-{i}.json") for i in range(4)), "-c", str(criteria),
+        "--server-url", f"{server.url}/v1/rerank", "--cache", str(cache), "--ray", address,
+        "--documents-per-batch", "1", "--max-concurrency", "1", "-o", str(results),
+    ]  # fmt: skip
+    try:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "zerank_core.cli", "compress", *common],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            # Killed once the request is held and a first document's file is written
+            # (the driver receives each document's rows shortly after its batch ends).
+            progress = results / PROGRESS_FILE
+            deadline = time.monotonic() + 300
+            while driver.poll() is None and not (server.blocked and progress.exists()):
+                assert time.monotonic() < deadline, "the driver never reached the held request"
+                time.sleep(0.05)
+            assert driver.poll() is None
+            driver.send_signal(signal.SIGKILL)
+        finally:
+            driver.wait()
+        written = sorted(p.name for p in results.iterdir())
+        assert not [name for name in written if name.endswith(".partial")]
+        done = [name for name in written if name.endswith(".json") and name != "summary.json"]
+        assert "summary.json" not in written
+        # Two documents were complete on the actor, the third was in flight.
+        assert 1 <= len(done) <= 2
+        for name in done:
+            assert json.loads((results / name).read_text(encoding="utf-8"))["criteria"]
+        assert len(progress.read_text(encoding="utf-8").splitlines()) == len(done)
+
+        server.block_after = None  # the killed driver's request stays held until close
+        server.reset_stats()
+        code, _, err = call("compress", *common)
+        assert code == 0, err
+        assert f"resume: {len(done)} of 4 documents already done in {results}/" in err
+        # What the killed run had scored came from the cache: only the rest was sent.
+        assert server.served == 3
+        summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
+        assert summary["summary"]["resumed"] == len(done)
+        assert summary["summary"]["cache"]["hits"] > 0
+        assert len(summary["summary"]["files"]) == 4
+
+        # Everything done: a rerun starts no actor and loads nothing.
+        code, _, err = call("compress", *common)
+        assert code == 0, err
+        assert "resume: 4 of 4 documents already done" in err
+        assert "backend built by 0 of 1 actor(s)" in err
+    finally:
+        server.close()
