@@ -34,6 +34,7 @@ import math
 import os
 import pickle
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -401,9 +402,10 @@ class _GateWorker:
         self.criteria = criteria
         self.include_context = include_context
         self.limiter = limiter
-        self.holder = _holder()
-        if limiter is not None:
-            # A restarted actor hands back the places its previous life held.
+        self.holder, restarted = _holder()
+        if limiter is not None and restarted:
+            # A restarted actor hands back the places its previous life held
+            # before asking for any (awaited: the limiter may run calls out of order).
             _ray_get(limiter.forget.remote(self.holder))
         self.built: Scorer | None = None
         self.cache: _RowCache | None = None
@@ -424,7 +426,9 @@ class _GateWorker:
             self._assemble(_LazyScorer(self._build, description))
 
     def _build(self) -> Scorer:
+        started = time.perf_counter()
         built = self.factory()
+        seconds = time.perf_counter() - started
         engine = _engine_of(built)
         if engine is not None and self.limiter is not None:
             from zerank_core.limits import SharedPacer, SharedSlots, declared_limits
@@ -435,7 +439,8 @@ class _GateWorker:
                 pacer=SharedPacer(self.limiter, engine.limits, declared),
             )
         if self.limiter is not None:
-            _ray_get(self.limiter.note_built.remote(self.holder))
+            # Not awaited: a first start never waits for the limiter actor to be up.
+            self.limiter.note_built.remote(self.holder, seconds, _torch_threads())
         self.built = built
         return built
 
@@ -467,12 +472,17 @@ class _GateWorker:
             Document(str(source), tuple(Page(n + 1, str(text)) for n, text in enumerate(pages)))
             for source, pages in zip(batch["document"], batch["pages"], strict=True)
         ]
+        started = time.time()
         try:
-            return self._gate(batch, documents)
+            columns = self._gate(batch, documents)
         except _StaleDescription:
             assert self.built is not None
             self._assemble(self.built)
-            return self._gate(batch, documents)
+            columns = self._gate(batch, documents)
+        if self.limiter is not None:
+            # Not awaited: only the job's report reads it.
+            self.limiter.note_batch.remote(self.holder, started, time.time())
+        return columns
 
     def _gate(self, batch: Mapping[str, Any], documents: list[Document]) -> dict[str, list[Any]]:
         if self.cache is not None:
@@ -500,15 +510,26 @@ class _GateWorker:
         return replace(row, cache_hits=len(texts) - misses, cache_misses=misses)
 
 
-def _holder() -> str:
-    """This actor's Ray id (kept across restarts), or this process's id outside an actor."""
+def _holder() -> tuple[str, bool]:
+    """This actor's Ray id (kept across restarts) and whether Ray restarted it.
+
+    Outside an actor (the class called directly): this process's id.
+    """
     try:
         import ray
 
-        actor = ray.get_runtime_context().get_actor_id()
-    except Exception:  # not in Ray at all (the actor's class called directly)
-        actor = None
-    return actor or f"process-{os.getpid()}"
+        context = ray.get_runtime_context()
+        actor = context.get_actor_id()
+        restarted = bool(actor) and bool(context.was_current_actor_reconstructed)
+    except Exception:  # not in Ray at all
+        actor, restarted = None, False
+    return actor or f"process-{os.getpid()}", restarted
+
+
+def _torch_threads() -> int | None:
+    """The threads torch computes with in this process (None: torch not loaded)."""
+    torch = sys.modules.get("torch")
+    return None if torch is None else int(torch.get_num_threads())
 
 
 def _ray_get(ref: Any) -> Any:
@@ -651,9 +672,14 @@ class RayRun:
     """What a job on Ray returned: every row in input order, and how the job went.
 
     ``actors_built`` counts the actors that built their scorer (loaded a
-    model); a fully cached rerun builds none. ``requests`` and
-    ``peak_in_flight`` are the requests the job limiter admitted for remote
-    scorers and the most it had in flight at once (0 for in-process models).
+    model); a fully cached rerun builds none; ``build_seconds`` is the
+    longest build and ``threads`` the torch thread counts of those actors.
+    ``gating_seconds`` runs from the first batch's start to the last one's
+    end on the actors (the job without start-up), ``busy_seconds`` adds up
+    the batches' own times. ``requests`` and ``peak_in_flight`` are the
+    requests the job limiter admitted for remote scorers and the most it had
+    in flight at once (0 for in-process models). ``seconds`` is the whole
+    call, start-up included.
     """
 
     rows: tuple[GateRow, ...]
@@ -662,6 +688,11 @@ class RayRun:
     requests: int
     peak_in_flight: int
     seconds: float
+    build_seconds: float = 0.0
+    threads: tuple[int, ...] = ()
+    batches: int = 0
+    busy_seconds: float = 0.0
+    gating_seconds: float = 0.0
 
 
 #: Called with a document's index and its rows (one per criterion) as soon as all are in.
@@ -796,4 +827,9 @@ def run_on_ray(
         requests=int(report["requests"]),
         peak_in_flight=int(report["peak_in_flight"]),
         seconds=seconds,
+        build_seconds=float(report["build_seconds"]),
+        threads=tuple(report["threads"]),
+        batches=int(report["batches"]),
+        busy_seconds=float(report["busy_seconds"]),
+        gating_seconds=float(report["gating_seconds"]),
     )

@@ -124,7 +124,11 @@ class JobLimiter:
         self._free = 0
         self._held: dict[str, int] = {}
         self._waiters: deque[tuple[str, asyncio.Future[None]]] = deque()
-        self._built: set[str] = set()
+        self._built: dict[str, tuple[float, int | None]] = {}
+        self._batches = 0
+        self._busy = 0.0
+        self._first: float | None = None
+        self._last: float | None = None
         self._admitted = 0
         self._peak = 0
         self._started = time.monotonic()
@@ -195,14 +199,29 @@ class JobLimiter:
         assert self._pacer is not None
         self._pacer.pause(seconds)
 
-    async def note_built(self, holder: str) -> None:
-        """Record that ``holder`` built its scorer (loaded its model)."""
-        self._built.add(holder)
+    async def note_built(self, holder: str, seconds: float, threads: int | None) -> None:
+        """Record that ``holder`` built its scorer (loaded its model) in ``seconds``."""
+        self._built[holder] = (seconds, threads)
+
+    async def note_batch(self, holder: str, start: float, end: float) -> None:
+        """Record one batch an actor gated, from ``start`` to ``end`` (``time.time()``)."""
+        self._batches += 1
+        self._busy += end - start
+        self._first = start if self._first is None else min(self._first, start)
+        self._last = end if self._last is None else max(self._last, end)
 
     async def report(self) -> dict[str, Any]:
-        """What the job used: actors that built a scorer, requests admitted, peak in flight."""
+        """What the job used: builds, batches, requests admitted, peak in flight."""
+        threads = sorted({t for _, t in self._built.values() if t is not None})
         return {
             "actors_built": len(self._built),
+            "build_seconds": max((s for s, _ in self._built.values()), default=0.0),
+            "threads": threads,
+            "batches": self._batches,
+            "busy_seconds": self._busy,
+            "gating_seconds": (
+                0.0 if self._first is None or self._last is None else self._last - self._first
+            ),
             "requests": self._admitted,
             "peak_in_flight": self._peak,
             "limits": None if self._declared is None else _describe(self._declared),
