@@ -13,10 +13,18 @@ route reports (probability, logit or sigmoid).
 
 Load model: ``latency_s + per_doc_s × documents`` per request, at most
 ``slots`` requests served at once (the rest queue). ``max_in_flight`` records
-the most requests received at once; ``open_connections`` the TCP connections
-open now. Rate limit: ``requests_per_minute`` counted over a sliding
-``window_s`` (``requests_per_minute × window_s / 60`` requests per window),
-answered with 429 and the ``retry-after`` that frees a place.
+the most requests received and not yet answered at once: a request stops
+counting before its answer is written, since the client may send its next
+request as soon as it has read it, possibly before this server's thread runs
+again. ``linger_s`` keeps each handler thread busy that long after it has
+answered (a preempted thread on a loaded machine). ``open_connections`` the
+TCP connections open now. ``always_429`` answers every request with 429 and
+that ``retry-after`` value (``"0"``: come back at once); ``redirect_to``
+answers every request with a 307 to that URL.
+
+Rate limit: ``requests_per_minute`` counted over a sliding ``window_s``
+(``requests_per_minute × window_s / 60`` requests per window), answered with
+429 and the ``retry-after`` that frees a place.
 ``block_after=N`` holds every request after the first N (counted in
 ``blocked``) until :meth:`unblock` or :meth:`close`: a client stuck in the
 middle of a job, for tests that kill it there.
@@ -137,6 +145,9 @@ class FakeRerankServer:
     port: int = 0
     ssl_context: ssl.SSLContext | None = None  # serve https with this server-side context
     open_connections: int = 0
+    linger_s: float = 0.0
+    always_429: str | None = None
+    redirect_to: str | None = None
     rate_limited: int = 0
     served: int = 0
     documents_served: int = 0
@@ -221,10 +232,14 @@ class FakeRerankServer:
         with self._lock:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        self._local.counted = True
 
     def _leave(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
+        """The request is answered (or about to be): it no longer counts as in flight."""
+        if getattr(self._local, "counted", False):
+            self._local.counted = False
+            with self._lock:
+                self._in_flight -= 1
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -287,6 +302,14 @@ class FakeRerankServer:
         if self.record_bodies:
             with self._lock:
                 self.requests.append(Recorded(handler.path, dict(handler.headers), body))
+        if self.always_429 is not None:
+            with self._lock:
+                self.rate_limited += 1
+            return self._send(
+                handler, 429, {"error": "rate limited"}, {"retry-after": self.always_429}
+            )
+        if self.redirect_to is not None:
+            return self._send(handler, 307, {}, {"location": self.redirect_to})
         if wait is not None:
             retry_after = f"{max(wait, 0.001):.3f}"
             return self._send(handler, 429, {"error": "rate limited"}, {"retry-after": retry_after})
@@ -321,6 +344,7 @@ class FakeRerankServer:
             linger = struct.pack("ii", 1, 0)  # close with RST, not FIN
             handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
             handler.close_connection = True
+            self._leave()
             return None
         if fault == "slow":
             time.sleep(self.slow_s)
@@ -406,6 +430,7 @@ class FakeRerankServer:
         headers: dict[str, str] | None = None,
     ) -> None:
         self._wait_turn()
+        self._leave()
         handler.send_response(status)
         handler.send_header("content-type", "application/json")
         handler.send_header("content-length", str(len(raw)))
@@ -413,6 +438,9 @@ class FakeRerankServer:
             handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(raw)
+        handler.wfile.flush()
+        if self.linger_s:
+            time.sleep(self.linger_s)
 
 
 def main() -> None:

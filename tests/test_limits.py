@@ -34,19 +34,16 @@ def test_explicit_limits_win_over_the_environment_and_reach_the_scorer() -> None
         "ZERANK_TOKENS_PER_MINUTE": "1e6",
         "ZERANK_MAX_CONCURRENCY": "3",
     }
-    scorer = resolve_backend(limits={"requests_per_minute": 120}, environ=env).scorer
+    scorer = resolve_backend(requests_per_minute=120, environ=env).scorer
     assert isinstance(scorer, RerankServerScorer)
     assert scorer.limits.requests_per_minute == 120
     assert scorer.limits.tokens_per_minute == 1e6
     assert scorer.max_concurrency == 3
-    # In-process backends send no requests: the environment's limits do not apply there...
+    # In-process backends send no requests: the limits have no effect there.
     lexical = resolve_backend(backend="lexical", environ=env).scorer
     assert lexical.model == "bm25"
-    # ...and asking for one explicitly is an error that names it.
-    with pytest.raises(ConfigurationError, match="max_concurrency does not apply to the lexical"):
-        resolve_backend(backend="lexical", limits={"max_concurrency": 2}, environ={})
-    with pytest.raises(ConfigurationError, match="max_concurrency must be an integer >= 1, got 0"):
-        resolve_backend(limits={"max_concurrency": 0}, environ=env)
+    with pytest.raises(ConfigurationError, match="ZERANK_MAX_CONCURRENCY must be an integer"):
+        resolve_backend(environ={**env, "ZERANK_MAX_CONCURRENCY": "0"})
 
 
 def _document(tmp_path: Path) -> tuple[Path, Path]:
@@ -92,12 +89,6 @@ def test_the_command_line_sets_limits_by_flag_and_by_environment(
         call("compress", str(pages), "-c", str(criteria), "--requests-per-minute", "0")
     assert refused.value.code == 2
     assert "--requests-per-minute: must be a number > 0, got 0" in capsys.readouterr().err
-    code, _, err = call(
-        "compress", str(pages), "-c", str(criteria), "--backend", "lexical",
-        "--max-concurrency", "2", "--no-cache",
-    )  # fmt: skip
-    assert code != 0
-    assert "--max-concurrency does not apply to the lexical backend" in err
 
 
 def test_the_job_limiter_hands_places_over_and_back_on_restarts() -> None:

@@ -20,7 +20,7 @@ import httpx
 
 from zerank_core import __version__
 from zerank_core.cli import cache, calibrate, classify, compress, evaluate
-from zerank_core.cli._common import choose_backend
+from zerank_core.cli._common import ArgumentParser, choose_backend
 from zerank_core.errors import ZeRankError
 from zerank_core.redaction import redact
 
@@ -56,7 +56,7 @@ examples:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="zerank",
         description=DESCRIPTION,
         formatter_class=argparse.RawDescriptionHelpFormatter,

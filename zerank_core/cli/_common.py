@@ -5,22 +5,54 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 from zerank_core.cache import CachedScorer, default_cache_path
+from zerank_core.errors import ConfigurationError
 from zerank_core.limits import LIMIT_VARIABLES
 from zerank_core.redaction import redact
-from zerank_core.scorers.auto import BACKENDS, BackendChoice, Vocabulary, resolve_backend
-from zerank_core.scorers.base import Scorer
+from zerank_core.scorers.auto import (
+    BACKENDS,
+    BackendChoice,
+    Vocabulary,
+    backend_name,
+    planned_backend,
+    resolve_backend,
+)
+from zerank_core.scorers.base import Scale, Scorer
 
 __all__ = [
+    "ArgumentParser",
     "add_backend_options",
     "add_output_option",
     "choose_backend",
     "close_scorer",
     "make_scorer",
 ]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad argument is one error line and a hint, not the usage block.
+
+    The usage block buried the line that matters under fifteen others;
+    ``--help`` still prints it.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"hint: {self.prog} --help lists every option\n")
+        sys.exit(2)
+
+
+def backend_arg(value: str) -> str:
+    """``--backend``: a backend name or an alias users type (bm25, zeroentropy)."""
+    try:
+        return backend_name(value, "--backend")
+    except ConfigurationError as exc:
+        message = str(exc).removeprefix("--backend must be ")
+        raise argparse.ArgumentTypeError(f"must be {message}") from None
 
 
 def threshold_arg(value: str) -> float | None:
@@ -98,8 +130,10 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backend")
     group.add_argument(
         "--backend",
-        choices=BACKENDS,
-        help="which scorer to use (default: $ZERANK_BACKEND, then the first configured one)",
+        type=backend_arg,
+        metavar="{" + ",".join(BACKENDS) + "}",
+        help="which scorer to use (default: $ZERANK_BACKEND, then the first configured one); "
+        "bm25 means lexical, zeroentropy means hosted",
     )
     group.add_argument(
         "--server-url",
@@ -115,6 +149,15 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--device",
         help="device for open weights in-process: cpu, cuda, cuda:1, mps (implies local)",
+    )
+    group.add_argument(
+        "--scale",
+        choices=("logit", "sigmoid", "probability"),
+        help="what the model's numbers are: with --server-url, what the server returns (as "
+        "$ZERANK_SERVER_SCALE); with a --model run in-process, declares any "
+        "sentence-transformers cross-encoder (not zerank) whose head returns this scale "
+        "('logit' for MiniLM and bge rerankers): its scores are uncalibrated until "
+        "zerank calibrate --calibrator fits a calibrator",
     )
     limits = parser.add_argument_group(
         "limits (a hosted or server backend; on Ray they hold for the whole job)"
@@ -161,6 +204,7 @@ CLI_VOCABULARY = Vocabulary(
         "model": "--model",
         "device": "--device",
         "server_url": "--server-url",
+        "scale": "--scale",
         "api_key": None,
         "base_url": None,
         "scorer": None,
@@ -176,22 +220,58 @@ def choose_backend(
     server_url: str | None = None,
     model: str | None = None,
     device: str | None = None,
+    scale: str | None = None,
     limits: dict[str, float | int] | None = None,
 ) -> BackendChoice:
     """The scorer the flags and the environment ask for, through :func:`resolve_backend`.
 
     The command line adds only its offline default: with nothing configured
-    it runs on the BM25 baseline (and says so) instead of failing.
+    it runs on the BM25 baseline (and says so) instead of failing. Its
+    requests carry the User-Agent ``zerank-gate/<version> cli``.
     """
+    given = limits or {}
     return resolve_backend(
         backend=backend,
         model=model,
         device=device,
         server_url=server_url,
-        limits=limits,
+        scale=scale,
+        framework="cli",
+        max_concurrency=_int_or_none(given.get("max_concurrency")),
+        requests_per_minute=given.get("requests_per_minute"),
+        bytes_per_minute=given.get("bytes_per_minute"),
+        tokens_per_minute=given.get("tokens_per_minute"),
         allow_lexical=True,
         vocabulary=CLI_VOCABULARY,
     )
+
+
+def _int_or_none(value: float | int | None) -> int | None:
+    return None if value is None else int(value)
+
+
+def check_backend(
+    backend: str | None = None,
+    *,
+    server_url: str | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    scale: str | None = None,
+    limits: dict[str, float | int] | None = None,
+) -> None:
+    """Build the backend these flags ask for once, and close it: fail before a cluster starts.
+
+    Open weights are not loaded here (they are on the actors' nodes, maybe
+    not on this one); every other backend checks its settings and
+    credentials as it is built, without a request.
+    """
+    planned = planned_backend(backend=backend, model=model, device=device, server_url=server_url)
+    if planned == "local":
+        return
+    choice = choose_backend(
+        backend, server_url=server_url, model=model, device=device, scale=scale, limits=limits
+    )
+    close_scorer(choice.scorer, None)
 
 
 def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer | None]:
@@ -200,6 +280,7 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
         server_url=args.server_url,
         model=args.model,
         device=args.device,
+        scale=args.scale,
         limits=limits_of(args),
     )
     reason = redact(choice.reason)
@@ -209,6 +290,14 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
         print(
             "note: BM25 scores are uncalibrated (1.0 = best page for each query); set "
             "ZEROENTROPY_API_KEY, ZERANK_SERVER_URL or ZERANK_LOCAL_MODEL for zerank",
+            file=err,
+        )
+    elif choice.scorer.scale is Scale.UNCALIBRATED:
+        print(
+            f"note: {choice.scorer.model} is not a zerank model: its scores are uncalibrated "
+            "(they order pages, but a threshold on them means nothing) until zerank "
+            "calibrate --calibrator platt|isotonic fits a calibrator on your labelled set "
+            "and --policy applies it",
             file=err,
         )
     if args.no_cache:

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from zerank_core.cache import CACHE_ENV, default_cache_path
 from zerank_core.cli._common import (
     cache_line,
+    check_backend,
     count_arg,
     limits_of,
     make_scorer,
@@ -290,8 +291,11 @@ def _run_ray(
         "server_url": args.server_url,
         "model": args.model,
         "device": args.device,
+        "scale": args.scale,
         "limits": limits_of(args),
     }
+    # Settings and credentials are checked here, before Ray starts (seconds).
+    check_backend(**backend)
     # The output names the backend the flags asked for; a URL loses its credentials.
     asked = {**backend, "server_url": redact_url(args.server_url) if args.server_url else None}
     include_context = not args.no_context
@@ -472,7 +476,8 @@ def _actor_scorer(**backend: Any) -> Scorer:
         server_url=backend["server_url"],
         model=backend["model"],
         device=backend["device"],
-        limits=backend["limits"],
+        scale=backend.get("scale"),
+        limits=backend.get("limits"),
     ).scorer
 
 

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import httpx
 from pydantic import SecretStr
 
+from zerank_core._version import user_agent as default_user_agent
 from zerank_core.errors import ConfigurationError
 from zerank_core.redaction import (
     deployment_url,
@@ -71,7 +72,9 @@ class RerankServerScorer(BatchedScorer):
     with userinfo and a key (or an ``Authorization`` in ``headers``) is a
     :class:`~zerank_core.errors.ConfigurationError`: keep one. ``headers``
     and ``extra_body`` are added to every request (e.g. ``{"raw_scores":
-    True}`` for Infinity).
+    True}`` for Infinity). Requests carry ``user_agent`` as their User-Agent
+    (default ``zerank-gate/<version>``; the adapters add their framework)
+    unless ``headers`` names one.
 
     ``max_concurrency`` bounds the requests in flight for this scorer over all
     its callers (set it to the server's parallel slots or more);
@@ -99,6 +102,7 @@ class RerankServerScorer(BatchedScorer):
         bytes_per_minute: float | None = None,
         tokens_per_minute: float | None = None,
         deadline: float | None = DEFAULT_DEADLINE_S,
+        user_agent: str | None = None,
     ) -> None:
         check_count(max_retries, "max_retries", 0)
         super().__init__(
@@ -126,6 +130,8 @@ class RerankServerScorer(BatchedScorer):
         if max_batch_size < 1:
             raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
         check_timeout(timeout)
+        if user_agent is not None and (not isinstance(user_agent, str) or not user_agent.strip()):
+            raise ConfigurationError(f"user_agent must be a non-empty string, got {user_agent!r}")
         if isinstance(api_key, str):
             api_key = SecretStr(api_key)
         key_source = "api_key"
@@ -148,6 +154,7 @@ class RerankServerScorer(BatchedScorer):
         self.api = api
         self.max_batch_size = max_batch_size
         self.timeout = timeout
+        self.user_agent = user_agent or default_user_agent()
         self._api_key = api_key
         self._headers = dict(headers or {})
         self._extra_body = dict(extra_body or {})
@@ -191,12 +198,17 @@ class RerankServerScorer(BatchedScorer):
             "extra_body": self._extra_body,
             "max_batch_size": self.max_batch_size,
             "timeout": self.timeout,
+            "user_agent": self.user_agent,
             **engine_settings(self),
         }
         return (_unpickle, (type(self), settings, has_credentials(self.url)))
 
     def _all_headers(self) -> dict[str, str]:
-        headers = dict(self._headers)
+        headers = {"User-Agent": self.user_agent}
+        # A User-Agent in headers, in any spelling, replaces the package's.
+        if any(name.lower() == "user-agent" for name in self._headers):
+            headers = {}
+        headers.update(self._headers)
         if self._api_key is not None:
             headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
         return headers
