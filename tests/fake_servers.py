@@ -355,7 +355,7 @@ class FakeRerankServer:
         if fault == "empty":
             return self._send_raw(handler, 200, b"")
 
-        path = handler.path
+        path = handler.path.partition("?")[0]  # a gateway's key parameter is no route
         if path == "/v1/models/rerank":
             documents, scale, key = body["documents"], "probability", "relevance_score"
         elif path in ("/v1/rerank", "/rerank"):

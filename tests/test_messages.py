@@ -5,10 +5,13 @@ from __future__ import annotations
 import io
 from pathlib import Path
 
+import httpx
 import pytest
 
+from tests.fake_servers import FakeRerankServer
 from zerank_core.cli import main
-from zerank_core.errors import ConfigurationError
+from zerank_core.errors import BackendError, ConfigurationError, as_backend_error
+from zerank_core.scorers import RerankServerScorer
 from zerank_core.scorers.auto import resolve_backend
 
 
@@ -74,3 +77,29 @@ def test_a_misspelt_model_gets_a_did_you_mean(tmp_path: Path) -> None:
     assert "did you mean 'bm25'?" in line
     with pytest.raises(ConfigurationError, match="did you mean 'zerank-2'"):
         resolve_backend(model="zerank2")
+
+
+def test_a_reset_connection_says_what_happened(fake_server: FakeRerankServer) -> None:
+    fake_server.faults.extend(["reset"] * 3)
+    scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank", max_retries=0)
+    with scorer, pytest.raises(BackendError) as failed:
+        scorer.score("q", ["a", "b"])
+    message = str(failed.value)
+    assert message.startswith("batch 0 (2 texts): the request failed (")
+    assert ": )" not in message
+
+
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [
+        (httpx.ReadError(""), "ReadError: the connection was closed or reset while reading"),
+        (httpx.WriteError(""), "WriteError: the connection was closed or reset while sending"),
+        (httpx.ReadTimeout(""), "ReadTimeout: no reason given"),
+    ],
+)
+def test_an_http_error_without_a_message_gets_one(error: httpx.HTTPError, reason: str) -> None:
+    # httpx raises these with an empty message when a connection is reset.
+    typed = as_backend_error(error, batch=3, batch_size=7)
+    assert typed is not None
+    assert reason in str(typed)
+    assert str(typed).startswith("batch 3 (7 texts): the request")

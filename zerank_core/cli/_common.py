@@ -7,7 +7,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from zerank_core.cache import CachedScorer, default_cache_path
 from zerank_core.errors import ConfigurationError
@@ -22,6 +22,9 @@ from zerank_core.scorers.auto import (
     resolve_backend,
 )
 from zerank_core.scorers.base import Scale, Scorer
+
+if TYPE_CHECKING:
+    from zerank_core.calibrate import IsotonicCalibrator, PlattCalibrator
 
 __all__ = [
     "ArgumentParser",
@@ -286,13 +289,14 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
     reason = redact(choice.reason)
     args.backend_used = {"name": choice.name, "description": reason}
     print(f"backend: {choice.name} — {reason}", file=err)
+    calibrator = _policy_calibrator(args, choice, err)
     if choice.name == "lexical":
         print(
             "note: BM25 scores are uncalibrated (1.0 = best page for each query); set "
             "ZEROENTROPY_API_KEY, ZERANK_SERVER_URL or ZERANK_LOCAL_MODEL for zerank",
             file=err,
         )
-    elif choice.scorer.scale is Scale.UNCALIBRATED:
+    elif choice.scorer.scale is Scale.UNCALIBRATED and calibrator is None:
         print(
             f"note: {choice.scorer.model} is not a zerank model: its scores are uncalibrated "
             "(they order pages, but a threshold on them means nothing) until zerank "
@@ -301,9 +305,48 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
             file=err,
         )
     if args.no_cache:
-        return choice.scorer, None
+        return _calibrated(choice.scorer, calibrator), None
     cached = CachedScorer(choice.scorer, args.cache or default_cache_path())
-    return cached, cached
+    # The cache holds the backend's own scores; the calibrator applies on top.
+    return _calibrated(cached, calibrator), cached
+
+
+def _policy_calibrator(
+    args: argparse.Namespace, choice: BackendChoice, err: TextIO
+) -> PlattCalibrator | IsotonicCalibrator | None:
+    """The calibrator of the ``--policy`` file, if it has one, said on ``err``."""
+    path = getattr(args, "policy", None)
+    if path is None:
+        return None
+    from zerank_core.calibrate import ThresholdPolicy
+
+    fitted = ThresholdPolicy.load(path)
+    if fitted.calibrator is None:
+        if choice.scorer.scale is Scale.UNCALIBRATED and choice.name != "lexical":
+            print(
+                f"note: {path} has no calibrator: refit it with zerank calibrate --calibrator "
+                "so that its thresholds are probabilities",
+                file=err,
+            )
+        return None
+    method = fitted.calibrator.to_dict()["method"]
+    print(f"calibration: {method} calibrator from {path}: scores are probabilities", file=err)
+    model = fitted.backend.get("model")
+    if model is not None and model != choice.scorer.model:
+        print(
+            f"note: the calibrator was fitted on {model} scores and this run uses "
+            f"{choice.scorer.model}: a calibrator does not carry over between models",
+            file=err,
+        )
+    return fitted.calibrator
+
+
+def _calibrated(scorer: Scorer, calibrator: PlattCalibrator | IsotonicCalibrator | None) -> Scorer:
+    if calibrator is None:
+        return scorer
+    from zerank_core.calibrate import CalibratedScorer
+
+    return CalibratedScorer(scorer, calibrator)
 
 
 def close_scorer(scorer: Scorer, cached: CachedScorer | None) -> None:
@@ -311,6 +354,10 @@ def close_scorer(scorer: Scorer, cached: CachedScorer | None) -> None:
     if cached is not None:
         cached.close()
         scorer = cached.scorer
+    from zerank_core.calibrate import CalibratedScorer
+
+    if isinstance(scorer, CalibratedScorer):  # a --policy calibrator around the backend
+        scorer = scorer.scorer
     close = getattr(scorer, "close", None)
     if callable(close):
         close()

@@ -292,10 +292,11 @@ def _run_ray(
         "model": args.model,
         "device": args.device,
         "scale": args.scale,
+        "calibrator": _policy_calibrator(args),
         "limits": limits_of(args),
     }
     # Settings and credentials are checked here, before Ray starts (seconds).
-    check_backend(**backend)
+    check_backend(**{k: v for k, v in backend.items() if k != "calibrator"})
     # The output names the backend the flags asked for; a URL loses its credentials.
     asked = {**backend, "server_url": redact_url(args.server_url) if args.server_url else None}
     include_context = not args.no_context
@@ -471,7 +472,7 @@ def _actor_scorer(**backend: Any) -> Scorer:
     """The backend the command line asked for, built inside a Ray actor."""
     from zerank_core.cli._common import choose_backend
 
-    return choose_backend(
+    scorer = choose_backend(
         backend["backend"],
         server_url=backend["server_url"],
         model=backend["model"],
@@ -479,6 +480,21 @@ def _actor_scorer(**backend: Any) -> Scorer:
         scale=backend.get("scale"),
         limits=backend.get("limits"),
     ).scorer
+    if backend.get("calibrator") is None:
+        return scorer
+    from zerank_core.calibrate import CalibratedScorer, calibrator_from_dict
+
+    return CalibratedScorer(scorer, calibrator_from_dict(backend["calibrator"]))
+
+
+def _policy_calibrator(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``--policy`` file's calibrator as JSON, for the actors (None: there is none)."""
+    if getattr(args, "policy", None) is None:
+        return None
+    from zerank_core.calibrate import ThresholdPolicy
+
+    calibrator = ThresholdPolicy.load(args.policy).calibrator
+    return None if calibrator is None else calibrator.to_dict()
 
 
 def _output_folder(output: str | None) -> Path | None:
