@@ -159,6 +159,10 @@ class JobLimiter:
         in_use = sum(self._held.values())
         self._peak = max(self._peak, in_use)
 
+    async def free(self) -> int:
+        """Places a request would get at once: none while others wait."""
+        return 0 if self._waiters else self._free
+
     async def release(self, holder: str) -> None:
         """Hand one of ``holder``'s places back (ignored when it holds none)."""
         held = self._held.get(holder, 0)
@@ -244,6 +248,14 @@ class SharedSlots:
     @property
     def limit(self) -> int:
         return self._declared[3]
+
+    @property
+    def free(self) -> int:
+        """Places free for the whole job now (asked once per job, for its plan)."""
+        import ray
+
+        free: int = ray.get(self._limiter.free.remote())
+        return free
 
     def acquire(self) -> None:
         import ray
