@@ -197,15 +197,6 @@ def main() -> None:
             )
             return [float(v) for v in out]
 
-        compiled = None
-        if args.compile:
-            start = time.perf_counter()
-            compiled = LocalScorer(str(path), compile=True, **kwargs)
-            print(
-                f"compile=True: {compiled.stats.compile_seconds:.0f}s compiling "
-                f"(load and compile {time.perf_counter() - start:.0f}s)"
-            )
-
         def local(candidate: LocalScorer, budget: int) -> Callable[[], list[float]]:
             def run() -> list[float]:
                 candidate.batch_tokens = budget
@@ -219,62 +210,95 @@ def main() -> None:
         runs[f"LocalScorer(fast=False), batch_tokens {budgets[0]}"] = local(reference, budgets[0])
         for budget in budgets:
             runs[f"LocalScorer fast path, batch_tokens {budget}"] = local(scorer, budget)
-        if compiled is not None:
-            runs[f"fast path + compile, batch_tokens {budgets[-1]}"] = local(compiled, budgets[-1])
 
         warm = pages[: min(64, len(pages))]
-        for candidate in (scorer, reference, compiled):
-            if candidate is not None:
-                candidate.score(QUERY, warm)  # kernels, allocator
+        for candidate in (scorer, reference):
+            candidate.score(QUERY, warm)  # kernels, allocator
         cross_encoder.predict(
             [(QUERY, p) for p in warm],
             batch_size=32,
             activation_fn=identity,
             show_progress_bar=False,
         )
-        # The runs take turns, best of --repeats: a busy machine slows all alike.
-        best = dict.fromkeys(runs, float("inf"))
-        logits: dict[str, list[float]] = {}
-        for _ in range(args.repeats):
-            for label, run in runs.items():
-                if device == "cuda":
-                    torch.cuda.reset_peak_memory_stats()
-                seconds, logits[label] = timed(torch, device, run)
-                best[label] = min(best[label], seconds)
-                if device == "cuda":
-                    memory = torch.cuda.max_memory_allocated() / 2**30
-                    print(f"  {label}: {seconds:.1f}s, peak memory {memory:.1f} GiB")
+        best, logits = measure(torch, device, runs, args.repeats)
         base_label = next(iter(runs))
         base_seconds, base_logits = best[base_label], logits[base_label]
-        rows = [
-            (
-                label,
-                best[label],
-                max(abs(a - b) for a, b in zip(logits[label], base_logits, strict=True)),
-            )
-            for label in runs
-        ]
+        table = Table(len(pages), prompt_tokens, flops_per_run, peak, base_seconds, base_logits)
+        table.header()
+        for label in runs:
+            table.row(label, best[label], logits[label])
         stats = scorer.stats
-        if compiled is not None:
-            cstats = compiled.stats
-            print(
-                f"compiled runs: {cstats.unmasked_batches} unmasked and {cstats.masked_batches} "
-                "padded batches"
-            )
-
-    print()
-    header = f"{'path':<58} {'pages/s':>8} {'tokens/s':>10} {'MFU':>6} {'x predict':>9}"
-    print(f"{header} {'max |dlogit|':>12}")
-    for label, seconds, diff in rows:
-        mfu = flops_per_run / seconds / peak
         print(
-            f"{label:<58} {len(pages) / seconds:8.1f} {prompt_tokens / seconds:10.0f} "
-            f"{mfu:6.1%} {base_seconds / seconds:8.2f}x {diff:12.1e}"
+            f"fast path batches: {stats.equal_length_batches} of one length, "
+            f"{stats.padded_batches} padded at the end, "
+            f"{stats.padding_tokens / max(stats.prompt_tokens, 1):.1%} pad tokens"
         )
-    print(
-        f"fast path batches: {stats.unmasked_batches} unmasked, {stats.masked_batches} padded, "
-        f"{stats.padding_tokens / max(stats.prompt_tokens, 1):.1%} pad tokens"
-    )
+
+        if args.compile:
+            # Last, so that the figures above are printed before minutes of compiling.
+            start = time.perf_counter()
+            compiled = LocalScorer(str(path), compile=True, **kwargs)
+            print(
+                f"compile=True: {compiled.stats.compile_seconds:.0f}s compiling "
+                f"(load and compile {time.perf_counter() - start:.0f}s)"
+            )
+            compiled.score(QUERY, warm)
+            label = f"fast path + compile, batch_tokens {budgets[-1]}"
+            best, logits = measure(
+                torch, device, {label: local(compiled, budgets[-1])}, args.repeats
+            )
+            table.row(label, best[label], logits[label])
+
+
+class Table:
+    """Rows of pages/s, tokens/s, MFU and the ratio to ``predict``, printed as they come."""
+
+    def __init__(
+        self,
+        pages: int,
+        prompt_tokens: int,
+        flops: float,
+        peak: float,
+        base_seconds: float,
+        base_logits: list[float],
+    ) -> None:
+        self.pages, self.prompt_tokens, self.flops, self.peak = pages, prompt_tokens, flops, peak
+        self.base_seconds, self.base_logits = base_seconds, base_logits
+
+    def header(self) -> None:
+        print()
+        header = f"{'path':<58} {'pages/s':>8} {'tokens/s':>10} {'MFU':>6} {'x predict':>9}"
+        print(f"{header} {'max |dlogit|':>12}")
+
+    def row(self, label: str, seconds: float, logits: list[float]) -> None:
+        diff = max(abs(a - b) for a, b in zip(logits, self.base_logits, strict=True))
+        mfu = self.flops / seconds / self.peak
+        print(
+            f"{label:<58} {self.pages / seconds:8.1f} {self.prompt_tokens / seconds:10.0f} "
+            f"{mfu:6.1%} {self.base_seconds / seconds:8.2f}x {diff:12.1e}",
+            flush=True,
+        )
+
+
+def measure(
+    torch: Any, device: str, runs: dict[str, Callable[[], list[float]]], repeats: int
+) -> tuple[dict[str, float], dict[str, list[float]]]:
+    """Best seconds and the logits of each run; runs take turns, best of ``repeats``.
+
+    Taking turns means a busy machine slows all alike.
+    """
+    best = dict.fromkeys(runs, float("inf"))
+    logits: dict[str, list[float]] = {}
+    for _ in range(repeats):
+        for label, run in runs.items():
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            seconds, logits[label] = timed(torch, device, run)
+            best[label] = min(best[label], seconds)
+            if device == "cuda":
+                memory = torch.cuda.max_memory_allocated() / 2**30
+                print(f"  {label}: {seconds:.1f}s, peak memory {memory:.1f} GiB", flush=True)
+    return best, logits
 
 
 if __name__ == "__main__":

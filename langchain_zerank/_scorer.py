@@ -10,7 +10,7 @@ pickled or serialised.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, SkipValidation
 
@@ -81,6 +81,45 @@ class ScorerSettings(BaseModel):
     """Force a backend: ``"hosted"``, ``"server"``, ``"local"`` or ``"lexical"``
     (default ``ZERANK_BACKEND``, then the rules above)."""
 
+    scale: Literal["logit", "sigmoid", "probability"] | None = None
+    """What the model's numbers are. With ``server_url``: what the server
+    returns (default ``ZERANK_SERVER_SCALE``, else ``"probability"``). With
+    open weights in-process: declares that ``model`` is another
+    sentence-transformers cross-encoder (not zerank) whose head returns this
+    scale (``"logit"`` for MiniLM and bge rerankers); its scores are then
+    uncalibrated until a calibrator is fitted. Refused for the hosted API and BM25."""
+
+    timeout: float | None = None
+    """Seconds one request may take, > 0 (hosted API and rerank servers;
+    default: the backend's own, 60 s for a server)."""
+
+    max_retries: int | None = None
+    """How many times a request that failed transiently (connection error,
+    timeout, 408/409/5xx) is sent again, >= 0 (default 2). 429s are waited
+    out and resent until the call's deadline whatever this says."""
+
+    max_concurrency: int | None = None
+    """Most requests in flight at once for this component's scorer, >= 1 (default 16)."""
+
+    requests_per_minute: float | None = None
+    """Requests a minute this scorer may send, > 0: paced on the client side."""
+
+    bytes_per_minute: float | None = None
+    """Request bytes a minute, > 0, counted as ZeroEntropy counts them
+    (``150 + len(query) + len(document)`` UTF-8 bytes per document)."""
+
+    tokens_per_minute: float | None = None
+    """Tokens a minute, > 0 (estimated before a request, corrected by what
+    the backend reports)."""
+
+    max_batch_size: int | None = None
+    """Most documents in one request (hosted default 256, server 32), or in
+    one forward pass of open weights in-process (default 256), >= 1.
+
+    The throughput settings are checked at construction whatever the backend;
+    the network ones have no effect on open weights in-process and none of
+    them on BM25, which sends no request."""
+
     _scorer: Scorer = PrivateAttr()
 
     def __init__(self, **data: Any) -> None:
@@ -91,7 +130,9 @@ class ScorerSettings(BaseModel):
         super().__init__(**data)
         # Here rather than in model_post_init, so that pydantic does not wrap
         # the resolver's error: the message is the same as everywhere else.
-        self._scorer = build_scorer(self.scorer, self._settings(explicit_key=True))
+        self._scorer = build_scorer(
+            self.scorer, self._settings(explicit_key=True), framework="langchain"
+        )
 
     def _settings(self, *, explicit_key: bool) -> BackendSettings:
         # Next to an explicit scorer only settings the caller passed count,
@@ -132,7 +173,9 @@ class ScorerSettings(BaseModel):
     def __setstate__(self, state: dict[Any, Any]) -> None:
         super().__setstate__(state)
         if self.scorer is None:
-            self._scorer = rebuild_scorer(self._settings(explicit_key=False), type(self).__name__)
+            self._scorer = rebuild_scorer(
+                self._settings(explicit_key=False), type(self).__name__, framework="langchain"
+            )
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
         # A scorer is a resource (clients, connection pools, weights, locks),

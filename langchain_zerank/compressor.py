@@ -21,6 +21,14 @@ from pydantic import ConfigDict, Field
 from langchain_zerank._scorer import ScorerSettings
 from zerank_core.components import check_top_n
 from zerank_core.dedupe import Duplicates, afind_duplicates, find_duplicates
+from zerank_core.passages import (
+    DEFAULT_PASSAGE_CHARS,
+    DEFAULT_PASSAGE_POLICY,
+    PassagePolicy,
+    ScoredCut,
+    ascore_passages,
+    score_passages,
+)
 from zerank_core.scorers.base import Usage, check_scores
 from zerank_core.select import SelectionPolicy
 
@@ -98,9 +106,35 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
     """Instruction appended to the query by zerank's convention, e.g. "prefer
     primary sources". Lexical scorers ignore it."""
 
+    passages: bool = False
+    """Trim each kept document to its evidence passages (the calibrated,
+    reranker-based counterpart of ``LLMChainExtractor``): the kept documents
+    are cut into sentences or short windows, those are scored against the
+    query in one more scorer call, and each copy's ``page_content`` becomes
+    its kept passages in order, one a line. ``metadata["passages"]`` lists
+    them as ``{"start", "end", "score", "text"}``, offsets into the original
+    ``page_content``. The ``passage_*`` options say which passages to keep."""
+
+    passage_threshold: float | None = DEFAULT_PASSAGE_POLICY.threshold
+    """Keep passages scoring at least this, in [0, 1] (``None``: no floor)."""
+
+    passage_top_k: int | None = DEFAULT_PASSAGE_POLICY.top_k
+    """Keep at most this many passages of each kept document (``None``: no limit)."""
+
+    passage_max_chars: int | None = None
+    """Character budget over the passages of all kept documents, best first."""
+
+    passage_min_keep: int = DEFAULT_PASSAGE_POLICY.min_keep
+    """Each kept document keeps at least this many of its best passages,
+    whatever the floor and budget say (default 1: never an empty document)."""
+
+    passage_chars: int = DEFAULT_PASSAGE_CHARS
+    """The longest passage, in characters: longer sentences are cut between words."""
+
     def model_post_init(self, context: Any, /) -> None:
         check_top_n(self.top_n)
         self._policy()  # validates the selection options now, not at the first query
+        self._passage_policy()
         super().model_post_init(context)
 
     @property
@@ -110,6 +144,9 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
 
     def _policy(self) -> SelectionPolicy:
         return SelectionPolicy.from_attributes(self)
+
+    def _passage_policy(self) -> PassagePolicy:
+        return PassagePolicy.from_attributes(self)
 
     def compress_documents(
         self,
@@ -131,6 +168,16 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
             scores = self._checked(scorer.score(query, texts, instruction=self.instruction), texts)
             duplicates = find_duplicates(self.dedupe, self.duplicate_detector, texts, scores)
             kept, outputs = self._select(documents, scores, duplicates, before)
+            if self.passages and kept:
+                originals = [texts[i] for i in outputs["kept_indices"]]
+                chosen = score_passages(
+                    scorer,
+                    query,
+                    originals,
+                    self._passage_policy(),
+                    instruction=self.instruction,
+                )
+                kept = self._trimmed(kept, originals, chosen, outputs, before)
         except BaseException as exc:
             run.on_chain_error(exc)
             raise
@@ -159,6 +206,16 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
             )
             duplicates = await afind_duplicates(self.dedupe, self.duplicate_detector, texts, scores)
             kept, outputs = self._select(documents, scores, duplicates, before)
+            if self.passages and kept:
+                originals = [texts[i] for i in outputs["kept_indices"]]
+                chosen = await ascore_passages(
+                    scorer,
+                    query,
+                    originals,
+                    self._passage_policy(),
+                    instruction=self.instruction,
+                )
+                kept = self._trimmed(kept, originals, chosen, outputs, before)
         except BaseException as exc:
             await run.on_chain_error(exc)
             raise
@@ -208,6 +265,32 @@ class ZeRankCompressor(ScorerSettings, BaseDocumentCompressor):
             "usage": None if after is None else asdict(after if before is None else after - before),
         }
         return kept, outputs
+
+    def _trimmed(
+        self,
+        kept: list[Document],
+        originals: list[str],
+        chosen: list[list[ScoredCut]],
+        outputs: dict[str, Any],
+        before: Usage | None,
+    ) -> list[Document]:
+        """The kept copies cut down to their passages; the trace gets the passage counts."""
+        trimmed = []
+        for document, original, passages in zip(kept, originals, chosen, strict=True):
+            records = [
+                {"start": start, "end": end, "score": score, "text": original[start:end]}
+                for start, end, score in passages
+            ]
+            document.metadata["passages"] = records
+            content = "\n".join(str(r["text"]) for r in records)
+            trimmed.append(document.model_copy(update={"page_content": content}))
+        outputs["passage_policy"] = asdict(self._passage_policy())
+        outputs["passages_kept"] = [len(p) for p in chosen]
+        after = self.get_scorer().usage
+        outputs["usage"] = (
+            None if after is None else asdict(after if before is None else after - before)
+        )
+        return trimmed
 
 
 class ZeroEntropyRerank(ZeRankCompressor):

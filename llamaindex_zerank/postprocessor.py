@@ -19,6 +19,7 @@ from llama_index.core.schema import MetadataMode, NodeWithScore, QueryBundle
 from pydantic import BaseModel, SecretStr
 
 from zerank_core.components import (
+    BACKEND_SETTINGS,
     BackendSettings,
     aclose_built,
     build_scorer,
@@ -30,11 +31,20 @@ from zerank_core.components import (
 )
 from zerank_core.dedupe import Duplicates, afind_duplicates, find_duplicates
 from zerank_core.errors import ConfigurationError
+from zerank_core.passages import (
+    DEFAULT_PASSAGE_CHARS,
+    DEFAULT_PASSAGE_POLICY,
+    PassagePolicy,
+    ScoredCut,
+    ascore_passages,
+    score_passages,
+)
 from zerank_core.scorers.base import Scorer, check_scores
 from zerank_core.select import Selection, SelectionPolicy
 
 __all__ = [
     "DUPLICATES_KEY",
+    "PASSAGES_KEY",
     "RELEVANCE_SCORE_KEY",
     "RETRIEVAL_SCORE_KEY",
     "ZeRankPostprocessor",
@@ -43,6 +53,7 @@ __all__ = [
 RELEVANCE_SCORE_KEY = "relevance_score"
 RETRIEVAL_SCORE_KEY = "retrieval_score"
 DUPLICATES_KEY = "duplicates"
+PASSAGES_KEY = "passages"
 
 # llama-index-core re-exports get_dispatcher without marking it public (no __all__).
 dispatcher = instrument.get_dispatcher(__name__)  # type: ignore[attr-defined]
@@ -123,6 +134,34 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         default=True,
         description="Copy the retriever's score into metadata['retrieval_score'].",
     )
+    passages: bool = Field(
+        default=False,
+        description="Trim each kept node to its evidence passages: its text is cut into "
+        "sentences or short windows, scored against the query in one more scorer call, and "
+        "the node copy's text becomes the kept passages in order, one a line; "
+        "metadata['passages'] lists them as {start, end, score, text}, offsets into the "
+        "original text. Node id and relationships are kept.",
+    )
+    passage_threshold: float | None = Field(
+        default=DEFAULT_PASSAGE_POLICY.threshold,
+        description="Keep passages scoring at least this, in [0, 1] (None: no floor).",
+    )
+    passage_top_k: int | None = Field(
+        default=DEFAULT_PASSAGE_POLICY.top_k,
+        description="Keep at most this many passages of each kept node (None: no limit).",
+    )
+    passage_max_chars: int | None = Field(
+        default=None,
+        description="Character budget over the passages of all kept nodes, best first.",
+    )
+    passage_min_keep: int = Field(
+        default=DEFAULT_PASSAGE_POLICY.min_keep,
+        description="Each kept node keeps at least this many of its best passages.",
+    )
+    passage_chars: int = Field(
+        default=DEFAULT_PASSAGE_CHARS,
+        description="The longest passage in characters; longer sentences are cut between words.",
+    )
     model: str | None = Field(
         default=None,
         description="Model: a ZeroEntropy API name ('zerank-2': hosted with a key, or served at "
@@ -148,6 +187,44 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         description="Force a backend: 'hosted', 'server', 'local' or 'lexical' (default "
         "ZERANK_BACKEND, then the settings above and the environment).",
     )
+    scale: Literal["logit", "sigmoid", "probability"] | None = Field(
+        default=None,
+        description="What the model's numbers are: with server_url, what the server returns "
+        "(default ZERANK_SERVER_SCALE, else 'probability'); with open weights in-process, "
+        "declares model to be another sentence-transformers cross-encoder (not zerank) whose "
+        "head returns this scale ('logit' for MiniLM and bge rerankers), uncalibrated until a "
+        "calibrator is fitted. Refused for the hosted API and BM25.",
+    )
+    timeout: float | None = Field(
+        default=None,
+        description="Seconds one request may take, > 0 (hosted API and rerank servers).",
+    )
+    max_retries: int | None = Field(
+        default=None,
+        description="Resends of a request that failed transiently (connection error, timeout, "
+        "408/409/5xx), >= 0 (default 2); 429s are waited out until the deadline.",
+    )
+    max_concurrency: int | None = Field(
+        default=None, description="Most requests in flight at once, >= 1 (default 16)."
+    )
+    requests_per_minute: float | None = Field(
+        default=None, description="Requests a minute, > 0, paced on the client side."
+    )
+    bytes_per_minute: float | None = Field(
+        default=None,
+        description="Request bytes a minute, > 0 (150 + len(query) + len(document) per "
+        "document, UTF-8).",
+    )
+    tokens_per_minute: float | None = Field(
+        default=None, description="Tokens a minute, > 0 (estimated, then as reported)."
+    )
+    max_batch_size: int | None = Field(
+        default=None,
+        description="Most nodes in one request (hosted default 256, server 32) or one forward "
+        "pass of open weights (default 256), >= 1. The throughput settings are checked "
+        "whatever the backend; the network ones do not affect open weights in-process, and "
+        "none affects BM25.",
+    )
 
     _scorer: Scorer = PrivateAttr()
     _scorer_given: bool = PrivateAttr(default=False)
@@ -167,18 +244,11 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         super().__init__(**data)
         check_top_n(self.top_n)
         _ = self.policy  # the core validates the selection options now, not at the first query
-        settings = BackendSettings(
-            backend=self.backend,
-            model=self.model,
-            device=self.device,
-            api_key=api_key
-            if api_key is None or isinstance(api_key, SecretStr)
-            else SecretStr(api_key),
-            base_url=self.base_url,
-            server_url=self.server_url,
+        _ = self.passage_policy
+        self._api_key = (
+            api_key if api_key is None or isinstance(api_key, SecretStr) else SecretStr(api_key)
         )
-        self._api_key = settings.api_key
-        self._scorer = build_scorer(scorer, settings)
+        self._scorer = build_scorer(scorer, self._settings(), framework="llamaindex")
         self._scorer_given = scorer is not None
 
     @classmethod
@@ -205,7 +275,9 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         BaseModel.__setstate__(self, state)
         self._api_key = None
         if not self._scorer_given:
-            self._scorer = rebuild_scorer(self._settings(), "ZeRankPostprocessor")
+            self._scorer = rebuild_scorer(
+                self._settings(), "ZeRankPostprocessor", framework="llamaindex"
+            )
 
     def __deepcopy__(self, memo: dict[int, Any] | None = None) -> Any:
         # Copies share the scorer: it is a resource (clients, weights, locks), not a value.
@@ -214,19 +286,18 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
         return super().__deepcopy__(memo)
 
     def _settings(self) -> BackendSettings:
-        return BackendSettings(
-            backend=self.backend,
-            model=self.model,
-            device=self.device,
-            api_key=self._api_key,
-            base_url=self.base_url,
-            server_url=self.server_url,
-        )
+        values = {name: getattr(self, name) for name in BACKEND_SETTINGS if name != "api_key"}
+        return BackendSettings(**values, api_key=self._api_key)
 
     @property
     def policy(self) -> SelectionPolicy:
         """The core selection policy these fields describe."""
         return SelectionPolicy.from_attributes(self)
+
+    @property
+    def passage_policy(self) -> PassagePolicy:
+        """The core passage policy the ``passage_*`` fields describe."""
+        return PassagePolicy.from_attributes(self)
 
     @property
     def scorer(self) -> Scorer:
@@ -261,6 +332,11 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
                 self.dedupe, self.duplicate_detector, _contents(nodes), scores
             )
             kept = self._keep(nodes, scores, duplicates)
+            if self.passages and kept:
+                chosen = score_passages(
+                    scorer, query, _texts(kept), self.passage_policy, instruction=self.instruction
+                )
+                kept = [_trimmed(n, c) for n, c in zip(kept, chosen, strict=True)]
             event.on_end(payload={EventPayload.NODES: kept})
         return self._end_event(kept)
 
@@ -286,6 +362,11 @@ class ZeRankPostprocessor(BaseNodePostprocessor):
                 self.dedupe, self.duplicate_detector, _contents(nodes), scores
             )
             kept = self._keep(nodes, scores, duplicates)
+            if self.passages and kept:
+                chosen = await ascore_passages(
+                    scorer, query, _texts(kept), self.passage_policy, instruction=self.instruction
+                )
+                kept = [_trimmed(n, c) for n, c in zip(kept, chosen, strict=True)]
             event.on_end(payload={EventPayload.NODES: kept})
         return self._end_event(kept)
 
@@ -374,6 +455,36 @@ def _contents(nodes: list[NodeWithScore]) -> list[str]:
     # Copies of one passage often differ only in metadata (file name, page
     # label): duplicates are judged on the text alone.
     return [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
+
+
+def _texts(nodes: list[NodeWithScore]) -> list[str]:
+    # Passages are cut from the node's own text, so offsets point into it.
+    return [n.node.get_content(metadata_mode=MetadataMode.NONE) for n in nodes]
+
+
+def _trimmed(scored: NodeWithScore, passages: list[ScoredCut]) -> NodeWithScore:
+    """``scored``'s node copy (already a copy) with its text cut down to ``passages``."""
+    node = scored.node
+    original = node.get_content(metadata_mode=MetadataMode.NONE)
+    records = [
+        {"start": start, "end": end, "score": score, "text": original[start:end]}
+        for start, end, score in passages
+    ]
+    metadata = {**node.metadata, PASSAGES_KEY: records}
+    copy = node.model_copy(
+        update={
+            "metadata": metadata,
+            "excluded_llm_metadata_keys": _with_keys(
+                node.excluded_llm_metadata_keys, [PASSAGES_KEY]
+            ),
+            "excluded_embed_metadata_keys": _with_keys(
+                node.excluded_embed_metadata_keys, [PASSAGES_KEY]
+            ),
+            "relationships": dict(node.relationships),
+        }
+    )
+    copy.set_content("\n".join(str(r["text"]) for r in records))
+    return NodeWithScore(node=copy, score=scored.score)
 
 
 def _with_keys(existing: list[str], added: list[str]) -> list[str]:

@@ -60,7 +60,12 @@ class ZeRankSelector(BaseSelector):
     The scorer is ``scorer=`` when given, else the backend ``model``,
     ``device``, ``api_key``, ``base_url``, ``server_url`` and ``backend`` name,
     then the environment, resolved at construction by
-    :func:`zerank_core.scorers.auto.resolve_backend`.
+    :func:`zerank_core.scorers.auto.resolve_backend`. ``scale`` and the
+    throughput settings (``timeout``, ``max_retries``, ``max_concurrency``,
+    ``requests_per_minute``, ``bytes_per_minute``, ``tokens_per_minute``,
+    ``max_batch_size``) are those of ``ZeRankPostprocessor``, checked at
+    construction and passed to the backend; requests carry the User-Agent
+    ``zerank-gate/<version> llamaindex``.
     """
 
     def __init__(
@@ -78,6 +83,14 @@ class ZeRankSelector(BaseSelector):
         base_url: str | None = None,
         server_url: str | None = None,
         backend: str | None = None,
+        scale: str | None = None,
+        timeout: float | None = None,
+        max_retries: int | None = None,
+        max_concurrency: int | None = None,
+        requests_per_minute: float | None = None,
+        bytes_per_minute: float | None = None,
+        tokens_per_minute: float | None = None,
+        max_batch_size: int | None = None,
         **aliases: Any,
     ) -> None:
         options: dict[str, Any] = dict(aliases)
@@ -115,10 +128,18 @@ class ZeRankSelector(BaseSelector):
             api_key=SecretStr(api_key) if isinstance(api_key, str) else api_key,
             base_url=base_url,
             server_url=server_url,
+            scale=scale,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_concurrency=max_concurrency,
+            requests_per_minute=requests_per_minute,
+            bytes_per_minute=bytes_per_minute,
+            tokens_per_minute=tokens_per_minute,
+            max_batch_size=max_batch_size,
         )
         self._settings = settings.without_key()
         self._api_key = settings.api_key
-        self._scorer = build_scorer(scorer, settings)
+        self._scorer = build_scorer(scorer, settings, framework="llamaindex")
         self._scorer_given = scorer is not None
         for value in threshold.values() if isinstance(threshold, Mapping) else [threshold]:
             SelectionPolicy(threshold=value)  # the core's check, now rather than at the first query
@@ -140,7 +161,7 @@ class ZeRankSelector(BaseSelector):
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         if not self._scorer_given:
-            self._scorer = rebuild_scorer(self._settings, "ZeRankSelector")
+            self._scorer = rebuild_scorer(self._settings, "ZeRankSelector", framework="llamaindex")
 
     def __deepcopy__(self, memo: dict[int, Any]) -> ZeRankSelector:
         # Copies share the scorer: it is a resource (clients, weights, locks), not a value.

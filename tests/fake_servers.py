@@ -13,10 +13,19 @@ route reports (probability, logit or sigmoid).
 
 Load model: ``latency_s + per_doc_s × documents`` per request, at most
 ``slots`` requests served at once (the rest queue). ``max_in_flight`` records
-the most requests received at once; ``open_connections`` the TCP connections
-open now. Rate limit: ``requests_per_minute`` counted over a sliding
-``window_s`` (``requests_per_minute × window_s / 60`` requests per window),
-answered with 429 and the ``retry-after`` that frees a place.
+the most requests received and not yet answered at once: a request stops
+counting before its answer is written, since the client may send its next
+request as soon as it has read it, possibly before this server's thread runs
+again. ``linger_s`` keeps each handler thread busy that long after it has
+answered (a preempted thread on a loaded machine). ``open_connections`` the
+TCP connections open now. ``always_429`` answers every request with 429 and
+that ``retry-after`` value (``"0"``: come back at once); ``redirect_to``
+answers every request with a 307 to that URL; ``fail_query`` answers 500 to
+every request whose query contains it.
+
+Rate limit: ``requests_per_minute`` counted over a sliding ``window_s``
+(``requests_per_minute × window_s / 60`` requests per window), answered with
+429 and the ``retry-after`` that frees a place.
 
 Faults are queued (``faults``, one per request) or drawn at random
 (``fault_rate`` of the requests, kinds from ``fault_kinds``, seeded):
@@ -134,6 +143,10 @@ class FakeRerankServer:
     port: int = 0
     ssl_context: ssl.SSLContext | None = None  # serve https with this server-side context
     open_connections: int = 0
+    linger_s: float = 0.0
+    always_429: str | None = None
+    redirect_to: str | None = None
+    fail_query: str | None = None
     rate_limited: int = 0
     served: int = 0
     documents_served: int = 0
@@ -208,10 +221,14 @@ class FakeRerankServer:
         with self._lock:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
+        self._local.counted = True
 
     def _leave(self) -> None:
-        with self._lock:
-            self._in_flight -= 1
+        """The request is answered (or about to be): it no longer counts as in flight."""
+        if getattr(self._local, "counted", False):
+            self._local.counted = False
+            with self._lock:
+                self._in_flight -= 1
 
     def stats(self) -> dict[str, Any]:
         with self._lock:
@@ -264,6 +281,16 @@ class FakeRerankServer:
         if self.record_bodies:
             with self._lock:
                 self.requests.append(Recorded(handler.path, dict(handler.headers), body))
+        if self.always_429 is not None:
+            with self._lock:
+                self.rate_limited += 1
+            return self._send(
+                handler, 429, {"error": "rate limited"}, {"retry-after": self.always_429}
+            )
+        if self.redirect_to is not None:
+            return self._send(handler, 307, {}, {"location": self.redirect_to})
+        if self.fail_query is not None and self.fail_query in str(body.get("query")):
+            return self._send(handler, 500, {"error": "this query always fails"})
         if wait is not None:
             retry_after = f"{max(wait, 0.001):.3f}"
             return self._send(handler, 429, {"error": "rate limited"}, {"retry-after": retry_after})
@@ -298,6 +325,7 @@ class FakeRerankServer:
             linger = struct.pack("ii", 1, 0)  # close with RST, not FIN
             handler.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
             handler.close_connection = True
+            self._leave()
             return None
         if fault == "slow":
             time.sleep(self.slow_s)
@@ -308,7 +336,7 @@ class FakeRerankServer:
         if fault == "empty":
             return self._send_raw(handler, 200, b"")
 
-        path = handler.path
+        path = handler.path.partition("?")[0]  # a gateway's key parameter is no route
         if path == "/v1/models/rerank":
             documents, scale, key = body["documents"], "probability", "relevance_score"
         elif path in ("/v1/rerank", "/rerank"):
@@ -383,6 +411,7 @@ class FakeRerankServer:
         headers: dict[str, str] | None = None,
     ) -> None:
         self._wait_turn()
+        self._leave()
         handler.send_response(status)
         handler.send_header("content-type", "application/json")
         handler.send_header("content-length", str(len(raw)))
@@ -390,6 +419,9 @@ class FakeRerankServer:
             handler.send_header(name, value)
         handler.end_headers()
         handler.wfile.write(raw)
+        handler.wfile.flush()
+        if self.linger_s:
+            time.sleep(self.linger_s)
 
 
 def main() -> None:

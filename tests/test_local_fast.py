@@ -1,9 +1,9 @@
 """The fast in-process path against ``CrossEncoder.predict`` on a tiny zerank-shaped model.
 
 The fast path renders prompts through the CrossEncoder, runs the base model on
-equal-length batches without a padding mask (padded batches for leftovers) and
-applies only the "Yes" row of the head. Its logits must be the ones
-``predict`` gives: ~1e-5 in float32, bf16 rounding in bfloat16.
+length-sorted batches without a padding mask (shorter prompts padded at their
+end) and applies only the "Yes" row of the head at each prompt's last position.
+Its logits must be the ones ``predict`` gives: ~1e-5 in float32, bf16 rounding in bfloat16.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ pytest.importorskip("sentence_transformers.cross_encoder.modules")
 
 from tests.tiny_zerank import build_tiny_zerank, sample_text
 from zerank_core.errors import ConfigurationError
-from zerank_core.scorers.local import LocalScorer, plan_equal_length_batches
+from zerank_core.scorers.local import LocalScorer, plan_padded_batches
 
 QUERY = "Which clause sets the notice period?"
 
@@ -28,7 +28,7 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def texts_of(n: int, seed: int = 11) -> list[str]:
-    """Some texts share a length (equal-length batches), others stand alone (padded batches)."""
+    """Some texts share a length (equal-length batches), others do not (padded batches)."""
     rng = random.Random(seed)
     texts = [sample_text(rng, rng.choice([2, 2, 2, 6, 6, rng.randint(1, 50)])) for _ in range(n)]
     texts += ["4", "The answer is definitely 1 million", "x" * 3]
@@ -50,8 +50,9 @@ def test_fast_path_matches_predict_in_float32(model_dir: Path) -> None:
     assert stats.fast
     assert stats.fast_off_because is None
     assert stats.compile_seconds is None
-    assert stats.unmasked_batches > 0
-    assert stats.masked_batches > 0
+    assert stats.equal_length_batches > 0
+    assert stats.padded_batches > 0
+    assert stats.padding_tokens > 0
     assert reference.stats.fast is False
     assert reference.stats.fast_off_because == "fast=False was passed"
     # Usage counts the real prompt tokens; the fast path knows them exactly.
@@ -100,7 +101,7 @@ def test_compile_reports_its_time_and_keeps_the_scores(model_dir: Path) -> None:
 
     want = LocalScorer(str(model_dir), fast=False).score_detailed(QUERY, texts).logits
     assert compiled.score_detailed(QUERY, texts).logits == pytest.approx(want, abs=1e-5)
-    assert compiled.stats.unmasked_batches > 0
+    assert compiled.stats.padded_batches + compiled.stats.equal_length_batches > 0
 
 
 def test_models_the_fast_path_cannot_reproduce_use_predict(tmp_path: Path, model_dir: Path) -> None:
@@ -127,32 +128,33 @@ def test_models_the_fast_path_cannot_reproduce_use_predict(tmp_path: Path, model
         LocalScorer(str(model_dir), compile="max-autotune")  # type: ignore[arg-type]
 
 
-def test_equal_length_plan_covers_every_prompt_within_the_budget() -> None:
+def test_padded_plan_covers_every_prompt_within_the_budget() -> None:
     rng = random.Random(1)
     lengths = [rng.choice([10, 10, 10, 12, 30, 31, 33, 50]) for _ in range(200)]
-    plan = plan_equal_length_batches(lengths, batch_tokens=120, max_batch_size=16)
+    plan = plan_padded_batches(lengths, batch_tokens=120, max_batch_size=16)
 
-    assert sorted(i for batch, _ in plan for i in batch) == list(range(len(lengths)))
-    for batch, padded in plan:
+    assert sorted(i for batch in plan for i in batch) == list(range(len(lengths)))
+    for batch in plan:
         assert len(batch) <= 16
-        widths = {lengths[i] for i in batch}
-        assert padded == (len(widths) > 1)
+        widths = [lengths[i] for i in batch]
         assert len(batch) * max(widths) <= 120 or len(batch) == 1
-    unmasked = [batch for batch, padded in plan if not padded]
-    assert sum(len(b) for b in unmasked) > 0.8 * len(lengths)
+        # Pad tokens stay under 12.5 % of the batch.
+        assert min(widths) >= 0.875 * max(widths)
+    padded = sum(len(batch) * max(lengths[i] for i in batch) for batch in plan)
+    assert padded - sum(lengths) < 0.125 * sum(lengths)
 
 
-def test_equal_length_plan_pools_small_groups_into_padded_batches() -> None:
-    # Room for 10 prompts of length 10: a group of 2 is too small for its own batch.
-    plan = plan_equal_length_batches([10] * 12 + [9, 8, 7], batch_tokens=100, max_batch_size=64)
-    assert plan[0] == (list(range(10)), False)
-    # Leftovers share padded batches only within 12.5 % of the longest: the two
-    # remaining tens with the nine, the eight with the seven.
-    assert plan[1:] == [([10, 11, 12], True), ([13, 14], True)]
+def test_padded_plan_sorts_by_length_and_bounds_padding() -> None:
+    # Room for 10 prompts of length 10; the nine joins the last two tens, the
+    # eight is more than 12.5 % shorter and starts a batch with the seven.
+    plan = plan_padded_batches([10] * 12 + [9, 8, 7], batch_tokens=100, max_batch_size=64)
+    assert plan == [list(range(10)), [10, 11, 12], [13, 14]]
+    # A prompt longer than the budget still gets a batch of its own.
+    assert plan_padded_batches([500, 3], batch_tokens=100, max_batch_size=8) == [[0], [1]]
     with pytest.raises(ConfigurationError, match="batch_tokens must be >= 1, got 0"):
-        plan_equal_length_batches([1], batch_tokens=0, max_batch_size=1)
+        plan_padded_batches([1], batch_tokens=0, max_batch_size=1)
     with pytest.raises(ConfigurationError, match="max_batch_size must be >= 1, got 0"):
-        plan_equal_length_batches([1], batch_tokens=1, max_batch_size=0)
+        plan_padded_batches([1], batch_tokens=1, max_batch_size=0)
 
 
 def test_score_many_shares_batches_and_matches_score(model_dir: Path) -> None:
@@ -163,7 +165,7 @@ def test_score_many_shares_batches_and_matches_score(model_dir: Path) -> None:
     ]
     separate = LocalScorer(str(model_dir))
     want = [separate.score(*item[:2], instruction=(*item, None)[2]) for item in items]
-    batches_separate = separate.stats.unmasked_batches + separate.stats.masked_batches
+    batches_separate = separate.stats.equal_length_batches + separate.stats.padded_batches
 
     joint = LocalScorer(str(model_dir))
     seen: list[tuple[int, list[int]]] = []
@@ -174,7 +176,7 @@ def test_score_many_shares_batches_and_matches_score(model_dir: Path) -> None:
         assert a == pytest.approx(b, abs=1e-6)
     assert got[1][-1] == 0.0  # a blank text is not scored
     assert sorted(seen) == [(0, list(range(13))), (1, list(range(10))), (2, [0])]
-    assert joint.stats.unmasked_batches + joint.stats.masked_batches < batches_separate
+    assert joint.stats.equal_length_batches + joint.stats.padded_batches < batches_separate
     assert joint.usage.requests == 3
     with pytest.raises(ConfigurationError, match=r"items\[1\] must be a \(query, texts"):
         joint.score_many([(QUERY, ["a"]), "not an item"])

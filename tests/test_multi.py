@@ -77,8 +77,8 @@ def test_many_documents_give_what_one_run_per_document_gives(local_scorer: objec
     assert summary.model_texts == 3 * summary.unique_texts
     assert summary.model_tokens is not None
     after = local_scorer.stats  # type: ignore[attr-defined]
-    run_batches = batches.unmasked_batches + batches.masked_batches
-    job_batches = after.unmasked_batches + after.masked_batches - run_batches
+    run_batches = batches.equal_length_batches + batches.padded_batches
+    job_batches = after.equal_length_batches + after.padded_batches - run_batches
     assert job_batches < run_batches  # per-document runs needed more, smaller batches
     # Each document's report counts its own page scores; the job's requests are in the summary.
     for result, doc in zip(job.results, docs, strict=True):

@@ -471,8 +471,9 @@ def test_cli_debug_shows_the_traceback(tmp_path: Path, fake_server: FakeRerankSe
 def test_the_redaction_rule() -> None:
     from zerank_core.redaction import deployment_url, redact, redact_url, register_secret
 
-    assert redact_url("https://user:pw@host:8443/v1/rerank?api_key=abc&x=1") == (
-        "https://***@host:8443/v1/rerank?api_key=***&x=1"
+    # Every query value is masked unless its name is on the allow-list.
+    assert redact_url("https://user:pw@host:8443/v1/rerank?api_key=abc&x=1&model=m") == (
+        "https://***@host:8443/v1/rerank?api_key=***&x=***&model=m"
     )
     assert redact("see http://u:p@h/x and https://h/y?token=t0k&key=k3y") == (
         "see http://***@h/x and https://h/y?token=***&key=***"

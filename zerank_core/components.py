@@ -26,8 +26,8 @@ from pydantic import SecretStr
 
 from zerank_core.errors import ConfigurationError
 from zerank_core.redaction import has_credentials, redact_url
-from zerank_core.scorers.auto import resolve_backend
-from zerank_core.scorers.base import Scorer, require_scorer
+from zerank_core.scorers.auto import THROUGHPUT_SETTINGS, resolve_backend
+from zerank_core.scorers.base import Scale, Scorer, require_scorer
 
 __all__ = [
     "BACKEND_SETTINGS",
@@ -41,8 +41,17 @@ __all__ = [
     "rebuild_scorer",
 ]
 
-#: The settings every component takes to choose its backend, besides ``scorer``.
-BACKEND_SETTINGS = ("backend", "model", "device", "api_key", "base_url", "server_url")
+#: The settings every component takes to choose and pace its backend, besides ``scorer``.
+BACKEND_SETTINGS = (
+    "backend",
+    "model",
+    "device",
+    "api_key",
+    "base_url",
+    "server_url",
+    "scale",
+    *THROUGHPUT_SETTINGS,
+)
 
 
 def check_arguments(owner: str, given: Iterable[str], accepted: Iterable[str]) -> None:
@@ -85,6 +94,14 @@ class BackendSettings:
     api_key: SecretStr | None = field(default=None, repr=False)
     base_url: str | None = None
     server_url: str | None = None
+    scale: Scale | str | None = None
+    timeout: float | None = None
+    max_retries: int | None = None
+    max_concurrency: int | None = None
+    requests_per_minute: float | None = None
+    bytes_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_batch_size: int | None = None
 
     def given(self) -> list[str]:
         """Names of the settings that were set."""
@@ -116,12 +133,16 @@ async def aclose_built(scorer: Scorer, *, built: bool) -> None:
         close_built(scorer, built=built)
 
 
-def build_scorer(scorer: object | None, settings: BackendSettings) -> Scorer:
+def build_scorer(
+    scorer: object | None, settings: BackendSettings, *, framework: str | None = None
+) -> Scorer:
     """``scorer`` itself (checked against the contract), else the one ``settings`` resolve to.
 
-    Raises at once when nothing is configured: a component never falls back
-    to the BM25 baseline unless asked for it by name (``model="bm25"``,
-    ``backend="lexical"`` or ``ZERANK_BACKEND=lexical``).
+    ``framework`` (``"langchain"``, ``"llamaindex"``) is named in the
+    User-Agent of the requests a built scorer sends. Raises at once when
+    nothing is configured: a component never falls back to the BM25 baseline
+    unless asked for it by name (``model="bm25"``, ``backend="lexical"`` or
+    ``ZERANK_BACKEND=lexical``).
     """
     if scorer is not None:
         given = settings.given()
@@ -141,20 +162,16 @@ def build_scorer(scorer: object | None, settings: BackendSettings) -> Scorer:
                 f"are serialised with it: set {env} in the environment instead, or pass "
                 "scorer=... built with the URL"
             )
-    return resolve_backend(
-        backend=settings.backend,
-        model=settings.model,
-        device=settings.device,
-        api_key=settings.api_key,
-        base_url=settings.base_url,
-        server_url=settings.server_url,
-    ).scorer
+    values = {f.name: getattr(settings, f.name) for f in fields(settings)}
+    return resolve_backend(**values, framework=framework).scorer
 
 
-def rebuild_scorer(settings: BackendSettings, owner: str) -> Scorer:
+def rebuild_scorer(
+    settings: BackendSettings, owner: str, *, framework: str | None = None
+) -> Scorer:
     """Build an unpickled component's scorer from its settings and this environment."""
     try:
-        return build_scorer(None, settings.without_key())
+        return build_scorer(None, settings.without_key(), framework=framework)
     except ConfigurationError as exc:
         raise ConfigurationError(
             f"cannot unpickle {owner}: its scorer is rebuilt from its settings and this "

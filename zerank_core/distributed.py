@@ -11,7 +11,8 @@ Ray Data's actor pools restart an actor that dies (a lost node, a process
 killed for memory) and resubmit the batches it held: ``max_restarts=-1`` and
 ``max_task_retries=-1`` are Ray Data's defaults for actor pools, which this
 module keeps. An error raised by the gate itself (a document without text, a
-backend's invalid answer) is not retried and fails the job; an actor whose
+backend's invalid answer or refusal) is not retried and fails the job, and
+the package's error comes out of Ray's wrappers as it is; an actor whose
 set-up fails (no model on its node, a cache it cannot open) fails it with a
 :class:`~zerank_core.errors.ConfigurationError` naming the actor's error.
 
@@ -28,8 +29,12 @@ Needs the ``ray`` extra (``pip install 'zerank-gate[ray]'``).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import math
 import os
+import pickle
+import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -39,7 +44,12 @@ from typing import Any
 from zerank_core.cache import CachedScorer
 from zerank_core.criteria import Criterion
 from zerank_core.dedupe import DuplicateDetector
-from zerank_core.errors import ConfigurationError, InvalidResponseError, MissingDependencyError
+from zerank_core.errors import (
+    ConfigurationError,
+    InvalidResponseError,
+    MissingDependencyError,
+    ZeRankError,
+)
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
 from zerank_core.loaders import Document, Page
 from zerank_core.multi import gate_documents
@@ -168,6 +178,52 @@ def _creation_error(exc: BaseException) -> BaseException:
     return ConfigurationError(f"a Ray actor could not start: {cause}")
 
 
+#: Marks the pickled copy of a package error that an actor attaches to it as a
+#: note: Ray Data keeps only the text of an error raised in ``map_batches``.
+_CARRIED = "zerank error, pickled: "
+_CARRIED_PATTERN = re.compile(re.escape(_CARRIED) + r"([A-Za-z0-9+/=]+)")
+
+
+def _carry(exc: ZeRankError) -> ZeRankError:
+    """``exc`` with a note holding its pickled self, for :func:`package_error` to find."""
+    exc.add_note(_CARRIED + base64.b64encode(pickle.dumps(exc)).decode("ascii"))
+    return exc
+
+
+def package_error(exc: BaseException) -> ZeRankError | None:
+    """The package's own error inside Ray's wrappers, or ``None`` when there is none.
+
+    An error raised in an actor reaches the driver wrapped (``RayTaskError``,
+    Ray Data's ``UserCodeException``): as an object in ``cause`` or
+    ``__cause__`` where Ray kept one, else only in the wrapper's text, where
+    the actor's note (:func:`_carry`) holds it pickled. The caller sees the
+    original, as in one process.
+    """
+    for found in reversed(_CARRIED_PATTERN.findall(str(exc))):
+        try:
+            carried = pickle.loads(base64.b64decode(found))  # written by this package's actors
+        except (binascii.Error, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+            continue
+        if isinstance(carried, ZeRankError):
+            return carried
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ZeRankError):
+            return current
+        cause = getattr(current, "cause", None)
+        pending += [
+            cause if isinstance(cause, BaseException) else None,
+            current.__cause__,
+            current.__context__,
+        ]
+    return None
+
+
 def _import_ray() -> Any:
     try:
         import ray
@@ -234,7 +290,11 @@ class _GateWorker:
         ]
         if self.cache is not None:
             self.cache.sent.clear()
-        job = gate_documents(self.gate, documents, self.criteria)
+        try:
+            job = gate_documents(self.gate, documents, self.criteria)
+        except ZeRankError as exc:
+            _carry(exc)
+            raise
         columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
         for index, result in zip(batch["index"], job.results, strict=True):
             rows = rows_of(result, index=int(index), include_context=self.include_context)
@@ -408,6 +468,11 @@ def gate_on_ray(
         rows = [GateRow.from_record(r) for r in dataset.iter_rows()]
     except ray.exceptions.ActorDiedError as exc:
         raise _creation_error(exc) from exc
+    except Exception as exc:
+        error = package_error(exc)
+        if error is None:
+            raise
+        raise error from None
     order = {c.id: n for n, c in enumerate(criteria)}
     rows.sort(key=lambda r: (r.index, order[r.criterion]))
     found = [(r.index, r.criterion) for r in rows]

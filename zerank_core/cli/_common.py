@@ -4,21 +4,59 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
+import sys
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from zerank_core.cache import CachedScorer, default_cache_path
+from zerank_core.cache import CachedScorer, ScoreStore, default_cache_path
+from zerank_core.errors import ConfigurationError
 from zerank_core.redaction import redact
-from zerank_core.scorers.auto import BACKENDS, BackendChoice, Vocabulary, resolve_backend
-from zerank_core.scorers.base import Scorer
+from zerank_core.scorers.auto import (
+    BACKENDS,
+    BackendChoice,
+    Vocabulary,
+    backend_name,
+    planned_backend,
+    resolve_backend,
+)
+from zerank_core.scorers.base import BatchCallback, Scale, ScoreItem, Scorer, Usage
+
+if TYPE_CHECKING:
+    from zerank_core.calibrate import IsotonicCalibrator, PlattCalibrator
 
 __all__ = [
+    "ArgumentParser",
     "add_backend_options",
     "add_output_option",
     "choose_backend",
     "close_scorer",
     "make_scorer",
 ]
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad argument is one error line and a hint, not the usage block.
+
+    The usage block buried the line that matters under fifteen others;
+    ``--help`` still prints it.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        sys.stderr.write(f"hint: {self.prog} --help lists every option\n")
+        sys.exit(2)
+
+
+def backend_arg(value: str) -> str:
+    """``--backend``: a backend name or an alias users type (bm25, zeroentropy)."""
+    try:
+        return backend_name(value, "--backend")
+    except ConfigurationError as exc:
+        message = str(exc).removeprefix("--backend must be ")
+        raise argparse.ArgumentTypeError(f"must be {message}") from None
 
 
 def threshold_arg(value: str) -> float | None:
@@ -72,8 +110,10 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("backend")
     group.add_argument(
         "--backend",
-        choices=BACKENDS,
-        help="which scorer to use (default: $ZERANK_BACKEND, then the first configured one)",
+        type=backend_arg,
+        metavar="{" + ",".join(BACKENDS) + "}",
+        help="which scorer to use (default: $ZERANK_BACKEND, then the first configured one); "
+        "bm25 means lexical, zeroentropy means hosted",
     )
     group.add_argument(
         "--server-url",
@@ -89,6 +129,15 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--device",
         help="device for open weights in-process: cpu, cuda, cuda:1, mps (implies local)",
+    )
+    group.add_argument(
+        "--scale",
+        choices=("logit", "sigmoid", "probability"),
+        help="what the model's numbers are: with --server-url, what the server returns (as "
+        "$ZERANK_SERVER_SCALE); with a --model run in-process, declares any "
+        "sentence-transformers cross-encoder (not zerank) whose head returns this scale "
+        "('logit' for MiniLM and bge rerankers): its scores are uncalibrated until "
+        "zerank calibrate --calibrator fits a calibrator",
     )
     cache = parser.add_argument_group("score cache")
     cache.add_argument(
@@ -118,6 +167,7 @@ CLI_VOCABULARY = Vocabulary(
         "model": "--model",
         "device": "--device",
         "server_url": "--server-url",
+        "scale": "--scale",
         "api_key": None,
         "base_url": None,
         "scorer": None,
@@ -132,39 +182,197 @@ def choose_backend(
     server_url: str | None = None,
     model: str | None = None,
     device: str | None = None,
+    scale: str | None = None,
 ) -> BackendChoice:
     """The scorer the flags and the environment ask for, through :func:`resolve_backend`.
 
     The command line adds only its offline default: with nothing configured
-    it runs on the BM25 baseline (and says so) instead of failing.
+    it runs on the BM25 baseline (and says so) instead of failing. Its
+    requests carry the User-Agent ``zerank-gate/<version> cli``.
     """
     return resolve_backend(
         backend=backend,
         model=model,
         device=device,
         server_url=server_url,
+        scale=scale,
+        framework="cli",
         allow_lexical=True,
         vocabulary=CLI_VOCABULARY,
     )
 
 
+def check_backend(
+    backend: str | None = None,
+    *,
+    server_url: str | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    scale: str | None = None,
+) -> None:
+    """Build the backend these flags ask for once, and close it: fail before a cluster starts.
+
+    Open weights are not loaded here (they are on the actors' nodes, maybe
+    not on this one); every other backend checks its settings and
+    credentials as it is built, without a request.
+    """
+    planned = planned_backend(backend=backend, model=model, device=device, server_url=server_url)
+    if planned == "local":
+        return
+    choice = choose_backend(backend, server_url=server_url, model=model, device=device, scale=scale)
+    close_scorer(choice.scorer, None)
+
+
 def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer | None]:
     choice = choose_backend(
-        args.backend, server_url=args.server_url, model=args.model, device=args.device
+        args.backend,
+        server_url=args.server_url,
+        model=args.model,
+        device=args.device,
+        scale=args.scale,
     )
     reason = redact(choice.reason)
     args.backend_used = {"name": choice.name, "description": reason}
     print(f"backend: {choice.name} — {reason}", file=err)
+    calibrator = _policy_calibrator(args, choice, err)
     if choice.name == "lexical":
         print(
             "note: BM25 scores are uncalibrated (1.0 = best page for each query); set "
             "ZEROENTROPY_API_KEY, ZERANK_SERVER_URL or ZERANK_LOCAL_MODEL for zerank",
             file=err,
         )
+    elif choice.scorer.scale is Scale.UNCALIBRATED and calibrator is None:
+        print(
+            f"note: {choice.scorer.model} is not a zerank model: its scores are uncalibrated "
+            "(they order pages, but a threshold on them means nothing) until zerank "
+            "calibrate --calibrator platt|isotonic fits a calibrator on your labelled set "
+            "and --policy applies it",
+            file=err,
+        )
     if args.no_cache:
-        return choice.scorer, None
+        resumable = ResumableScorer(choice.scorer)
+        args.resume_cache = resumable.path
+        return _calibrated(resumable, calibrator), None
     cached = CachedScorer(choice.scorer, args.cache or default_cache_path())
-    return cached, cached
+    # The cache holds the backend's own scores; the calibrator applies on top.
+    return _calibrated(cached, calibrator), cached
+
+
+def _policy_calibrator(
+    args: argparse.Namespace, choice: BackendChoice, err: TextIO
+) -> PlattCalibrator | IsotonicCalibrator | None:
+    """The calibrator of the ``--policy`` file, if it has one, said on ``err``."""
+    path = getattr(args, "policy", None)
+    if path is None:
+        return None
+    from zerank_core.calibrate import ThresholdPolicy
+
+    fitted = ThresholdPolicy.load(path)
+    if fitted.calibrator is None:
+        if choice.scorer.scale is Scale.UNCALIBRATED and choice.name != "lexical":
+            print(
+                f"note: {path} has no calibrator: refit it with zerank calibrate --calibrator "
+                "so that its thresholds are probabilities",
+                file=err,
+            )
+        return None
+    method = fitted.calibrator.to_dict()["method"]
+    print(f"calibration: {method} calibrator from {path}: scores are probabilities", file=err)
+    model = fitted.backend.get("model")
+    if model is not None and model != choice.scorer.model:
+        print(
+            f"note: the calibrator was fitted on {model} scores and this run uses "
+            f"{choice.scorer.model}: a calibrator does not carry over between models",
+            file=err,
+        )
+    return fitted.calibrator
+
+
+def _calibrated(scorer: Scorer, calibrator: PlattCalibrator | IsotonicCalibrator | None) -> Scorer:
+    if calibrator is None:
+        return scorer
+    from zerank_core.calibrate import CalibratedScorer
+
+    return CalibratedScorer(scorer, calibrator)
+
+
+class ResumableScorer:
+    """``--no-cache``: the run's scores go to a temporary cache, so that a failed run resumes.
+
+    Nothing is read from an earlier run (the file is new), but when a request
+    fails after its retries, the scores of every other one are on disk: the
+    error names the file, and ``--cache FILE`` on the rerun sends only what
+    is missing. :func:`finish_resumable` removes the file after a run that
+    succeeded. It reports what its backend spent (``usage``); it is not a
+    :class:`~zerank_core.cache.CachedScorer`, so reports show no cache.
+    """
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+        self.path = Path(tempfile.mkdtemp(prefix="zerank-resume-")) / "scores.sqlite3"
+        self._cache = CachedScorer(scorer, self.path)
+
+    @property
+    def model(self) -> str:
+        return self.scorer.model
+
+    @property
+    def scale(self) -> Scale:
+        return self.scorer.scale
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.scorer.usage
+
+    def score(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        return self._cache.score(query, texts, instruction=instruction)
+
+    async def ascore(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        return await self._cache.ascore(query, texts, instruction=instruction)
+
+    def score_many(
+        self, items: Sequence[ScoreItem | tuple[Any, ...]], *, on_batch: BatchCallback | None = None
+    ) -> list[list[float]]:
+        return self._cache.score_many(items, on_batch=on_batch)
+
+    async def ascore_many(
+        self, items: Sequence[ScoreItem | tuple[Any, ...]], *, on_batch: BatchCallback | None = None
+    ) -> list[list[float]]:
+        return await self._cache.ascore_many(items, on_batch=on_batch)
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """After a failed ``--no-cache`` run that scored something: where its scores are kept."""
+    path = getattr(args, "resume_cache", None)
+    if path is None or not path.exists():
+        return ""
+    store = ScoreStore(path)
+    try:
+        entries = store.info().entries
+    finally:
+        store.close()
+    if not entries:
+        finish_resumable(args)
+        return ""
+    return (
+        f"; the {entries:,} scores that came back are kept in {path}: rerun with "
+        f"--cache {path} to send only what is missing"
+    )
+
+
+def finish_resumable(args: argparse.Namespace) -> None:
+    """Remove a ``--no-cache`` run's temporary cache (the run succeeded, or kept nothing)."""
+    path = getattr(args, "resume_cache", None)
+    if path is not None:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        args.resume_cache = None
 
 
 def close_scorer(scorer: Scorer, cached: CachedScorer | None) -> None:
@@ -172,6 +380,13 @@ def close_scorer(scorer: Scorer, cached: CachedScorer | None) -> None:
     if cached is not None:
         cached.close()
         scorer = cached.scorer
+    from zerank_core.calibrate import CalibratedScorer
+
+    if isinstance(scorer, CalibratedScorer):  # a --policy calibrator around the backend
+        scorer = scorer.scorer
+    if isinstance(scorer, ResumableScorer):
+        scorer.close()
+        scorer = scorer.scorer
     close = getattr(scorer, "close", None)
     if callable(close):
         close()

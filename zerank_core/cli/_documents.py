@@ -22,6 +22,7 @@ from typing import Any, TextIO
 from zerank_core.cache import CACHE_ENV, default_cache_path
 from zerank_core.cli._common import (
     cache_line,
+    check_backend,
     count_arg,
     make_scorer,
     positive_arg,
@@ -201,7 +202,11 @@ def _run_ray(
         "server_url": args.server_url,
         "model": args.model,
         "device": args.device,
+        "scale": args.scale,
+        "calibrator": _policy_calibrator(args),
     }
+    # Settings and credentials are checked here, before Ray starts (seconds).
+    check_backend(**backend)
     cache = _ray_cache(args)
     print(
         f"ray: {args.actors} actor(s), {args.gpus_per_actor} GPU(s) each; each builds the "
@@ -313,12 +318,28 @@ def _actor_scorer(**backend: Any) -> Scorer:
     """The backend the command line asked for, built inside a Ray actor."""
     from zerank_core.cli._common import choose_backend
 
-    return choose_backend(
+    scorer = choose_backend(
         backend["backend"],
         server_url=backend["server_url"],
         model=backend["model"],
         device=backend["device"],
+        scale=backend.get("scale"),
     ).scorer
+    if backend.get("calibrator") is None:
+        return scorer
+    from zerank_core.calibrate import CalibratedScorer, calibrator_from_dict
+
+    return CalibratedScorer(scorer, calibrator_from_dict(backend["calibrator"]))
+
+
+def _policy_calibrator(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``--policy`` file's calibrator as JSON, for the actors (None: there is none)."""
+    if getattr(args, "policy", None) is None:
+        return None
+    from zerank_core.calibrate import ThresholdPolicy
+
+    calibrator = ThresholdPolicy.load(args.policy).calibrator
+    return None if calibrator is None else calibrator.to_dict()
 
 
 def _output_folder(output: str | None) -> Path | None:

@@ -8,7 +8,9 @@ setting is an error where the component is built, not at its first query.
 Rules, in order:
 
 1. ``backend`` (or ``ZERANK_BACKEND``) names one of ``hosted``, ``server``,
-   ``local``, ``lexical``; ``model="bm25"`` means ``lexical``.
+   ``local``, ``lexical``, or an alias users type (``bm25`` for ``lexical``,
+   ``zeroentropy`` for ``hosted``: :data:`BACKEND_ALIASES`); ``model="bm25"``
+   means ``lexical``.
 2. Otherwise an explicit endpoint decides: ``server_url`` → a rerank server
    (vLLM, llama.cpp, Infinity; ``api_key`` is then its bearer token);
    ``api_key`` or ``base_url`` → ZeroEntropy's API (``base_url`` is the API's
@@ -27,6 +29,22 @@ Rules, in order:
    :class:`ConfigurationError` with one message naming every option. The
    framework adapters never fall back to BM25 unless asked by name.
 
+Throughput settings (``timeout``, ``max_retries``, ``max_concurrency``,
+``requests_per_minute``, ``bytes_per_minute``, ``tokens_per_minute``,
+``max_batch_size``; see :class:`Throughput`) are checked here whatever the
+backend, and go to the backend chosen where they mean something: all of them
+to the hosted API and to a rerank server; ``max_batch_size`` to open weights
+in-process; none to BM25, which sends no request. A setting that does not
+apply is accepted and has no effect, so one configuration works whichever
+backend the environment picks. ``framework`` tags every request's
+User-Agent (``zerank-gate/<version> langchain``).
+
+``scale`` declares what a model's numbers are: for a rerank server, what it
+returns (as ``ZERANK_SERVER_SCALE``); for open weights in-process, that the
+model is not a zerank reranker but any sentence-transformers cross-encoder
+whose head returns this scale (see :class:`~zerank_core.scorers.local.LocalScorer`);
+such a model's scores are uncalibrated until a calibrator is fitted.
+
 Error messages speak the caller's language through a :class:`Vocabulary`:
 keyword arguments for the library (:data:`LIBRARY`), flags for the command
 line (the CLI passes its own).
@@ -34,28 +52,44 @@ line (the CLI passes its own).
 
 from __future__ import annotations
 
+import difflib
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from pydantic import SecretStr
 
+from zerank_core._version import user_agent
 from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.redaction import redact
-from zerank_core.scorers.base import Scorer
+from zerank_core.scorers.base import Scale, Scorer, check_count, check_timeout
+from zerank_core.scorers.engine import RateLimits
 
 __all__ = [
     "BACKENDS",
+    "BACKEND_ALIASES",
     "LEXICAL_MODELS",
     "LIBRARY",
+    "THROUGHPUT_SETTINGS",
     "BackendChoice",
+    "Throughput",
     "Vocabulary",
     "resolve_backend",
     "scorer_from_env",
 ]
 
 BACKENDS = ("hosted", "server", "local", "lexical")
+
+#: Other names users give the backends, and the backend each means.
+BACKEND_ALIASES = {
+    "bm25": "lexical",
+    "zeroentropy": "hosted",
+    "api": "hosted",
+    "rerank-server": "server",
+    "open-weights": "local",
+}
 
 #: ``model=`` values that name the lexical baseline instead of a model.
 LEXICAL_MODELS = ("bm25", "lexical")
@@ -81,7 +115,65 @@ class BackendChoice:
         object.__setattr__(self, "reason", redact(self.reason))
 
 
-SETTINGS = ("backend", "model", "device", "api_key", "base_url", "server_url", "scorer")
+@dataclass(frozen=True)
+class Throughput:
+    """How a backend paces its requests; ``None`` leaves the backend's default.
+
+    ``timeout``: seconds one request may take (> 0). ``max_retries``: how many
+    times a request that failed transiently is sent again (>= 0).
+    ``max_concurrency``: most requests in flight at once (>= 1).
+    ``requests_per_minute``, ``bytes_per_minute``, ``tokens_per_minute``:
+    budgets kept on the client side (> 0). ``max_batch_size``: most texts in
+    one request, or in one forward pass of open weights (>= 1).
+
+    Every value is checked at construction, whatever the backend; the module
+    docstring says which backend uses which.
+    """
+
+    timeout: float | None = None
+    max_retries: int | None = None
+    max_concurrency: int | None = None
+    requests_per_minute: float | None = None
+    bytes_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_batch_size: int | None = None
+
+    def __post_init__(self) -> None:
+        check_timeout(self.timeout)
+        for name, minimum in (("max_retries", 0), ("max_concurrency", 1), ("max_batch_size", 1)):
+            value = getattr(self, name)
+            if value is not None:
+                check_count(value, name, minimum)
+        RateLimits(self.requests_per_minute, self.bytes_per_minute, self.tokens_per_minute)
+
+    def given(self) -> dict[str, Any]:
+        """The settings that were set, by name."""
+        return {name: value for name, value in asdict(self).items() if value is not None}
+
+    def for_backend(self, name: str) -> dict[str, Any]:
+        """The constructor arguments of backend ``name``'s scorer that these settings give."""
+        given = self.given()
+        if name in ("hosted", "server"):
+            return given
+        if name == "local":
+            return {k: v for k, v in given.items() if k == "max_batch_size"}
+        return {}
+
+
+#: The throughput settings, by the names the scorers' constructors use.
+THROUGHPUT_SETTINGS = tuple(Throughput.__dataclass_fields__)
+
+SETTINGS = (
+    "backend",
+    "model",
+    "device",
+    "api_key",
+    "base_url",
+    "server_url",
+    "scale",
+    "scorer",
+    *THROUGHPUT_SETTINGS,
+)
 
 _METAVARS = {"backend": "NAME", "model": "MODEL", "device": "DEVICE", "server_url": "URL"}
 
@@ -161,6 +253,15 @@ def resolve_backend(
     api_key: str | SecretStr | None = None,
     base_url: str | None = None,
     server_url: str | None = None,
+    scale: Scale | str | None = None,
+    timeout: float | None = None,
+    max_retries: int | None = None,
+    max_concurrency: int | None = None,
+    requests_per_minute: float | None = None,
+    bytes_per_minute: float | None = None,
+    tokens_per_minute: float | None = None,
+    max_batch_size: int | None = None,
+    framework: str | None = None,
     allow_lexical: bool = False,
     vocabulary: Vocabulary = LIBRARY,
     environ: Mapping[str, str] | None = None,
@@ -184,6 +285,17 @@ def resolve_backend(
         if value is not None and (not isinstance(value, str) or not value.strip()):
             raise ConfigurationError(f"{say(setting)} must be a non-empty string, got {value!r}")
     key = _secret(api_key, say("api_key"))
+    declared = _scale(scale, say("scale"))
+    throughput = Throughput(
+        timeout=timeout,
+        max_retries=max_retries,
+        max_concurrency=max_concurrency,
+        requests_per_minute=requests_per_minute,
+        bytes_per_minute=bytes_per_minute,
+        tokens_per_minute=tokens_per_minute,
+        max_batch_size=max_batch_size,
+    )
+    agent = user_agent(framework)
     for setting, url in (("base_url", base_url), ("server_url", server_url)):
         if url is not None and not url.startswith(("http://", "https://")):
             raise ConfigurationError(
@@ -198,9 +310,9 @@ def resolve_backend(
 
     source = say("backend")
     if backend is None and env.get("ZERANK_BACKEND"):
-        backend, source = env["ZERANK_BACKEND"].strip().lower(), "ZERANK_BACKEND"
-    if backend is not None and backend not in BACKENDS:
-        raise ConfigurationError(f"{source} must be one of {', '.join(BACKENDS)}; got {backend!r}")
+        backend, source = env["ZERANK_BACKEND"], "ZERANK_BACKEND"
+    if backend is not None:
+        backend = backend_name(backend, source)
     if model is not None and model.strip().lower() in LEXICAL_MODELS:
         if backend not in (None, "lexical"):
             raise ConfigurationError(
@@ -220,11 +332,12 @@ def resolve_backend(
         "api_key": key,
         "base_url": base_url,
         "server_url": server_url,
+        "scale": declared,
     }
     applies = {
         "hosted": ("model", "api_key", "base_url"),
-        "server": ("model", "api_key", "server_url"),
-        "local": ("model", "device"),
+        "server": ("model", "api_key", "server_url", "scale"),
+        "local": ("model", "device", "scale"),
         "lexical": (),
     }[name]
     extra = [setting for setting, value in given.items() if value is not None]
@@ -234,15 +347,59 @@ def resolve_backend(
         raise ConfigurationError(
             f"{', '.join(say(s) for s in wrong)} does not apply to the {name} backend{why}"
         )
+    options = throughput.for_backend(name)
     if name == "hosted":
-        return _hosted(model, key, base_url, env, vocabulary)
+        return _hosted(model, key, base_url, env, vocabulary, {**options, "user_agent": agent})
     if name == "server":
-        return _server(model, key, server_url, env, vocabulary)
+        options = {**options, "user_agent": agent, "scale": declared}
+        return _server(model, key, server_url, env, vocabulary, options)
     if name == "local":
-        return _local(model, device, env, vocabulary)
+        return _local(model, device, env, vocabulary, {**options, "scale": declared})
     from zerank_core.scorers.lexical import BM25Scorer
 
     return BackendChoice("lexical", BM25Scorer(), "BM25 lexical baseline (offline, uncalibrated)")
+
+
+def backend_name(name: str, source: str = "backend") -> str:
+    """The backend ``name`` means (an alias resolved); else an error with a did-you-mean.
+
+    ``source`` is what the name came from, for the message (``--backend``,
+    ``ZERANK_BACKEND``).
+    """
+    lowered = name.strip().lower()
+    lowered = BACKEND_ALIASES.get(lowered, lowered)
+    if lowered in BACKENDS:
+        return lowered
+    close = difflib.get_close_matches(lowered, [*BACKENDS, *BACKEND_ALIASES], n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    raise ConfigurationError(
+        f"{source} must be one of {', '.join(BACKENDS)} (or bm25 for lexical, zeroentropy "
+        f"for hosted); got {name!r}{hint}"
+    )
+
+
+def planned_backend(
+    *,
+    backend: str | None = None,
+    model: str | None = None,
+    device: str | None = None,
+    server_url: str | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> str | None:
+    """The backend :func:`resolve_backend` would pick for these settings, without building it.
+
+    ``None``: nothing configured. Errors in the settings are left to
+    :func:`resolve_backend`.
+    """
+    env = os.environ if environ is None else environ
+    if backend is None and env.get("ZERANK_BACKEND"):
+        backend = env["ZERANK_BACKEND"]
+    if backend is not None:
+        lowered = backend.strip().lower()
+        return BACKEND_ALIASES.get(lowered, lowered)
+    if model is not None and model.strip().lower() in LEXICAL_MODELS:
+        return "lexical"
+    return _infer(model, device, None, None, server_url, env)
 
 
 def _secret(api_key: object, name: str) -> SecretStr | None:
@@ -257,6 +414,19 @@ def _secret(api_key: object, name: str) -> SecretStr | None:
     if not value.strip():
         raise ConfigurationError(f"{name} must not be empty")
     return api_key if isinstance(api_key, SecretStr) else SecretStr(value)
+
+
+def _scale(scale: object, name: str) -> Scale | None:
+    if scale is None:
+        return None
+    try:
+        declared = Scale(str(scale))
+    except ValueError:
+        declared = None
+    if declared is None or declared is Scale.UNCALIBRATED:
+        choices = ", ".join(s.value for s in Scale if s is not Scale.UNCALIBRATED)
+        raise ConfigurationError(f"{name} must be one of {choices}; got {scale!r}")
+    return declared
 
 
 def _is_folder(model: str) -> bool:
@@ -314,6 +484,7 @@ def _hosted(
     base_url: str | None,
     env: Mapping[str, str],
     vocabulary: Vocabulary,
+    options: Mapping[str, Any],
 ) -> BackendChoice:
     from zerank_core.scorers.zeroentropy import ZeroEntropyScorer
 
@@ -327,12 +498,21 @@ def _hosted(
                 f"; for its open weights in-process, {weights} (pip install 'zerank-gate[local]')"
             )
         what = f"model {model!r} (a ZeroEntropy API model name)" if model else "the hosted backend"
+        if model is not None and model not in OPEN_WEIGHTS:
+            names = [*OPEN_WEIGHTS, *OPEN_WEIGHTS.values(), *LEXICAL_MODELS]
+            close = difflib.get_close_matches(model.lower(), names, n=1, cutoff=0.6)
+            if close:
+                raise ConfigurationError(
+                    f"{vocabulary.spell('model')} {model!r} is no model this package knows; "
+                    f"did you mean {close[0]!r}? (a ZeroEntropy API model needs a "
+                    f"ZeroEntropy API key: {_how(vocabulary, 'api_key', 'ZEROENTROPY_API_KEY')})"
+                )
         raise ConfigurationError(
             f"{what} needs a ZeroEntropy API key: "
             f"{_how(vocabulary, 'api_key', 'ZEROENTROPY_API_KEY')}{hint}"
         )
     model = model or env.get("ZERANK_MODEL") or "zerank-2"
-    scorer = ZeroEntropyScorer(model=model, api_key=key, base_url=base_url)
+    scorer = ZeroEntropyScorer(model=model, api_key=key, base_url=base_url, **options)
     return BackendChoice("hosted", scorer, f"ZeroEntropy API ({scorer.model})")
 
 
@@ -342,6 +522,7 @@ def _server(
     server_url: str | None,
     env: Mapping[str, str],
     vocabulary: Vocabulary,
+    options: Mapping[str, Any],
 ) -> BackendChoice:
     from zerank_core.scorers.server import RerankServerScorer, check_one_credential
 
@@ -359,7 +540,7 @@ def _server(
         key_name = "ZERANK_SERVER_API_KEY"
     url_name = vocabulary.spell("server_url") if server_url else "ZERANK_SERVER_URL"
     check_one_credential(url, url_name, key_name)
-    server = RerankServerScorer(url, model=model, api_key=key)
+    server = RerankServerScorer(url, model=model, api_key=key, **options)
     return BackendChoice(
         "server",
         server,
@@ -368,7 +549,11 @@ def _server(
 
 
 def _local(
-    model: str | None, device: str | None, env: Mapping[str, str], vocabulary: Vocabulary
+    model: str | None,
+    device: str | None,
+    env: Mapping[str, str],
+    vocabulary: Vocabulary,
+    options: Mapping[str, Any],
 ) -> BackendChoice:
     try:
         from zerank_core.scorers.local import DEFAULT_MODEL, LocalScorer, weights_available
@@ -384,8 +569,11 @@ def _local(
                 "needs pip install 'zerank-gate[local]')"
             )
         model = DEFAULT_MODEL
-    scorer = LocalScorer(model, device=device)
-    return BackendChoice("local", scorer, f"open weights in-process ({model}, {scorer.device})")
+    scorer = LocalScorer(model, device=device, **options)
+    what = "" if scorer.calibrated else f"; uncalibrated {scorer.output_scale.value} scores"
+    return BackendChoice(
+        "local", scorer, f"open weights in-process ({model}, {scorer.device}{what})"
+    )
 
 
 def scorer_from_env(backend: str | None = None, *, allow_lexical: bool = True) -> BackendChoice:

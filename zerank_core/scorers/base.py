@@ -1,53 +1,83 @@
-"""The scorer contract, score scales, and the machinery remote backends share.
+"""Remote scorers' shared machinery: the batched engine, and job-level scoring for any scorer.
 
-A scorer turns ``(query, texts)`` into one calibrated relevance probability per
-text, in input order. Remote backends subclass :class:`BatchedScorer`, which
-runs every request through the scorer's :class:`~zerank_core.scorers.engine.Engine`
-(planning, one concurrency bound, rate limits, retries), validates every
-response and converts the backend's scale to zerank's calibrated one in a
-single place (:func:`to_probability`). A job of several queries goes through
-:meth:`BatchedScorer.score_many`; :func:`score_many` / :func:`ascore_many`
-give any scorer that job-level method, falling back to one call per query.
+Remote backends subclass :class:`BatchedScorer`, which runs every request
+through the scorer's :class:`~zerank_core.scorers.engine.Engine` (planning,
+one concurrency bound, rate limits, retries), validates every response and
+converts the backend's scale to zerank's calibrated one in a single place. A
+job of several queries goes through :meth:`BatchedScorer.score_many`;
+:func:`score_many` / :func:`ascore_many` give any scorer that job-level
+method, falling back to one call per query.
+
+The pieces live in small modules, re-exported here: the contract and scales
+(:mod:`~zerank_core.scorers.protocol`), usage metering
+(:mod:`~zerank_core.scorers.usage`), batch planning
+(:mod:`~zerank_core.scorers.planning`), the retry policy
+(:mod:`~zerank_core.scorers.retry`), response validation
+(:mod:`~zerank_core.scorers.responses`), per-event-loop clients
+(:mod:`~zerank_core.scorers.loops`) and input checks
+(:mod:`~zerank_core.scorers.inputs`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import math
-import re
-import threading
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from enum import StrEnum
+from functools import partial
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar, cast, runtime_checkable
+from typing import Any, Self, TypeVar
 
-from zerank_core.errors import (
-    ConfigurationError,
-    InvalidResponseError,
-    ScorerOutputError,
-    ZeRankError,
-    as_backend_error,
-)
+from zerank_core.errors import ConfigurationError, ZeRankError
 from zerank_core.scorers.engine import (
     DEFAULT_DEADLINE_S,
-    Batch,
     Engine,
-    Failure,
     RateLimits,
     arun_all,
-    plan_requests,
-    request_bytes,
     run_all,
 )
+from zerank_core.scorers.inputs import (
+    check_count,
+    check_query,
+    check_texts,
+    check_timeout,
+    check_url,
+    is_blank,
+    without_blanks,
+)
+from zerank_core.scorers.loops import PerLoop
+from zerank_core.scorers.planning import Batch, plan_batches, plan_requests, request_bytes
+from zerank_core.scorers.protocol import (
+    INSTRUCTION_CONVENTION,
+    ZERANK_TEMPERATURE,
+    Scale,
+    Scorer,
+    check_scores,
+    fingerprint,
+    query_with_instruction,
+    require_scorer,
+    to_probability,
+)
+from zerank_core.scorers.responses import (
+    BatchResult,
+    MalformedResponse,
+    json_body,
+    results_from_json,
+    typed_error,
+    validate_batch,
+)
+from zerank_core.scorers.retry import Failure
+from zerank_core.scorers.usage import Usage, UsageMeter
 
 T = TypeVar("T")
 
 __all__ = [
+    "INSTRUCTION_CONVENTION",
+    "ZERANK_TEMPERATURE",
     "BatchCallback",
     "BatchResult",
     "BatchedScorer",
@@ -81,471 +111,6 @@ __all__ = [
     "validate_batch",
     "without_blanks",
 ]
-
-
-class Scale(StrEnum):
-    """What a number coming out of a model or a server means.
-
-    ``PROBABILITY``: zerank's calibrated probability, ``sigmoid(logit / 5)``.
-    ``LOGIT``: the raw logit ``x`` of the token "Yes".
-    ``SIGMOID``: ``sigmoid(x)``, what most rerank servers apply by default.
-    ``UNCALIBRATED``: a score in [0, 1] that orders texts but is not a
-    probability (the lexical baseline); fit a calibrator before thresholding.
-    """
-
-    PROBABILITY = "probability"
-    LOGIT = "logit"
-    SIGMOID = "sigmoid"
-    UNCALIBRATED = "uncalibrated"
-
-
-ZERANK_TEMPERATURE = 5.0
-
-
-def to_probability(value: float, scale: Scale) -> float:
-    """Convert one backend value to zerank's calibrated probability.
-
-    ``LOGIT`` → ``sigmoid(x / 5)``; ``SIGMOID`` (``s = sigmoid(x)``) →
-    ``1 / (1 + ((1 - s) / s) ** (1 / 5))``, the same quantity without
-    recovering ``x`` (``s`` of exactly 0 or 1 maps to 0 or 1: it saturated).
-    ``PROBABILITY`` and ``UNCALIBRATED`` pass through.
-    """
-    if scale is Scale.LOGIT:
-        z = value / ZERANK_TEMPERATURE
-        if z >= 0:
-            return 1.0 / (1.0 + math.exp(-z))
-        e = math.exp(z)
-        return float(e / (1.0 + e))
-    if scale is Scale.SIGMOID:
-        if value <= 0.0:
-            return 0.0
-        if value >= 1.0:
-            return 1.0
-        return float(1.0 / (1.0 + ((1.0 - value) / value) ** (1.0 / ZERANK_TEMPERATURE)))
-    return value
-
-
-#: Names :func:`query_with_instruction`'s format in cache keys: a new format
-#: gives every instruction-bearing score a new key.
-INSTRUCTION_CONVENTION = "query-tags-v1"
-
-
-def query_with_instruction(query: str, instruction: str | None) -> str:
-    """Append an instruction to the query by zerank's documented convention."""
-    if not instruction:
-        return query
-    return f"<query>{query}</query>\n<instruction>{instruction}</instruction>"
-
-
-def fingerprint(backend: str, **settings: object) -> str:
-    """A scorer's ``cache_identity``: its backend kind and every setting that changes a score.
-
-    Canonical JSON, so equal settings give equal strings. It holds no
-    credential: URLs go in as :func:`~zerank_core.redaction.deployment_url`.
-    """
-    return json.dumps(
-        {"backend": backend, **settings}, sort_keys=True, ensure_ascii=False, default=str
-    )
-
-
-@runtime_checkable
-class Scorer(Protocol):
-    """What every adapter, the gate and the classifier need from a scorer.
-
-    ``score``/``ascore`` return one number per text, in input order, on
-    ``scale`` (:attr:`Scale.PROBABILITY` for zerank's calibrated probability).
-    ``model`` names the model (it goes into cache keys, reports and traces);
-    ``usage`` is what the scorer has spent so far, or ``None`` when it does
-    not count its calls. A class attribute or a property satisfies each.
-    """
-
-    @property
-    def model(self) -> str: ...
-
-    @property
-    def scale(self) -> Scale: ...
-
-    @property
-    def usage(self) -> Usage | None: ...
-
-    def score(
-        self, query: str, texts: Sequence[str], *, instruction: str | None = None
-    ) -> list[float]: ...
-
-    async def ascore(
-        self, query: str, texts: Sequence[str], *, instruction: str | None = None
-    ) -> list[float]: ...
-
-
-SCORER_MEMBERS = ("score", "ascore", "model", "scale", "usage")
-
-
-def require_scorer(scorer: object, *, name: str = "scorer") -> Scorer:
-    """Return ``scorer`` if it fulfils :class:`Scorer`, else say what it lacks.
-
-    Checked where a scorer enters the package (adapters, gate, classifier,
-    cache), so a scorer written for an older version fails with the list of
-    what to add, not with an ``AttributeError`` in the middle of a job.
-    """
-    missing = [member for member in SCORER_MEMBERS if not hasattr(scorer, member)]
-    if missing:
-        raise ConfigurationError(
-            f"{name} {type(scorer).__name__} lacks {', '.join(missing)}: a scorer has "
-            "score() and ascore(), and declares model (a str), scale (a zerank_core.Scale) "
-            "and usage (a zerank_core.Usage, or None if it does not count its calls)"
-        )
-    checked = cast(Scorer, scorer)
-    for member in ("score", "ascore"):
-        if not callable(getattr(checked, member)):
-            raise ConfigurationError(f"{name} {type(scorer).__name__}.{member} is not callable")
-    if not isinstance(checked.model, str) or not checked.model:
-        raise ConfigurationError(
-            f"{name} {type(scorer).__name__}.model must be a non-empty str, got {checked.model!r}"
-        )
-    if not isinstance(checked.scale, Scale):
-        raise ConfigurationError(
-            f"{name} {type(scorer).__name__}.scale must be a zerank_core.Scale, "
-            f"got {checked.scale!r}"
-        )
-    return checked
-
-
-def check_scores(
-    scores: Sequence[object],
-    n: int,
-    *,
-    context: str,
-    items: str = "texts",
-    names: Sequence[object] | None = None,
-) -> list[float]:
-    """The one check of a scorer call's output: ``n`` finite numbers, as floats.
-
-    ``context`` says which call it was (``"criterion 'DX'"``, ``"label
-    'billing'"``), ``items`` what was scored (``"pages"``), and ``names``
-    optionally how to name each item in a message (``["page 1", ...]``). A
-    wrong count or a value that is not a finite number raises
-    :class:`ScorerOutputError`: a missing score is never read as 0.
-    """
-    if len(scores) != n:
-        raise ScorerOutputError(
-            f"scorer returned {len(scores)} scores for {n} {items} ({context})", expected=n
-        )
-    out = []
-    for index, value in enumerate(scores):
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-        ):
-            where = f"for {names[index]}" if names is not None else f"as score {index}"
-            raise ScorerOutputError(f"scorer returned {value!r} {where} ({context})", expected=n)
-        out.append(float(value))
-    return out
-
-
-@dataclass(frozen=True)
-class Usage:
-    """What a scorer has spent since it was created (or since ``reset``).
-
-    ``total_tokens`` is ``None`` when the backend does not report tokens.
-    ``retries`` counts requests sent again after a failure, ``rate_limited``
-    the 429s among those failures (absorbed, not raised).
-    """
-
-    requests: int = 0
-    texts: int = 0
-    total_bytes: int = 0
-    total_tokens: int | None = None
-    retries: int = 0
-    rate_limited: int = 0
-
-    def __sub__(self, other: Usage) -> Usage:
-        tokens = None
-        if self.total_tokens is not None:
-            tokens = self.total_tokens - (other.total_tokens or 0)
-        return Usage(
-            requests=self.requests - other.requests,
-            texts=self.texts - other.texts,
-            total_bytes=self.total_bytes - other.total_bytes,
-            total_tokens=tokens,
-            retries=self.retries - other.retries,
-            rate_limited=self.rate_limited - other.rate_limited,
-        )
-
-
-class UsageMeter:
-    """Thread-safe accumulator behind a scorer's ``usage`` property."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._usage = Usage()
-
-    def add(self, *, texts: int, total_bytes: int = 0, total_tokens: int | None = None) -> None:
-        with self._lock:
-            current = self._usage
-            tokens = current.total_tokens
-            if total_tokens is not None:
-                tokens = (tokens or 0) + total_tokens
-            self._usage = Usage(
-                requests=current.requests + 1,
-                texts=current.texts + texts,
-                total_bytes=current.total_bytes + total_bytes,
-                total_tokens=tokens,
-                retries=current.retries,
-                rate_limited=current.rate_limited,
-            )
-
-    def add_retry(self, *, rate_limited: bool) -> None:
-        with self._lock:
-            current = self._usage
-            self._usage = Usage(
-                requests=current.requests,
-                texts=current.texts,
-                total_bytes=current.total_bytes,
-                total_tokens=current.total_tokens,
-                retries=current.retries + 1,
-                rate_limited=current.rate_limited + int(rate_limited),
-            )
-
-    @property
-    def usage(self) -> Usage:
-        return self._usage
-
-    def reset(self) -> None:
-        with self._lock:
-            self._usage = Usage()
-
-
-def plan_batches(
-    query: str,
-    texts: Sequence[str],
-    *,
-    max_batch_size: int,
-    max_bytes: int | None = None,
-) -> list[list[int]]:
-    """Split ``texts`` into consecutive batches of indices.
-
-    A batch holds at most ``max_batch_size`` texts and, when ``max_bytes`` is
-    set, at most ``max_bytes`` counted as ``150 + len(query) + len(text)`` per
-    text (UTF-8). A single text that cannot fit any batch is an error naming
-    its index: truncating it silently would change its score.
-    """
-    if max_batch_size < 1:
-        raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    batches: list[list[int]] = []
-    current: list[int] = []
-    current_bytes = 0
-    for index, text in enumerate(texts):
-        size = request_bytes(query, text) if max_bytes is not None else 0
-        if max_bytes is not None and size > max_bytes:
-            raise ConfigurationError(
-                f"text {index} needs {size} bytes with its query, over the "
-                f"per-request limit of {max_bytes} bytes; split it first"
-            )
-        full = len(current) >= max_batch_size or (
-            max_bytes is not None and current_bytes + size > max_bytes
-        )
-        if current and full:
-            batches.append(current)
-            current, current_bytes = [], 0
-        current.append(index)
-        current_bytes += size
-    if current:
-        batches.append(current)
-    return batches
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What one backend request returned, before validation.
-
-    ``scores`` pairs each returned index (local to the batch) with its raw value.
-    """
-
-    scores: list[tuple[object, object]]
-    total_tokens: int | None = None
-
-
-def validate_batch(result: BatchResult, *, batch: int, size: int, scale: Scale) -> list[float]:
-    """Check a batch's scores and return them in batch order on ``scale``.
-
-    Every index in ``range(size)`` must appear exactly once with a finite
-    number; probabilities and sigmoid values must lie in [0, 1]. Anything else
-    raises :class:`InvalidResponseError`: a missing score is never read as 0.
-    """
-    values: list[float | None] = [None] * size
-    for raw_index, raw_value in result.scores:
-        if isinstance(raw_index, bool) or not isinstance(raw_index, int):
-            raise InvalidResponseError(
-                f"index {raw_index!r} is not an integer", batch=batch, batch_size=size
-            )
-        if not 0 <= raw_index < size:
-            raise InvalidResponseError(
-                f"index {raw_index} is out of range", batch=batch, batch_size=size
-            )
-        if values[raw_index] is not None:
-            raise InvalidResponseError(
-                f"index {raw_index} appears more than once", batch=batch, batch_size=size
-            )
-        if isinstance(raw_value, bool) or not isinstance(raw_value, int | float):
-            raise InvalidResponseError(
-                f"score for index {raw_index} is not a number: {raw_value!r}",
-                batch=batch,
-                batch_size=size,
-            )
-        value = float(raw_value)
-        if not math.isfinite(value):
-            raise InvalidResponseError(
-                f"score for index {raw_index} is not finite: {value}",
-                batch=batch,
-                batch_size=size,
-            )
-        if scale is not Scale.LOGIT and not 0.0 <= value <= 1.0:
-            raise InvalidResponseError(
-                f"score for index {raw_index} is {value}, outside [0, 1] for scale {scale.value!r}",
-                batch=batch,
-                batch_size=size,
-            )
-        values[raw_index] = value
-    missing = [i for i, v in enumerate(values) if v is None]
-    if missing:
-        raise InvalidResponseError(
-            f"no score for indices {missing[:10]}{' ...' if len(missing) > 10 else ''}",
-            batch=batch,
-            batch_size=size,
-        )
-    return [to_probability(v, scale) for v in values if v is not None]
-
-
-def results_from_json(
-    payload: object, *, key: str = "relevance_score", where: str = "the backend"
-) -> BatchResult:
-    """A rerank body's ``results[{index, <key>}]`` (or a bare list of them), unvalidated.
-
-    Values are passed on exactly as JSON decoded them, so :func:`validate_batch`
-    sees ``true`` or a string for what it is instead of a number cast from it.
-    A body of any other shape raises :class:`MalformedResponse`.
-    """
-    items = payload.get("results") if isinstance(payload, dict) else payload
-    if not isinstance(items, list) or not all(isinstance(i, dict) for i in items):
-        found = type(items).__name__ if isinstance(payload, dict) else type(payload).__name__
-        raise MalformedResponse(
-            f"{where} returned an unexpected body shape: expected a list of results, got {found}"
-        )
-    tokens = None
-    if isinstance(payload, dict):
-        tokens = payload.get("total_tokens")
-        usage = payload.get("usage") or (payload.get("meta") or {}).get("billed_units") or {}
-        if tokens is None and isinstance(usage, dict):
-            tokens = usage.get("total_tokens")
-    return BatchResult(
-        scores=[(item.get("index"), item.get(key)) for item in items],
-        total_tokens=tokens if isinstance(tokens, int) and not isinstance(tokens, bool) else None,
-    )
-
-
-def json_body(content: bytes, *, where: str) -> object:
-    """A response body decoded as JSON, or :class:`MalformedResponse` saying why not."""
-    if not content.strip():
-        raise MalformedResponse(f"{where} returned an empty body")
-    try:
-        return json.loads(content)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise MalformedResponse(f"{where} returned a body that is not JSON: {exc}") from exc
-
-
-class PerLoop(Generic[T]):
-    """One lazily created object per running event loop, closed with its loop.
-
-    Async HTTP clients hold connections bound to the loop that opened them;
-    reusing one from another loop (``asyncio.run`` twice, notebooks, worker
-    threads) fails, and one dropped without ``aclose()`` leaks its sockets.
-    Each item is closed by ``closer``: when :meth:`aclose` / :meth:`close` is
-    called, and otherwise when its loop shuts down — a started async
-    generator per loop holds the item, and ``loop.shutdown_asyncgens()``
-    (which ``asyncio.run`` and ``asyncio.Runner`` call) runs its ``finally``.
-    """
-
-    def __init__(
-        self, factory: Callable[[], T], closer: Callable[[T], Awaitable[None]] | None = None
-    ) -> None:
-        self._factory = factory
-        self._closer = closer
-        self._items: dict[asyncio.AbstractEventLoop, tuple[T, object]] = {}
-        self._lock = threading.Lock()
-        self._pending: set[asyncio.Future[None]] = set()
-
-    async def get(self) -> T:
-        loop = asyncio.get_running_loop()
-        with self._lock:
-            entry = self._items.get(loop)
-            if entry is not None:
-                return entry[0]
-            for old in [old for old in self._items if old.is_closed()]:
-                del self._items[old]
-            item = self._factory()
-            guard = self._guard(loop, item)
-            self._items[loop] = (item, guard)
-        await guard.__anext__()
-        return item
-
-    async def _guard(self, loop: asyncio.AbstractEventLoop, item: T) -> AsyncIterator[None]:
-        try:
-            yield
-        finally:
-            with self._lock:
-                mine = self._items.get(loop, (None,))[0] is item
-                if mine:
-                    del self._items[loop]
-            if mine and self._closer is not None:
-                await self._closer(item)
-
-    def _take_all(self) -> list[tuple[asyncio.AbstractEventLoop, T]]:
-        with self._lock:
-            items = [(loop, entry[0]) for loop, entry in self._items.items()]
-            self._items.clear()
-        return items
-
-    async def aclose(self) -> None:
-        """Close every item: this loop's here, the others' in their own loops."""
-        current = asyncio.get_running_loop()
-        for loop, item in self._take_all():
-            if loop is current and self._closer is not None:
-                await self._closer(item)
-            else:
-                self._close_elsewhere(loop, item)
-
-    def close(self) -> None:
-        """Close every item from synchronous code (see :meth:`aclose`)."""
-        for loop, item in self._take_all():
-            self._close_elsewhere(loop, item)
-
-    def _close_elsewhere(self, loop: asyncio.AbstractEventLoop, item: T) -> None:
-        if self._closer is None or loop.is_closed():
-            # A loop closed without shutdown_asyncgens(): its transports
-            # cannot be closed any more; nothing left to do but drop it.
-            return
-        coroutine = self._closer(item)
-        try:
-            running = asyncio.get_running_loop()
-        except RuntimeError:
-            running = None
-        if loop is running:
-            task: asyncio.Future[None] = loop.create_task(coroutine)  # type: ignore[arg-type]
-            self._pending.add(task)
-            task.add_done_callback(self._pending.discard)
-        elif loop.is_running():
-            asyncio.run_coroutine_threadsafe(coroutine, loop)  # type: ignore[arg-type]
-        else:
-            loop.run_until_complete(coroutine)
-
-
-class MalformedResponse(Exception):
-    """Raised by a backend's ``_request`` when a body cannot be parsed at all.
-
-    :class:`BatchedScorer` reports it as :class:`InvalidResponseError` with the
-    batch number, which the backend does not know.
-    """
 
 
 @dataclass(frozen=True)
@@ -629,6 +194,16 @@ class _Job:
             row[index] = value
         if self.on_batch is not None:
             self.on_batch(batch.item, indices, scores)
+
+
+@contextmanager
+def _keeping_partial(job: _Job) -> Iterator[None]:
+    """Give a job's error the scores that did come back (``partial_scores``; NaN: none)."""
+    try:
+        yield
+    except ZeRankError as exc:
+        exc.partial_scores = [list(row) for row in job.out]  # type: ignore[attr-defined]
+        raise
 
 
 class BatchedScorer(ABC):
@@ -762,8 +337,8 @@ class BatchedScorer(ABC):
     ) -> None:
         await self.aclose()
 
-    def _plan_job(self, items: list[ScoreItem]) -> tuple[list[str], list[Batch]]:
-        """Plan the job's requests; ``items`` hold only texts worth sending."""
+    def _plan_job(self, items: list[ScoreItem], slots: int) -> tuple[list[str], list[Batch]]:
+        """Plan the job's requests for ``slots`` slots; ``items`` hold only texts worth sending."""
         queries = [query_with_instruction(i.query, i.instruction) for i in items]
         max_bytes = self.max_bytes
         limits = self.limits
@@ -774,7 +349,7 @@ class BatchedScorer(ABC):
         batches = plan_requests(
             queries,
             [list(i.texts) for i in items],
-            slots=self.max_concurrency,
+            slots=slots,
             max_batch_size=self.max_batch_size,
             max_bytes=max_bytes,
             fewest_requests=limits.requests_per_minute is not None,
@@ -806,37 +381,52 @@ class BatchedScorer(ABC):
     ) -> list[list[float]]:
         """Score several queries' texts as one job; one score list per item.
 
-        The job is planned as a whole (:func:`~zerank_core.scorers.engine.plan_requests`)
+        The job is planned as a whole (:mod:`~zerank_core.scorers.planning`)
         and its requests run on up to ``max_concurrency`` threads through the
         scorer's shared slots. ``on_batch`` sees each request's scores as it
         completes, so a caller can keep them even if a later request fails.
+
+        A request that still fails after its retries (a transient failure)
+        does not stop the others: they all run, and then its error is raised,
+        or :class:`~zerank_core.errors.BatchesFailedError` naming every
+        failed batch when there are several. A refusal (401, 400) or 429s
+        past the deadline stop the job at once. Either way the error's
+        ``partial_scores`` holds one list per item, NaN where no score came back.
         """
         job = _Job(_items(items), on_batch)
-        queries, batches = self._plan_job(job.sent)
-        deadline = self._engine.job_deadline()
-
-        def work(position: int) -> None:
-            batch = batches[position]
-            query = queries[batch.item]
-            texts = [job.sent[batch.item].texts[i] for i in batch.indices]
-
-            def attempt() -> list[float]:
-                try:
-                    result = self._request(query, texts)
-                except Exception as exc:
-                    raise _typed(exc, batch, len(texts)) from exc
-                return self._finish(batch, texts, result)
-
-            try:
-                scores = self._engine.call(attempt, deadline=deadline, **self._cost(batch))
-            except ZeRankError as exc:
-                exc.job_item = batch.item  # type: ignore[attr-defined]
-                raise
-            job.done(batch, scores)
-
-        job.report_blanks()
-        run_all(len(batches), work, workers=self.max_concurrency)
+        with self._engine.job() as slots, _keeping_partial(job):
+            queries, batches = self._plan_job(job.sent, slots)
+            deadline = self._engine.job_deadline()
+            job.report_blanks()
+            run_all(
+                len(batches),
+                partial(self._work, job, queries, batches, deadline),
+                workers=self.max_concurrency,
+                keep_going=self._engine.keep_going,
+            )
         return job.out
+
+    def _work(
+        self, job: _Job, queries: list[str], batches: list[Batch], deadline: float, position: int
+    ) -> None:
+        """Send one planned request of a job, with the engine's retries, and file its scores."""
+        batch = batches[position]
+        query = queries[batch.item]
+        texts = [job.sent[batch.item].texts[i] for i in batch.indices]
+
+        def attempt() -> list[float]:
+            try:
+                result = self._request(query, texts)
+            except Exception as exc:
+                raise _typed(exc, batch, len(texts)) from exc
+            return self._finish(batch, texts, result)
+
+        try:
+            scores = self._engine.call(attempt, deadline=deadline, **self._cost(batch))
+        except ZeRankError as exc:
+            exc.job_item = batch.item  # type: ignore[attr-defined]
+            raise
+        job.done(batch, scores)
 
     async def ascore_many(
         self,
@@ -846,30 +436,34 @@ class BatchedScorer(ABC):
     ) -> list[list[float]]:
         """Async :meth:`score_many`: requests run as coroutines on the shared slots."""
         job = _Job(_items(items), on_batch)
-        queries, batches = self._plan_job(job.sent)
-        deadline = self._engine.job_deadline()
+        with self._engine.job() as slots, _keeping_partial(job):
+            queries, batches = self._plan_job(job.sent, slots)
+            deadline = self._engine.job_deadline()
 
-        async def work(position: int) -> None:
-            batch = batches[position]
-            query = queries[batch.item]
-            texts = [job.sent[batch.item].texts[i] for i in batch.indices]
+            async def work(position: int) -> None:
+                batch = batches[position]
+                query = queries[batch.item]
+                texts = [job.sent[batch.item].texts[i] for i in batch.indices]
 
-            async def attempt() -> list[float]:
+                async def attempt() -> list[float]:
+                    try:
+                        result = await self._arequest(query, texts)
+                    except Exception as exc:
+                        raise _typed(exc, batch, len(texts)) from exc
+                    return self._finish(batch, texts, result)
+
+                cost = self._cost(batch)
                 try:
-                    result = await self._arequest(query, texts)
-                except Exception as exc:
-                    raise _typed(exc, batch, len(texts)) from exc
-                return self._finish(batch, texts, result)
+                    scores = await self._engine.acall(attempt, deadline=deadline, **cost)
+                except ZeRankError as exc:
+                    exc.job_item = batch.item  # type: ignore[attr-defined]
+                    raise
+                job.done(batch, scores)
 
-            try:
-                scores = await self._engine.acall(attempt, deadline=deadline, **self._cost(batch))
-            except ZeRankError as exc:
-                exc.job_item = batch.item  # type: ignore[attr-defined]
-                raise
-            job.done(batch, scores)
-
-        job.report_blanks()
-        await arun_all(len(batches), work, workers=self.max_concurrency)
+            job.report_blanks()
+            await arun_all(
+                len(batches), work, workers=self.max_concurrency, keep_going=self._engine.keep_going
+            )
         return job.out
 
     def score(
@@ -973,125 +567,3 @@ def rebuild(cls: Callable[..., T], settings: dict[str, object]) -> T:
     credentials: a rebuilt scorer reads its keys from the environment again.
     """
     return cls(**settings)
-
-
-def typed_error(exc: Exception, *, batch: int, batch_size: int) -> Exception | None:
-    """The package error a batch's failure stands for; ``None`` to let it through as is.
-
-    An unreadable body is :class:`InvalidResponseError`, an HTTP-client or SDK
-    failure :class:`~zerank_core.errors.BackendError`, both naming the batch.
-    """
-    if isinstance(exc, MalformedResponse):
-        return InvalidResponseError(str(exc), batch=batch, batch_size=batch_size)
-    if isinstance(exc, ZeRankError):
-        return None
-    return as_backend_error(exc, batch=batch, batch_size=batch_size)
-
-
-_SURROGATE = re.compile("[\ud800-\udfff]")
-# Whitespace and control characters (NUL included): nothing a model can read.
-_BLANK = re.compile(r"[\s\x00-\x1f\x7f-\x9f]*")
-
-
-def _check_unicode(text: str, name: str) -> None:
-    found = _SURROGATE.search(text)
-    if found is not None:
-        raise ConfigurationError(
-            f"{name} holds a lone surrogate ({found.group()!r}) at character {found.start()}: "
-            "it is not valid Unicode and cannot be sent; decode the source with "
-            "errors='replace' (or fix its encoding)"
-        )
-
-
-def is_blank(text: str) -> bool:
-    """True for a text with nothing to read: empty, whitespace or control characters only."""
-    return _BLANK.fullmatch(text) is not None
-
-
-def check_query(query: object) -> str:
-    """``query`` if it is a non-blank string of valid Unicode; else an error naming it."""
-    if not isinstance(query, str):
-        raise ConfigurationError(f"query must be a str, got {type(query).__name__}: {query!r:.80}")
-    if is_blank(query):
-        raise ConfigurationError(f"query is empty or whitespace only: {query!r:.80}")
-    _check_unicode(query, "query")
-    return query
-
-
-def check_texts(texts: object) -> list[str]:
-    """``texts`` as a list of valid-Unicode strings; else an error naming the bad item.
-
-    Blank texts pass: scorers give them 0.0 without a model call (see
-    :func:`without_blanks`).
-    """
-    if isinstance(texts, str | bytes):
-        raise ConfigurationError(
-            f"texts must be a sequence of strings, got a single {type(texts).__name__}"
-        )
-    if not isinstance(texts, Iterable):
-        raise ConfigurationError(
-            f"texts must be a sequence of strings, got {type(texts).__name__}: {texts!r:.80}"
-        )
-    out = list(texts)
-    for index, text in enumerate(out):
-        if not isinstance(text, str):
-            raise ConfigurationError(f"texts[{index}] must be a str, got {type(text).__name__}")
-        _check_unicode(text, f"texts[{index}]")
-    return out
-
-
-def check_url(url: object, name: str = "url") -> str:
-    """An ``http(s)://host...`` URL that httpx can use; else an error naming it (redacted)."""
-    import httpx
-
-    from zerank_core.redaction import redact_url
-
-    if not isinstance(url, str) or not url.startswith(("http://", "https://")):
-        shown = redact_url(url) if isinstance(url, str) else url
-        raise ConfigurationError(f"{name} must start with http:// or https://, got {shown!r}")
-    try:
-        host = httpx.URL(url).host
-    except httpx.InvalidURL as exc:
-        raise ConfigurationError(
-            f"{name} is not a valid URL: {redact_url(url)!r} ({exc})"
-        ) from None
-    if not host:
-        raise ConfigurationError(f"{name} has no host: {redact_url(url)!r}")
-    return url
-
-
-def check_timeout(timeout: object, name: str = "timeout") -> None:
-    """A timeout must be a finite number of seconds > 0 (or ``None`` for the default)."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
-        raise ConfigurationError(f"{name} must be a number of seconds, got {timeout!r}")
-    if not (math.isfinite(timeout) and timeout > 0):
-        raise ConfigurationError(f"{name} must be a finite number of seconds > 0, got {timeout}")
-
-
-def check_count(value: object, name: str, minimum: int) -> None:
-    """An integer setting such as ``max_retries`` must be an int >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigurationError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ConfigurationError(f"{name} must be >= {minimum}, got {value}")
-
-
-def without_blanks(texts: list[str]) -> tuple[list[str], Callable[[list[float]], list[float]]]:
-    """The texts worth scoring, and a function that puts 0.0 back at the blank ones.
-
-    A blank text (:func:`is_blank`) has no evidence to find: it scores 0.0
-    without a model call, instead of whatever a model makes of an empty prompt.
-    """
-    kept = [i for i, text in enumerate(texts) if not is_blank(text)]
-    if len(kept) == len(texts):
-        return texts, lambda scores: scores
-
-    def restore(scores: list[float]) -> list[float]:
-        out = [0.0] * len(texts)
-        for index, value in zip(kept, scores, strict=True):
-            out[index] = value
-        return out
-
-    return [texts[i] for i in kept], restore

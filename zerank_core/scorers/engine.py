@@ -7,14 +7,11 @@ A remote scorer (:class:`~zerank_core.scorers.base.BatchedScorer`) owns one
   by every call, thread and event loop that uses the scorer;
 - **how fast** — :class:`Pacer`, client-side token buckets for requests, bytes
   and tokens per minute, plus the pause a 429 imposes on the whole scorer;
-- **what to do when a request fails** — a tenacity policy: 429s wait out
-  ``retry-after`` (with jitter) and are resubmitted until the job's deadline;
-  transient failures (connection errors, timeouts, 408/409/5xx, responses
-  that fail validation) are resubmitted up to ``max_retries`` times with
-  exponential backoff and full jitter; anything else raises at once;
-- **how a job is cut into requests** — :func:`plan_requests`, across all the
-  queries of a job (a page gate's criteria, a classifier's labels), not one
-  call at a time.
+- **what to do when a request fails** — the rules of
+  :mod:`zerank_core.scorers.retry`, run by tenacity;
+- **how a job is cut into requests** — the rules of
+  :mod:`zerank_core.scorers.planning`, across all the queries of a job (a
+  page gate's criteria, a classifier's labels), for the slots it can get.
 
 How the engine and the ``zeroentropy`` SDK's own retries compose: the clients
 a scorer builds itself get ``max_retries=0``, so the engine is the only retry
@@ -26,19 +23,33 @@ attempt (up to ``(1 + sdk) × (1 + engine)`` sends for a transient failure).
 from __future__ import annotations
 
 import asyncio
-import heapq
 import math
 import random
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import tenacity
 
-from zerank_core.errors import BackendError, ConfigurationError, InvalidResponseError
+from zerank_core.errors import (
+    BackendError,
+    BatchesFailedError,
+    ConfigurationError,
+    InvalidResponseError,
+)
+from zerank_core.scorers.planning import (
+    REQUEST_OVERHEAD_TEXTS,
+    Batch,
+    estimate_tokens,
+    plan_requests,
+    planning_slots,
+    request_bytes,
+)
+from zerank_core.scorers.retry import Failure, backoff, parse_retry_after
 
 __all__ = [
     "DEFAULT_DEADLINE_S",
@@ -49,6 +60,8 @@ __all__ = [
     "Pacer",
     "RateLimits",
     "Slots",
+    "estimate_tokens",
+    "parse_retry_after",
     "plan_requests",
     "request_bytes",
 ]
@@ -59,32 +72,11 @@ T = TypeVar("T")
 #: counted from its start, before the last error surfaces.
 DEFAULT_DEADLINE_S = 600.0
 
-#: What the planner assumes one request costs beyond its texts, counted in
-#: texts' worth of work (an HTTP round trip and the server's per-request
-#: scheduling against one text's inference). It only arbitrates between one
-#: more round of requests and an uneven last round, and sets the smallest
-#: request worth sending on its own, so the plan is not sensitive to it.
-REQUEST_OVERHEAD_TEXTS = 16
 
 #: Requests are paced at this share of each limit: a request sent on time can
 #: still arrive late (scheduling, network), and a server counting a sliding
 #: window would refuse the one that then lands inside its predecessor's window.
 PACING_HEADROOM = 0.95
-
-_BACKOFF_BASE_S = 0.25
-_BACKOFF_CAP_S = 8.0
-_RATE_LIMIT_BACKOFF_CAP_S = 30.0
-
-
-def request_bytes(query: str, text: str) -> int:
-    """Bytes one document adds to a rerank request, as ZeroEntropy counts them."""
-    return 150 + len(query.encode("utf-8")) + len(text.encode("utf-8"))
-
-
-def estimate_tokens(query: str, text: str) -> int:
-    """A pre-send estimate of one pair's tokens (UTF-8 bytes / 4, at least 1)."""
-    return max(1, (len(query.encode("utf-8")) + len(text.encode("utf-8"))) // 4)
-
 
 # --------------------------------------------------------------------------- slots
 
@@ -129,6 +121,12 @@ class Slots:
         """Slots currently held."""
         with self._lock:
             return self.limit - self._free
+
+    @property
+    def free(self) -> int:
+        """Slots a request would get at once: none while others are queued."""
+        with self._lock:
+            return 0 if self._waiters else self._free
 
     def acquire(self) -> None:
         """Take a slot, blocking this thread until one is free."""
@@ -282,197 +280,6 @@ class Pacer:
 # --------------------------------------------------------------------------- failures
 
 
-@dataclass(frozen=True)
-class Failure:
-    """How the engine should treat an exception a request raised.
-
-    ``rate_limited``: a 429; wait ``retry_after`` seconds (when the server
-    said) and resubmit until the deadline. ``transient``: resubmit up to
-    ``max_retries`` times with backoff.
-    """
-
-    kind: Literal["rate_limited", "transient"]
-    retry_after: float | None = None
-
-
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``retry-after`` (or ``retry-after-ms``-converted) header value."""
-    if value is None:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        from email.utils import parsedate_to_datetime
-
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return max(seconds, 0.0) if math.isfinite(seconds) else None
-
-
-# --------------------------------------------------------------------------- planning
-
-
-@dataclass(frozen=True)
-class Batch:
-    """One planned request: texts ``indices`` of job item ``item``.
-
-    ``number`` is the request's position in the plan (what errors report);
-    ``size_bytes`` its size as ZeroEntropy counts it (``150 + len(query) +
-    len(text)`` per text, UTF-8).
-    """
-
-    number: int
-    item: int
-    indices: tuple[int, ...]
-    size_bytes: int = 0
-
-
-def _split_even(n: int, pieces: int) -> list[range]:
-    base, extra = divmod(n, pieces)
-    out, start = [], 0
-    for k in range(pieces):
-        size = base + (1 if k < extra else 0)
-        out.append(range(start, start + size))
-        start += size
-    return out
-
-
-def _makespan(costs: list[int], slots: int) -> int:
-    """Finish time of costs scheduled longest first on ``slots`` parallel slots."""
-    loads = [0] * min(slots, len(costs))
-    heapq.heapify(loads)
-    for cost in sorted(costs, reverse=True):
-        heapq.heapreplace(loads, loads[0] + cost)
-    return max(loads) if loads else 0
-
-
-def plan_requests(
-    queries: Sequence[str],
-    texts: Sequence[Sequence[str]],
-    *,
-    slots: int,
-    max_batch_size: int,
-    max_bytes: int | None = None,
-    fewest_requests: bool = False,
-    overhead: int = REQUEST_OVERHEAD_TEXTS,
-) -> list[Batch]:
-    """Cut a whole job (one text list per query) into requests.
-
-    A request holds texts of one query only, at most ``max_batch_size`` of
-    them and at most ``max_bytes`` (``150 + len(query) + len(text)`` each).
-    Within those limits the size is derived from the job, not tuned:
-
-    1. Candidate sizes ``b`` run from ``max_batch_size`` down to
-       ``overhead`` texts (a request should carry at least as much work as
-       its fixed cost). For each, every query's texts are split into
-       ``ceil(n / b)`` near-equal requests.
-    2. Each candidate is scored by the time the job would take on ``slots``
-       parallel slots when every request costs ``overhead + len(request)``
-       and requests are handed out longest first (which is also the order
-       they are sent in).
-    3. The fastest candidate wins; ties go to the larger size (fewer
-       requests, less per-request overhead and rate-limit budget).
-
-    So a small job is spread over all slots (150 pages × 4 criteria over 16
-    slots: 16 requests of 37–38 pages, one round), and a big one uses the
-    fewest requests that fill every slot evenly (150 × 80 over 16 slots: five
-    full rounds of 150-page requests; cutting them smaller only adds rounds of
-    per-request overhead). ``fewest_requests`` (used under a
-    requests-per-minute limit, where requests are the scarce resource) takes
-    ``b = max_batch_size``.
-    """
-    if max_batch_size < 1:
-        raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    # Text sizes are counted once per distinct list (a page gate sends the
-    # same pages with every criterion).
-    by_list: dict[int, list[int]] = {}
-    text_bytes: list[list[int]] = []
-    for item_texts in texts:
-        lengths = by_list.get(id(item_texts))
-        if lengths is None:
-            lengths = by_list[id(item_texts)] = [len(t.encode("utf-8")) for t in item_texts]
-        text_bytes.append(lengths)
-    query_bytes = [150 + len(q.encode("utf-8")) for q in queries]
-    if len(queries) != len(texts):
-        raise ConfigurationError(f"{len(queries)} queries for {len(texts)} text lists")
-    if max_bytes is not None:
-        for item, lengths in enumerate(text_bytes):
-            for index, length in enumerate(lengths):
-                size = query_bytes[item] + length
-                if size > max_bytes:
-                    where = f" of query {item}" if len(queries) > 1 else ""
-                    raise ConfigurationError(
-                        f"text {index}{where} needs {size} bytes with its query, over the "
-                        f"per-request limit of {max_bytes} bytes; split it first"
-                    )
-    sizes = [len(t) for t in texts]
-    total = sum(sizes)
-    if total == 0:
-        return []
-    smallest = max(1, min(overhead, max_batch_size))
-    candidates = [max_batch_size] if fewest_requests else range(max_batch_size, smallest - 1, -1)
-    best: list[tuple[int, range]] | None = None
-    best_time = math.inf
-    seen: set[tuple[int, ...]] = set()
-    for b in candidates:
-        pieces = tuple(math.ceil(n / b) for n in sizes)
-        if pieces in seen:
-            continue
-        seen.add(pieces)
-        # Per-request overhead only grows as b shrinks: once even a perfect
-        # spread of this plan is slower than the best, no smaller b can win.
-        if (sum(pieces) * overhead + total) / slots >= best_time:
-            break
-        chunks = [
-            (item, piece)
-            for item, (n, p) in enumerate(zip(sizes, pieces, strict=True))
-            if n
-            for piece in _split_even(n, p)
-        ]
-        chunks = _split_bytes(chunks, query_bytes, text_bytes, max_bytes)
-        elapsed = _makespan([overhead + len(c) for _, c in chunks], slots)
-        if elapsed < best_time:
-            best, best_time = chunks, elapsed
-    assert best is not None
-    ordered = sorted(best, key=lambda c: (-len(c[1]), c[0], c[1].start))
-    return [
-        Batch(
-            number=n,
-            item=item,
-            indices=tuple(piece),
-            size_bytes=query_bytes[item] * len(piece) + sum(text_bytes[item][i] for i in piece),
-        )
-        for n, (item, piece) in enumerate(ordered)
-    ]
-
-
-def _split_bytes(
-    chunks: list[tuple[int, range]],
-    query_bytes: list[int],
-    text_bytes: list[list[int]],
-    max_bytes: int | None,
-) -> list[tuple[int, range]]:
-    if max_bytes is None:
-        return chunks
-    out: list[tuple[int, range]] = []
-    for item, piece in chunks:
-        start, used = piece.start, 0
-        for index in piece:
-            size = query_bytes[item] + text_bytes[item][index]
-            if index > start and used + size > max_bytes:
-                out.append((item, range(start, index)))
-                start, used = index, 0
-            used += size
-        out.append((item, range(start, piece.stop)))
-    return out
-
-
-# --------------------------------------------------------------------------- engine
-
-
 @dataclass
 class _Budget:
     """One batch's retry accounting, and the job's deadline."""
@@ -517,10 +324,35 @@ class Engine:
         self._on_retry = on_retry
         self._random = random.Random()
         self._random_lock = threading.Lock()
+        self._jobs = 0
+        self._jobs_lock = threading.Lock()
 
     @property
     def limits(self) -> RateLimits:
         return self.pacer.limits
+
+    @contextmanager
+    def job(self) -> Iterator[int]:
+        """Run one job on this engine; yields the slots to plan it for (see :mod:`.planning`)."""
+        with self._jobs_lock:
+            running = self._jobs
+            self._jobs += 1
+        try:
+            yield planning_slots(self.slots.limit, self.slots.free, running)
+        finally:
+            with self._jobs_lock:
+                self._jobs -= 1
+
+    def keep_going(self, exc: BaseException) -> bool:
+        """Whether a job goes on after ``exc`` ended one of its requests.
+
+        Yes after a transient failure that outlasted its retries (that batch
+        is lost, the others may well succeed); no after anything else: a
+        refusal (401, 400) or a setting would fail every request, and past
+        the deadline of 429s every request would be one more 429.
+        """
+        failure = self.failure(exc)
+        return isinstance(exc, BackendError) and failure is not None and failure.kind == "transient"
 
     def job_deadline(self) -> float:
         """The monotonic time past which a job started now stops retrying."""
@@ -568,18 +400,12 @@ class Engine:
             outcome = state.outcome
             exc = outcome.exception() if outcome is not None else None
             failure = self.failure(exc) if exc is not None else None
-            if failure is not None and failure.kind == "rate_limited":
-                if failure.retry_after is not None:
-                    # The server said when: wait that long plus up to 10 %, so
-                    # that the requests it refused together do not return together.
-                    delay = failure.retry_after + self._jitter(0.1 * failure.retry_after + 0.05)
-                else:
-                    cap = min(_RATE_LIMIT_BACKOFF_CAP_S, 1.0 * 2.0 ** (budget.rate_limited - 1))
-                    delay = cap / 2 + self._jitter(cap / 2)
+            if failure is None:
+                return 0.0
+            attempt = budget.rate_limited if failure.kind == "rate_limited" else budget.transient
+            delay = backoff(failure, attempt=attempt, jitter=self._jitter)
+            if failure.kind == "rate_limited":
                 self.pacer.pause(delay)
-            else:
-                cap = min(_BACKOFF_CAP_S, _BACKOFF_BASE_S * 2.0 ** (budget.transient - 1))
-                delay = self._jitter(cap)  # full jitter
             return max(0.0, min(delay, budget.deadline - time.monotonic()))
 
         return wait
@@ -633,19 +459,41 @@ class Engine:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _raise(errors: list[BaseException], count: int, fatal: bool) -> None:
+    """Raise what a job's failures amount to (see :func:`run_all`)."""
+    if not errors:
+        return
+    if fatal or len(errors) == 1 or not all(isinstance(e, BackendError) for e in errors):
+        raise errors[0]
+    failed = sorted(
+        (e for e in errors if isinstance(e, BackendError)),
+        key=lambda e: -1 if e.batch is None else e.batch,
+    )
+    raise BatchesFailedError(failed, requests=count) from failed[0]
+
+
 def run_all(
-    count: int, work: Callable[[int], None], *, workers: int, stop: threading.Event | None = None
+    count: int,
+    work: Callable[[int], None],
+    *,
+    workers: int,
+    stop: threading.Event | None = None,
+    keep_going: Callable[[BaseException], bool] | None = None,
 ) -> None:
     """Run ``work(0..count-1)`` on ``workers`` threads, in order of index.
 
-    On the first error no new work starts, work already running finishes
-    (its results are kept), and the error is raised. A ``KeyboardInterrupt``
-    in the caller stops new work the same way.
+    An error for which ``keep_going`` is true (a request that failed after
+    its retries) does not stop the others: every other piece of work runs,
+    and then the error is raised, or :class:`BatchesFailedError` naming
+    each when several failed. Any other error stops new work at once (work
+    already running finishes, its results are kept) and is raised itself,
+    as is a ``KeyboardInterrupt`` in the caller.
     """
     stop = stop or threading.Event()
     lock = threading.Lock()
     next_index = [0]
     errors: list[BaseException] = []
+    fatal = [False]
 
     def worker() -> None:
         while not stop.is_set():
@@ -657,10 +505,14 @@ def run_all(
             try:
                 work(index)
             except BaseException as exc:
+                going = keep_going is not None and keep_going(exc)
                 with lock:
-                    errors.append(exc)
-                stop.set()
-                return
+                    # The error that stopped the job comes first: it is the one raised.
+                    errors.insert(0 if not going and not fatal[0] else len(errors), exc)
+                    fatal[0] = fatal[0] or not going
+                if not going:
+                    stop.set()
+                    return
 
     if workers <= 1 or count <= 1:
         worker()
@@ -677,26 +529,34 @@ def run_all(
         except BaseException:
             stop.set()
             raise
-    if errors:
-        raise errors[0]
+    _raise(errors, count, fatal[0])
 
 
-async def arun_all(count: int, work: Callable[[int], Awaitable[None]], *, workers: int) -> None:
+async def arun_all(
+    count: int,
+    work: Callable[[int], Awaitable[None]],
+    *,
+    workers: int,
+    keep_going: Callable[[BaseException], bool] | None = None,
+) -> None:
     """Async :func:`run_all`: ``workers`` coroutines take work in order of index."""
     next_index = 0
     errors: list[BaseException] = []
+    fatal = False
 
     async def worker() -> None:
-        nonlocal next_index
-        while not errors and next_index < count:
+        nonlocal next_index, fatal
+        while not fatal and next_index < count:
             index = next_index
             next_index += 1
             try:
                 await work(index)
             except Exception as exc:
-                errors.append(exc)
-                return
+                going = keep_going is not None and keep_going(exc)
+                errors.insert(0 if not going and not fatal else len(errors), exc)
+                fatal = fatal or not going
+                if not going:
+                    return
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(workers, count)))))
-    if errors:
-        raise errors[0]
+    _raise(errors, count, fatal)

@@ -7,6 +7,13 @@ module adds what a context gate needs around it: device and dtype selection,
 batches filled to a token budget from length-sorted inputs, windows for texts
 longer than the model's context, and zerank's calibration ``sigmoid(logit / 5)``.
 
+Any other sentence-transformers ``CrossEncoder`` (a MiniLM or bge reranker)
+runs here too when its output scale is declared (``scale="logit"``,
+``"sigmoid"`` or ``"probability"``): its scores are then uncalibrated
+(:attr:`LocalScorer.calibrated` is False, its ``scale`` is
+``Scale.UNCALIBRATED``, as BM25's) until a calibrator is fitted on labelled
+data (``zerank calibrate --calibrator``, :class:`~zerank_core.calibrate.CalibratedScorer`).
+
 Loaded weights are shared within the process: scorers built with the same
 load settings (model, revision, device, dtype, max_length, fast path and
 compile options) use one loaded model, held by weak reference, so that
@@ -15,9 +22,10 @@ dropping every scorer that holds a model frees its memory.
 
 By default the scores are computed on a faster path than ``CrossEncoder.predict``
 with the same numbers: the prompts are rendered by the CrossEncoder itself, the
-base model runs on batches of equal-length prompts with no padding mask (so
-attention takes the fused causal kernel), and only the "Yes" row of the output
-head is applied to the last hidden state. ``compile=True`` adds ``torch.compile``.
+base model runs on length-sorted batches with no padding mask (so attention
+takes the fused causal kernel; shorter prompts are padded at their end, which
+causal attention keeps out of their positions), and only the "Yes" row of the
+output head is applied at each prompt's last position. ``compile=True`` adds ``torch.compile``.
 
 Needs the ``local`` extra (``pip install 'zerank-gate[local]'``); torch,
 transformers and sentence-transformers are imported only when a scorer is built.
@@ -57,7 +65,7 @@ __all__ = [
     "LocalScorer",
     "LocalScores",
     "LocalStats",
-    "plan_equal_length_batches",
+    "plan_padded_batches",
     "plan_token_batches",
     "select_device",
     "weights_available",
@@ -84,15 +92,9 @@ _DTYPE_NAMES = {
 # template can merge or split a token at its edges.
 _EDGE_MARGIN = 4
 
-# On the fast path, a group of equal-length prompts runs as its own unmasked
-# batch when it fills at least this share of a batch; smaller groups are
-# pooled into padded, masked batches. Below about a quarter, an unmasked batch
-# of a few prompts loses more (small matmuls) than the padding mask costs.
-_MIN_BUCKET_FILL = 0.25
-
-# A padded batch on the fast path takes a prompt only if it is at most this
-# share shorter than the batch's longest, which bounds the pad tokens (that
-# cost as much compute as real ones) to this share of the batch.
+# A batch on the fast path takes a prompt only if it is at most this share
+# shorter than the batch's longest, which bounds the pad tokens (that cost as
+# much compute as real ones) to this share of the batch.
 _MAX_PADDING = 0.125
 
 # Prompts rendered per call of the CrossEncoder's preprocessing on the fast path.
@@ -100,6 +102,9 @@ _RENDER_CHUNK = 256
 
 # The pair the fast path is checked on at load time (from zerank's model card).
 _CHECK_PAIR = ("What is 2+2?", "The answer is definitely 1 million")
+# Checked in one batch with the pair above: a shorter prompt is padded at its
+# end, which leaves its logit unchanged only under causal attention.
+_CHECK_SHORT = ("What is 2+2?", "4")
 
 
 def weights_available(model: str, *, cache_dir: str | Path | None = None) -> bool:
@@ -262,6 +267,7 @@ class _LoadedModel:
     fast_problem: str | None
     compile_seconds: float | None
     lock: threading.Lock
+    not_zerank: tuple[str, ...] = ()
 
 
 # Weak values: a model stays loaded while some scorer holds it, and no longer.
@@ -361,17 +367,18 @@ class LocalStats:
     ``fast`` is whether scores come from the fast path (else from
     ``CrossEncoder.predict``, and ``fast_off_because`` says why);
     ``compile_seconds`` is the time ``torch.compile`` took at load (``None``
-    without ``compile``). The counts are the fast path's: ``unmasked_batches``
-    ran as equal-length prompts without a padding mask, ``masked_batches`` were
-    padded, ``padding_tokens`` counts the pad tokens those carried and
-    ``prompt_tokens`` the tokens of every prompt scored (windows counted).
+    without ``compile``). The counts are the fast path's: ``equal_length_batches``
+    held prompts of one length, ``padded_batches`` prompts of several lengths
+    (padded at their end), ``padding_tokens`` counts the pad tokens those
+    carried and ``prompt_tokens`` the tokens of every prompt scored (windows
+    counted). No batch needs a padding mask.
     """
 
     fast: bool
     fast_off_because: str | None
     compile_seconds: float | None
-    unmasked_batches: int
-    masked_batches: int
+    equal_length_batches: int
+    padded_batches: int
     prompt_tokens: int
     padding_tokens: int
 
@@ -405,12 +412,14 @@ class LocalScorer:
 
     ``fast`` picks how the model runs. The fast path (default, ``None``: when
     the model supports it) takes the CrossEncoder's own rendered prompts, runs
-    the base model on batches of equal-length prompts with no padding mask
-    (SDPA's fused causal kernel; leftover prompts share padded batches) and
-    applies only the "Yes" row of the output head to the last hidden state.
-    It is checked against ``CrossEncoder.predict`` on one pair at load. ``False``
-    scores through ``CrossEncoder.predict``; ``True`` insists on the fast path.
-    ``compile=True`` runs the fast path's unmasked batches under
+    the base model on length-sorted batches with no padding mask (SDPA's fused
+    causal kernel: a shorter prompt is padded at its end, where causal
+    attention keeps the pad tokens out of its positions) and applies only the
+    "Yes" row of the output head to each prompt's last real position. It is
+    checked against ``CrossEncoder.predict`` at load, on two prompts of
+    different lengths in one batch. ``False`` scores through
+    ``CrossEncoder.predict``; ``True`` insists on the fast path.
+    ``compile=True`` runs the fast path's batches under
     ``torch.compile(dynamic=True)`` (a mapping gives ``torch.compile``'s
     keyword arguments instead); it compiles at load, and :attr:`stats`
     reports how long that took.
@@ -424,6 +433,19 @@ class LocalScorer:
     ``cache_folder``, ``model_kwargs``, whether the fast path is allowed,
     ``compile``) share one loaded model and take turns on it; it is freed
     when the last of them is. A pickle holds the settings, not the weights.
+
+    Other cross-encoders: a model that does not load as a zerank reranker is
+    refused, unless ``scale`` declares what its head returns (the output of
+    ``CrossEncoder.predict`` with an identity activation): ``"logit"`` for
+    the usual one-label classification head (MiniLM, bge rerankers), or
+    ``"sigmoid"`` / ``"probability"`` for a head whose numbers are already in
+    [0, 1]. Such a model's scores are ``sigmoid(logit)`` (or the head's value,
+    checked to be in [0, 1]): they order texts, but a threshold on them means
+    nothing until a calibrator is fitted, so :attr:`scale` is
+    ``Scale.UNCALIBRATED`` and :attr:`calibrated` is False. They run through
+    ``CrossEncoder.predict`` (the fast path is zerank's). A zerank reranker
+    keeps its calibrated scale; declaring ``scale="logit"`` for it changes
+    nothing, another scale is refused.
     """
 
     def __init__(
@@ -442,7 +464,9 @@ class LocalScorer:
         model_kwargs: Mapping[str, Any] | None = None,
         fast: bool | None = None,
         compile: bool | Mapping[str, Any] = False,
+        scale: Scale | str | None = None,
     ) -> None:
+        declared = _declared_scale(scale)
         if not isinstance(model, str | os.PathLike) or not os.fspath(model):
             raise ConfigurationError(f"model must be a model id or a folder, got {model!r}")
         model = os.fspath(model)
@@ -481,6 +505,7 @@ class LocalScorer:
             "model_kwargs": None if model_kwargs is None else dict(model_kwargs),
             "fast": fast,
             "compile": dict(compile) if isinstance(compile, Mapping) else compile,
+            "scale": None if declared is None else declared.value,
         }
         _import_sentence_transformers()
         torch = _import_torch()
@@ -495,7 +520,7 @@ class LocalScorer:
             local_files_only = weights_available(model, cache_dir=cache_folder)
         self._identity = torch.nn.Identity()
         self._meter = UsageMeter()
-        self._batches = {"unmasked": 0, "masked": 0, "prompt_tokens": 0, "padding_tokens": 0}
+        self._batches = {"equal_length": 0, "padded": 0, "prompt_tokens": 0, "padding_tokens": 0}
 
         # Everything that goes into loading the model or changes the loaded
         # object; batch_tokens, max_batch_size and window_overlap only plan work.
@@ -536,6 +561,26 @@ class LocalScorer:
         self._fast: _FastPath | None = loaded.fast
         self._fast_problem: str | None = loaded.fast_problem
         self._compile_seconds: float | None = loaded.compile_seconds
+        problems = loaded.not_zerank
+        if problems and declared is None:
+            raise ConfigurationError(
+                f"{model!r} does not load as a zerank reranker: {'; '.join(problems)}. "
+                "A zerank model needs the sentence-transformers configuration zerank's "
+                "repositories ship (modules.json, sentence_bert_config.json, 1_LogitScore); "
+                "update the download. For another cross-encoder, declare what its head "
+                "returns: scale='logit' (most rerankers), 'sigmoid' or 'probability'; its "
+                "scores are then uncalibrated until a calibrator is fitted"
+            )
+        if not problems and declared not in (None, Scale.LOGIT):
+            raise ConfigurationError(
+                f"{model!r} is a zerank reranker, whose head returns the raw logit: leave "
+                f"scale unset (or 'logit'), got {declared.value!r}"
+            )
+        self.calibrated: bool = not problems
+        """Whether scores are zerank's calibrated probabilities (False: another
+        cross-encoder, uncalibrated until a calibrator is fitted)."""
+        self.output_scale: Scale = Scale.LOGIT if declared is None or not problems else declared
+        """What the model's head returns: the raw logit for zerank, else the declared scale."""
         if fast and self._fast is None:
             raise ConfigurationError(
                 f"the fast path does not support {model!r}: {self._fast_problem}; "
@@ -553,7 +598,11 @@ class LocalScorer:
         fast: bool | None,
         compile: bool | Mapping[str, Any],
     ) -> _LoadedModel:
-        """Load the model, check it is a zerank reranker, build and check the fast path."""
+        """Load the model, check whether it is a zerank reranker, build and check the fast path.
+
+        The fast path is built for zerank rerankers only; another cross-encoder
+        loads with what makes it not one recorded in ``not_zerank``.
+        """
         cross_encoder_cls, logit_score_cls = _import_sentence_transformers()
         torch = _import_torch()
         model = self.model
@@ -573,7 +622,7 @@ class LocalScorer:
                 f"cannot load {model!r}: its weights are not {where} ({exc}). "
                 f"Download them with `hf download {model}`, or pass a local folder"
             ) from exc
-        self._check_head(logit_score_cls)
+        not_zerank = tuple(self._zerank_problems(logit_score_cls))
 
         limit = self._cross_encoder.max_seq_length
         if max_length is not None:
@@ -590,7 +639,9 @@ class LocalScorer:
         compile_seconds: float | None = None
         self._fast = None
         problem: str | None = "fast=False was passed"
-        if fast is not False:
+        if not_zerank:
+            problem = "the fast path runs zerank rerankers only"
+        elif fast is not False:
             built = _FastPath.build(self._cross_encoder)
             if isinstance(built, str):
                 problem = built
@@ -613,10 +664,15 @@ class LocalScorer:
             fast_problem=problem,
             compile_seconds=compile_seconds,
             lock=threading.Lock(),
+            not_zerank=not_zerank,
         )
 
-    def _check_head(self, logit_score_cls: Any) -> None:
-        """Refuse a folder that loads as some other scorer: its scores would look plausible."""
+    def _zerank_problems(self, logit_score_cls: Any) -> list[str]:
+        """What makes the loaded model not a zerank reranker (empty: it is one).
+
+        A folder that loads as some other scorer gives plausible-looking
+        numbers on another scale, so it is refused unless its scale is declared.
+        """
         modules = list(self._cross_encoder)
         transformer, head = modules[0], modules[-1]
         problems = []
@@ -631,17 +687,12 @@ class LocalScorer:
         chat = (getattr(transformer, "processing_kwargs", None) or {}).get("chat_template", {})
         if not chat.get("add_generation_prompt"):
             problems.append("its chat template is not rendered with the generation prompt")
-        if problems:
-            raise ConfigurationError(
-                f"{self.model!r} does not load as a zerank reranker: {'; '.join(problems)}. "
-                "It needs the sentence-transformers configuration zerank's repositories ship "
-                "(modules.json, sentence_bert_config.json, 1_LogitScore); update the download"
-            )
+        return problems
 
     @property
     def scale(self) -> Scale:
-        """Scores are zerank's calibrated probabilities."""
-        return Scale.PROBABILITY
+        """zerank's calibrated probabilities, or ``UNCALIBRATED`` for another cross-encoder."""
+        return Scale.PROBABILITY if self.calibrated else Scale.UNCALIBRATED
 
     @property
     def usage(self) -> Usage:
@@ -657,8 +708,8 @@ class LocalScorer:
             fast=self._fast is not None,
             fast_off_because=self._fast_problem,
             compile_seconds=self._compile_seconds,
-            unmasked_batches=counts["unmasked"],
-            masked_batches=counts["masked"],
+            equal_length_batches=counts["equal_length"],
+            padded_batches=counts["padded"],
             prompt_tokens=counts["prompt_tokens"],
             padding_tokens=counts["padding_tokens"],
         )
@@ -678,15 +729,17 @@ class LocalScorer:
         A model folder is named by its path: after replacing the weights in
         the same folder, clear the cache.
         """
-        return fingerprint(
-            "local",
-            model=self.model,
-            revision=self._revision,
-            dtype=str(self.dtype).removeprefix("torch."),
-            max_length=self.max_length,
-            window_overlap=self.window_overlap,
-            instruction=INSTRUCTION_CONVENTION,
-        )
+        settings: dict[str, object] = {
+            "model": self.model,
+            "revision": self._revision,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "max_length": self.max_length,
+            "window_overlap": self.window_overlap,
+            "instruction": INSTRUCTION_CONVENTION,
+        }
+        if not self.calibrated:
+            settings["output_scale"] = self.output_scale.value
+        return fingerprint("local", **settings)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A pickle holds the settings, never the weights: unpickled in this
@@ -695,7 +748,10 @@ class LocalScorer:
 
     def __repr__(self) -> str:
         dtype = str(self.dtype).removeprefix("torch.")
-        return f"LocalScorer(model={self.model!r}, device={self.device!r}, dtype={dtype!r})"
+        declared = "" if self.calibrated else f", scale={self.output_scale.value!r}"
+        return (
+            f"LocalScorer(model={self.model!r}, device={self.device!r}, dtype={dtype!r}{declared})"
+        )
 
     def score(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
@@ -862,24 +918,44 @@ class LocalScorer:
         used = [0] * len(jobs)
         for piece, value in enumerate(values):
             job, owner = owners[piece]
-            if not math.isfinite(value):
-                number = batch_of[piece]
-                raise InvalidResponseError(
-                    f"logit for text {owner} is {value} (numeric overflow? try dtype='float32')",
-                    batch=number,
-                    batch_size=sizes[number],
-                )
+            self._check_output(value, owner, batch_of[piece], sizes[batch_of[piece]])
             logits[job][owner] = max(logits[job][owner], value)
             windows[job][owner] += 1
             used[job] += tokens[piece]
 
         results = []
         for job, (_, texts) in enumerate(jobs):
-            # zerank's calibration, in its one place: p = sigmoid(logit / 5).
-            probabilities = tuple(to_probability(x, Scale.LOGIT) for x in logits[job])
+            probabilities = tuple(self._to_score(x) for x in logits[job])
             self._meter.add(texts=len(texts), total_tokens=used[job])
             results.append(LocalScores(probabilities, tuple(logits[job]), tuple(windows[job])))
         return results
+
+    def _to_score(self, value: float) -> float:
+        """One head output (checked by :meth:`_check_output`) as this scorer's score."""
+        if self.calibrated:
+            # zerank's calibration, in its one place: p = sigmoid(logit / 5).
+            return to_probability(value, Scale.LOGIT)
+        if self.output_scale is Scale.LOGIT:
+            # Another cross-encoder: sigmoid(logit) orders texts in [0, 1], uncalibrated.
+            return 1.0 / (1.0 + math.exp(-value)) if value >= 0 else _sigmoid_negative(value)
+        return value
+
+    def _check_output(self, value: float, owner: int, batch: int, batch_size: int) -> None:
+        """Refuse a head output that is not finite, or not on the declared scale."""
+        if not math.isfinite(value):
+            raise InvalidResponseError(
+                f"logit for text {owner} is {value} (numeric overflow? try dtype='float32')",
+                batch=batch,
+                batch_size=batch_size,
+            )
+        if self.output_scale is not Scale.LOGIT and not 0.0 <= value <= 1.0:
+            raise InvalidResponseError(
+                f"the model returned {value} for text {owner}, outside [0, 1], which its "
+                f"declared {self.output_scale.value!r} scale cannot be; declare scale='logit' "
+                "for a head that returns logits",
+                batch=batch,
+                batch_size=batch_size,
+            )
 
     def _predict_logits(
         self, pairs: list[tuple[str, str]], lengths: list[int]
@@ -936,76 +1012,96 @@ class LocalScorer:
         torch = _import_torch()
         prompts = self._render(pairs, lengths)
         sizes = [int(p.shape[0]) for p in prompts]
-        plan = plan_equal_length_batches(
+        plan = plan_padded_batches(
             sizes, batch_tokens=self.batch_tokens, max_batch_size=self.max_batch_size
         )
         batch_of = [0] * len(pairs)
         outputs = []
-        padding = masked = 0
+        padding = padded = 0
         with torch.inference_mode():
-            for number, (batch, padded) in enumerate(plan):
-                for index in batch:
-                    batch_of[index] = number
-                if not padded:
-                    ids = torch.stack([prompts[i] for i in batch])
-                    outputs.append(fast.unmasked(ids.to(fast.device, non_blocking=True)))
-                    continue
-                masked += 1
+            for number, batch in enumerate(plan):
                 width = max(sizes[i] for i in batch)
+                # Pad at the end, no mask: under causal attention a prompt's
+                # positions never see the pad tokens after it.
                 ids = torch.full((len(batch), width), fast.pad_id, dtype=torch.long)
-                mask = torch.zeros((len(batch), width), dtype=torch.long)
                 for row, index in enumerate(batch):
-                    ids[row, width - sizes[index] :] = prompts[index]
-                    mask[row, width - sizes[index] :] = 1
-                padding += int(mask.numel() - mask.sum())
-                # Positions count real tokens only, as for the same prompt unpadded.
-                positions = (mask.cumsum(dim=1) - 1).clamp(min=0)
+                    batch_of[index] = number
+                    ids[row, : sizes[index]] = prompts[index]
+                last = torch.tensor([sizes[i] - 1 for i in batch], dtype=torch.long)
+                pads = len(batch) * width - sum(sizes[i] for i in batch)
+                padding += pads
+                padded += pads > 0
                 outputs.append(
-                    fast.masked(
+                    fast.logits(
                         ids.to(fast.device, non_blocking=True),
-                        mask.to(fast.device, non_blocking=True),
-                        positions.to(fast.device, non_blocking=True),
+                        last.to(fast.device, non_blocking=True),
                     )
                 )
             # One transfer at the end: the device never waits for the host between batches.
             flat = torch.cat(outputs).tolist() if outputs else []
         values = [math.nan] * len(pairs)
-        for value, index in zip(flat, (i for batch, _ in plan for i in batch), strict=True):
+        for value, index in zip(flat, (i for batch in plan for i in batch), strict=True):
             values[index] = float(value)
-        self._batches["unmasked"] += len(plan) - masked
-        self._batches["masked"] += masked
+        self._batches["equal_length"] += len(plan) - padded
+        self._batches["padded"] += padded
         self._batches["prompt_tokens"] += sum(sizes)
         self._batches["padding_tokens"] += padding
-        return values, batch_of, [len(b) for b, _ in plan], sizes
+        return values, batch_of, [len(b) for b in plan], sizes
 
     def _check_fast_path(self) -> str | None:
-        """Why the fast path disagrees with ``CrossEncoder.predict`` on one pair, or None."""
-        query, text = _CHECK_PAIR
+        """Why the fast path disagrees with ``CrossEncoder.predict``, or None.
+
+        Two pairs of different lengths share one batch, so the shorter is
+        padded at its end: a model whose attention is not causal fails here.
+        """
+        pairs = [_CHECK_PAIR, _CHECK_SHORT]
         torch = _import_torch()
-        fast = self._fast_logits([(query, text)], [1])[0][0]
-        reference = float(
-            self._cross_encoder.predict(
-                [(query, text)],
-                activation_fn=self._identity,
-                show_progress_bar=False,
-                convert_to_numpy=True,
-            )[0]
-        )
-        # Loose in half precision, where the two paths round differently; a wrong
-        # head or a post-head transform is off by far more.
-        tolerance = 1e-3 if self.dtype == torch.float32 else 0.05 + 0.02 * abs(reference)
+        fast = self._fast_logits(pairs, [2, 1])[0]
         self._batches = dict.fromkeys(self._batches, 0)
-        if abs(fast - reference) <= tolerance:
-            return None
-        return (
-            f"it gives the logit {fast:.4f} where CrossEncoder.predict gives {reference:.4f} "
-            f"on {_CHECK_PAIR!r}"
-        )
+        for pair, got in zip(pairs, fast, strict=True):
+            reference = float(
+                self._cross_encoder.predict(
+                    [pair],
+                    activation_fn=self._identity,
+                    show_progress_bar=False,
+                    convert_to_numpy=True,
+                )[0]
+            )
+            # Loose in half precision, where the two paths round differently; a
+            # wrong head, a post-head transform or non-causal attention is off by far more.
+            tolerance = 1e-3 if self.dtype == torch.float32 else 0.05 + 0.02 * abs(reference)
+            if abs(got - reference) > tolerance:
+                return (
+                    f"it gives the logit {got:.4f} where CrossEncoder.predict gives "
+                    f"{reference:.4f} on {pair!r}"
+                )
+        return None
 
     def _prompt_tokens(self, query: str, text: str) -> int:
         """Tokens of the full prompt for one pair, as the model will see it."""
         features = self._cross_encoder.preprocess([(query, text)])
         return int(features["input_ids"].shape[-1])
+
+
+def _sigmoid_negative(value: float) -> float:
+    e = math.exp(value)
+    return e / (1.0 + e)
+
+
+def _declared_scale(scale: object) -> Scale | None:
+    """``scale`` as a :class:`Scale` a model's head can return, or None when not declared."""
+    if scale is None:
+        return None
+    try:
+        declared = Scale(str(scale))
+    except ValueError:
+        declared = None
+    if declared is None or declared is Scale.UNCALIBRATED:
+        raise ConfigurationError(
+            f"scale must be 'logit', 'sigmoid' or 'probability' (what the model's head "
+            f"returns), got {scale!r}"
+        )
+    return declared
 
 
 def _unpack_item(item: Any, position: int) -> tuple[Any, Any, str | None]:
@@ -1020,54 +1116,38 @@ def _unpack_item(item: Any, position: int) -> tuple[Any, Any, str | None]:
     )
 
 
-def plan_equal_length_batches(
+def plan_padded_batches(
     lengths: Sequence[int], *, batch_tokens: int, max_batch_size: int
-) -> list[tuple[list[int], bool]]:
-    """Batches of prompts for the fast path: ``(indices, padded)``, longest first.
+) -> list[list[int]]:
+    """Batches of prompt indices for the fast path, longest first.
 
-    Prompts of the same length form batches of up to ``batch_tokens`` tokens
-    and ``max_batch_size`` prompts that need no padding mask (``padded`` is
-    False), so attention can take the fused causal kernel. A group too small to
-    fill a quarter of such a batch is pooled with the other leftovers into
-    length-sorted padded batches within the same limits, each holding prompts
-    at most 12.5 % shorter than its longest (so pad tokens stay under 12.5 %);
-    a pooled batch whose prompts happen to share one length needs no mask.
+    Prompts sorted by length (ties in input order) fill a batch while its
+    padded size (prompts x longest) stays within ``batch_tokens`` and it holds
+    at most ``max_batch_size`` prompts, each at most 12.5 % shorter than the
+    batch's longest, so that pad tokens stay under 12.5 % of a batch. A
+    prompt longer than ``batch_tokens`` gets a batch of its own.
     """
     if batch_tokens < 1:
         raise ConfigurationError(f"batch_tokens must be >= 1, got {batch_tokens}")
     if max_batch_size < 1:
         raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
-    groups: dict[int, list[int]] = {}
-    for index, length in enumerate(lengths):
-        groups.setdefault(length, []).append(index)
-    plan: list[tuple[list[int], bool]] = []
-    leftovers: list[int] = []
-    for length in sorted(groups, reverse=True):
-        members = groups[length]
-        capacity = max(1, min(max_batch_size, batch_tokens // max(length, 1)))
-        enough = math.ceil(capacity * _MIN_BUCKET_FILL)
-        for start in range(0, len(members), capacity):
-            chunk = members[start : start + capacity]
-            if len(chunk) >= enough:
-                plan.append((chunk, False))
-            else:
-                leftovers.extend(chunk)
-    leftovers.sort(key=lambda i: -lengths[i])
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    plan: list[list[int]] = []
     current: list[int] = []
     width = 0
-    for index in leftovers:
+    for index in order:
         if current and (
             len(current) >= max_batch_size
             or (len(current) + 1) * width > batch_tokens
             or lengths[index] < width * (1 - _MAX_PADDING)
         ):
-            plan.append((current, len({lengths[i] for i in current}) > 1))
+            plan.append(current)
             current = []
         if not current:
             width = lengths[index]
         current.append(index)
     if current:
-        plan.append((current, len({lengths[i] for i in current}) > 1))
+        plan.append(current)
     return plan
 
 
@@ -1089,6 +1169,7 @@ class _FastPath:
         self.yes_bias = yes_bias
         self.pad_id = pad_id
         self.device = device
+        self._torch = _import_torch()
         self._compiled: Any = None
 
     @classmethod
@@ -1117,36 +1198,32 @@ class _FastPath:
         pad = cross_encoder.tokenizer.pad_token_id
         return cls(decoder, row, bias, int(pad) if pad is not None else 0, row.device)
 
-    def _last_hidden(self, ids: Any, mask: Any = None, positions: Any = None) -> Any:
-        hidden = self.decoder(
-            input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=False
-        ).last_hidden_state
-        logit = hidden[:, -1].float() @ self.yes_row
+    def _last_logit(self, ids: Any, last: Any) -> Any:
+        hidden = self.decoder(input_ids=ids, use_cache=False).last_hidden_state
+        rows = hidden[self._torch.arange(ids.shape[0], device=ids.device), last]
+        logit = rows.float() @ self.yes_row
         return logit if self.yes_bias is None else logit + self.yes_bias
 
-    def unmasked(self, ids: Any) -> Any:
-        """Logits of equal-length prompts, with no mask (causal attention only)."""
+    def logits(self, ids: Any, last: Any) -> Any:
+        """The "Yes" logit at position ``last[i]`` of row ``i``; no mask (causal attention)."""
         if self._compiled is not None:
-            return self._compiled(ids)
-        return self._last_hidden(ids)
-
-    def masked(self, ids: Any, mask: Any, positions: Any) -> Any:
-        """Logits of left-padded prompts."""
-        return self._last_hidden(ids, mask, positions)
+            return self._compiled(ids, last)
+        return self._last_logit(ids, last)
 
     def compile(self, options: dict[str, Any]) -> float:
-        """Compile :meth:`unmasked`; returns the seconds compiling took.
+        """Compile :meth:`logits`; returns the seconds compiling took.
 
         The warm-up compiles a dynamic graph and the batch of one that torch
         specialises (sizes 0 and 1), so later batches reuse them.
         """
         torch = _import_torch()
-        compiled = torch.compile(self._last_hidden, **{"dynamic": True, **options})
+        compiled = torch.compile(self._last_logit, **{"dynamic": True, **options})
         start = time.perf_counter()
         with torch.inference_mode():
             for batch, length in ((2, 16), (1, 16)):
                 ids = torch.full((batch, length), self.pad_id, dtype=torch.long)
-                compiled(ids.to(self.device))
+                last = torch.full((batch,), length - 1, dtype=torch.long)
+                compiled(ids.to(self.device), last.to(self.device))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self._compiled = compiled

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import httpx
 from pydantic import SecretStr
 
+from zerank_core._version import user_agent as default_user_agent
 from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.redaction import (
     deployment_url,
@@ -77,6 +78,10 @@ class ZeroEntropyScorer(BatchedScorer):
     ``deadline`` is how long one call may keep waiting out 429s and retrying
     (seconds; ``None``: no limit). ``close()`` / ``aclose()`` or a ``with`` /
     ``async with`` block close the clients the scorer created.
+
+    Requests from the clients built here carry ``user_agent`` as their
+    User-Agent (default ``zerank-gate/<version>``; the adapters add their
+    framework); clients passed in keep their own headers.
     """
 
     backend_scale = Scale.PROBABILITY
@@ -99,6 +104,7 @@ class ZeroEntropyScorer(BatchedScorer):
         deadline: float | None = DEFAULT_DEADLINE_S,
         client: ZeroEntropy | None = None,
         async_client: AsyncZeroEntropy | None = None,
+        user_agent: str | None = None,
     ) -> None:
         check_count(max_retries, "max_retries", 0)
         super().__init__(
@@ -122,6 +128,8 @@ class ZeroEntropyScorer(BatchedScorer):
         if max_batch_size < 1:
             raise ConfigurationError(f"max_batch_size must be >= 1, got {max_batch_size}")
         check_timeout(timeout)
+        if user_agent is not None and (not isinstance(user_agent, str) or not user_agent.strip()):
+            raise ConfigurationError(f"user_agent must be a non-empty string, got {user_agent!r}")
         self._base_url = base_url or os.environ.get("ZEROENTROPY_BASE_URL") or None
         if self._base_url is not None:
             check_url(self._base_url, "base_url")
@@ -148,6 +156,7 @@ class ZeroEntropyScorer(BatchedScorer):
             )
         self.model = model
         self.latency = latency
+        self.user_agent = user_agent or default_user_agent()
         self.max_batch_size = max_batch_size
         self.max_bytes = max_bytes
         self._api_key = api_key
@@ -204,13 +213,17 @@ class ZeroEntropyScorer(BatchedScorer):
             "timeout": self._timeout,
             "max_batch_size": self.max_batch_size,
             "max_bytes": self.max_bytes,
+            "user_agent": self.user_agent,
             **engine_settings(self),
         }
         return (rebuild, (type(self), settings))
 
     def _client_options(self) -> dict[str, Any]:
         # The engine is the retry layer for clients built here (module docstring).
-        options: dict[str, Any] = {"max_retries": 0}
+        options: dict[str, Any] = {
+            "max_retries": 0,
+            "default_headers": {"User-Agent": self.user_agent},
+        }
         if self._api_key is not None:
             options["api_key"] = self._api_key.get_secret_value()
         if self._base_url is not None:
@@ -230,7 +243,9 @@ class ZeroEntropyScorer(BatchedScorer):
                     raise MissingDependencyError("zeroentropy", "all") from exc
                 self._client = ZeroEntropy(
                     **self._client_options(),
-                    http_client=DefaultHttpxClient(verify=shared_ssl_context()),
+                    http_client=DefaultHttpxClient(
+                        verify=shared_ssl_context(), follow_redirects=False
+                    ),
                 )
             return self._client
 
@@ -272,7 +287,9 @@ class ZeroEntropyScorer(BatchedScorer):
         # is closed". Its plain variant, with the same defaults, does not.
         return AsyncZeroEntropy(
             **self._client_options(),
-            http_client=DefaultAsyncHttpxClient(verify=shared_ssl_context()),
+            http_client=DefaultAsyncHttpxClient(
+                verify=shared_ssl_context(), follow_redirects=False
+            ),
         )
 
     def _params(self, query: str, texts: list[str]) -> dict[str, Any]:
