@@ -28,7 +28,7 @@ from zerank_core.results import (
     JobSummary,
     JobTimings,
     MultiResult,
-    RayRun,
+    RayInfo,
 )
 from zerank_core.scorers.base import Scale, ScoreItem, Scorer, Usage, score_many
 
@@ -100,7 +100,7 @@ def summarize(
     usage: Usage,
     seconds: float,
     shared: bool,
-    ray: RayRun | None = None,
+    ray: RayInfo | None = None,
     backend: BackendInfo | None = None,
     cache: CacheInfo | None = None,
 ) -> JobSummary:

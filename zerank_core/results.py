@@ -56,7 +56,7 @@ __all__ = [
     "PageRecord",
     "Passage",
     "PolicySource",
-    "RayRun",
+    "RayInfo",
     "Reading",
     "Timings",
     "dump_result",
@@ -438,12 +438,20 @@ class CacheInfo(_Model):
     misses: int | None = None
 
 
-class RayRun(_Model):
-    """Where a ``--ray`` job ran."""
+class RayInfo(_Model):
+    """Where a ``--ray`` job ran and how it went.
+
+    ``actors_built`` counts the actors that built their scorer (a fully
+    cached rerun builds none); ``requests`` and ``peak_in_flight`` are the
+    requests the job limiter admitted and the most in flight at once.
+    """
 
     address: str | None = None
     actors: int
     gpus_per_actor: float = 0.0
+    actors_built: int | None = None
+    requests: int | None = None
+    peak_in_flight: int | None = None
 
 
 class JobTimings(_Model):
@@ -452,7 +460,7 @@ class JobTimings(_Model):
     seconds: Seconds
     documents_per_second: Annotated[float | None, _round(3)] = None
     read_seconds: Seconds | None = None
-    ray: RayRun | None = None
+    ray: RayInfo | None = None
 
 
 class JobSummary(_Model):
@@ -464,7 +472,8 @@ class JobSummary(_Model):
     per criterion; ``shared_batches`` is False when the scorer's scores depend
     on the other texts of a call (uncalibrated lexical scores), so each
     document was scored on its own. ``files`` maps each document's source to
-    its result file in an output folder.
+    its result file in an output folder; ``documents`` counts those this run
+    gated.
     """
 
     _not_compared: ClassVar[frozenset[str]] = frozenset({"timings"})
@@ -483,6 +492,8 @@ class JobSummary(_Model):
     usage: Usage = Field(default_factory=Usage)
     cache: CacheInfo | None = None
     files: dict[str, str] | None = None
+    resumed: int = 0
+    """Documents an earlier run into the same folder had done, skipped by this one."""
     timings: JobTimings
 
     @property
