@@ -214,3 +214,32 @@ def test_the_cli_without_a_cache_keeps_what_came_back_and_resumes(
     code = main([*argv, "--no-cache"], stdout=io.StringIO(), stderr=io.StringIO())
     assert code == 0
     assert [p for p in (tmp_path / "tmp").iterdir() if p != kept.parent] == []
+
+
+# --------------------------------------------------------------------------- planning under load
+
+
+async def test_concurrent_small_calls_are_not_split_over_slots_others_hold(
+    fake_server: FakeRerankServer,
+) -> None:
+    # Alone, a 20-text call is split over free slots (2 requests of 10 finish
+    # sooner than one of 20); twenty at once share the slots, one request each.
+    texts = [[f"MRI {call} {i}" for i in range(20)] for call in range(20)]
+    async with RerankServerScorer(f"{fake_server.url}/v1/rerank", max_concurrency=4) as scorer:
+        alone = await scorer.ascore("MRI", texts[0])
+        assert len(fake_server.requests) == 2
+        fake_server.requests.clear()
+        together = await asyncio.gather(*(scorer.ascore("MRI", t) for t in texts))
+    assert alone == together[0]
+    assert together == [[reference_probability("MRI", x) for x in t] for t in texts]
+    # The first two calls see a share of 4 and 2 slots; every later one gets 1.
+    assert len(fake_server.requests) == 22
+
+
+def test_a_job_alone_plans_for_every_slot_and_one_among_others_for_its_share() -> None:
+    from zerank_core.scorers.planning import planning_slots
+
+    assert planning_slots(16, free=16, running_jobs=0) == 16
+    assert planning_slots(16, free=16, running_jobs=1) == 8
+    assert planning_slots(16, free=3, running_jobs=1) == 3
+    assert planning_slots(16, free=0, running_jobs=40) == 1
