@@ -203,7 +203,6 @@ def _run_ray(
         "model": args.model,
         "device": args.device,
         "scale": args.scale,
-        "calibrator": _policy_calibrator(args),
     }
     # Settings and credentials are checked here, before Ray starts (seconds).
     check_backend(**backend)
@@ -226,7 +225,7 @@ def _run_ray(
     rows = gate_on_ray(
         documents,
         criteria,
-        scorer=functools.partial(_actor_scorer, **backend),
+        scorer=functools.partial(_actor_scorer, **backend, calibrator=_policy_calibrator(args)),
         address=args.ray or None,
         policy=policy,
         instruction=args.instruction,
