@@ -20,7 +20,8 @@ again. ``linger_s`` keeps each handler thread busy that long after it has
 answered (a preempted thread on a loaded machine). ``open_connections`` the
 TCP connections open now. ``always_429`` answers every request with 429 and
 that ``retry-after`` value (``"0"``: come back at once); ``redirect_to``
-answers every request with a 307 to that URL.
+answers every request with a 307 to that URL; ``fail_query`` answers 500 to
+every request whose query contains it.
 
 Rate limit: ``requests_per_minute`` counted over a sliding ``window_s``
 (``requests_per_minute × window_s / 60`` requests per window), answered with
@@ -145,6 +146,7 @@ class FakeRerankServer:
     linger_s: float = 0.0
     always_429: str | None = None
     redirect_to: str | None = None
+    fail_query: str | None = None
     rate_limited: int = 0
     served: int = 0
     documents_served: int = 0
@@ -287,6 +289,8 @@ class FakeRerankServer:
             )
         if self.redirect_to is not None:
             return self._send(handler, 307, {}, {"location": self.redirect_to})
+        if self.fail_query is not None and self.fail_query in str(body.get("query")):
+            return self._send(handler, 500, {"error": "this query always fails"})
         if wait is not None:
             retry_after = f"{max(wait, 0.001):.3f}"
             return self._send(handler, 429, {"error": "rate limited"}, {"retry-after": retry_after})

@@ -5,6 +5,8 @@
     ├── MissingDependencyError (ImportError)  an optional extra is not installed
     ├── BackendError                       a request for one batch failed: HTTP status,
     │   │                                  timeout, connection or SDK error
+    │   ├── BatchesFailedError             several batches of one call failed after
+    │   │                                  their retries; the others were scored
     │   └── InvalidResponseError           a backend answered, but not with a valid
     │       │                              score for every input
     │       └── ScorerOutputError          a scorer's call returned the wrong number
@@ -27,6 +29,7 @@ from zerank_core.redaction import redact, redact_url
 
 __all__ = [
     "BackendError",
+    "BatchesFailedError",
     "ConfigurationError",
     "DocumentError",
     "InvalidResponseError",
@@ -121,6 +124,44 @@ class BackendError(ZeRankError):
         if self.batch is None:
             return message
         return f"batch {self.batch} ({self.batch_size} texts): {message}"
+
+
+class BatchesFailedError(BackendError):
+    """Several requests of one call failed after their retries; every other one was scored.
+
+    ``errors`` holds each failed request's error in batch order (each a
+    :class:`BackendError` naming its batch), ``requests`` the call's number of
+    requests. The message names every failed batch. ``status_code`` is the
+    failures' common HTTP status, if they share one. The first error is the
+    ``__cause__``.
+    """
+
+    #: How many failed batches the message describes in full; the rest are listed by number.
+    DESCRIBED = 10
+
+    def __init__(self, errors: list[BackendError], *, requests: int) -> None:
+        statuses = {e.status_code for e in errors}
+        super().__init__(
+            f"{len(errors)} of {requests} requests failed after their retries",
+            status_code=statuses.pop() if len(statuses) == 1 else None,
+        )
+        self.errors = errors
+        self.requests = requests
+
+    @property
+    def batches(self) -> list[int | None]:
+        """The failed batches' numbers."""
+        return [e.batch for e in self.errors]
+
+    def _detail(self) -> str:
+        shown = "; ".join(str(e) for e in self.errors[: self.DESCRIBED])
+        rest = self.errors[self.DESCRIBED :]
+        more = f"; and batches {', '.join(str(e.batch) for e in rest)}" if rest else ""
+        done = self.requests - len(self.errors)
+        return (
+            f"{len(self.errors)} of {self.requests} requests failed after their retries "
+            f"(the other {done} were scored): {shown}{more}"
+        )
 
 
 class InvalidResponseError(BackendError):

@@ -318,9 +318,11 @@ def _naming_criteria(criteria: list[Criterion]) -> Iterator[None]:
     try:
         yield
     except ZeRankError as exc:
-        item = getattr(exc, "job_item", None)
-        if isinstance(item, int) and 0 <= item < len(criteria):
-            exc.in_criterion(criteria[item].id)
+        # Several failed batches: each names its own criterion.
+        for error in getattr(exc, "errors", None) or [exc]:
+            item = getattr(error, "job_item", None)
+            if isinstance(item, int) and 0 <= item < len(criteria):
+                error.in_criterion(criteria[item].id)
         raise
 
 

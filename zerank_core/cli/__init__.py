@@ -20,7 +20,12 @@ import httpx
 
 from zerank_core import __version__
 from zerank_core.cli import cache, calibrate, classify, compress, evaluate
-from zerank_core.cli._common import ArgumentParser, choose_backend
+from zerank_core.cli._common import (
+    ArgumentParser,
+    choose_backend,
+    finish_resumable,
+    resume_hint,
+)
 from zerank_core.errors import ZeRankError
 from zerank_core.redaction import redact
 
@@ -117,12 +122,14 @@ def main(
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(COMMANDS[args.command].run(args, out, err))
+        code = int(COMMANDS[args.command].run(args, out, err))
     except _expected_errors() as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"zerank: error: {describe_error(exc)}", file=err)
+        print(f"zerank: error: {describe_error(exc)}{resume_hint(args)}", file=err)
         return 2
+    finish_resumable(args)
+    return code
 
 
 if __name__ == "__main__":

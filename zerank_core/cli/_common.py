@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from zerank_core.cache import CachedScorer, default_cache_path
+from zerank_core.cache import CachedScorer, ScoreStore, default_cache_path
 from zerank_core.errors import ConfigurationError
 from zerank_core.redaction import redact
 from zerank_core.scorers.auto import (
@@ -19,7 +22,7 @@ from zerank_core.scorers.auto import (
     planned_backend,
     resolve_backend,
 )
-from zerank_core.scorers.base import Scale, Scorer
+from zerank_core.scorers.base import BatchCallback, Scale, ScoreItem, Scorer, Usage
 
 if TYPE_CHECKING:
     from zerank_core.calibrate import IsotonicCalibrator, PlattCalibrator
@@ -247,7 +250,9 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
             file=err,
         )
     if args.no_cache:
-        return _calibrated(choice.scorer, calibrator), None
+        resumable = ResumableScorer(choice.scorer)
+        args.resume_cache = resumable.path
+        return _calibrated(resumable, calibrator), None
     cached = CachedScorer(choice.scorer, args.cache or default_cache_path())
     # The cache holds the backend's own scores; the calibrator applies on top.
     return _calibrated(cached, calibrator), cached
@@ -291,6 +296,85 @@ def _calibrated(scorer: Scorer, calibrator: PlattCalibrator | IsotonicCalibrator
     return CalibratedScorer(scorer, calibrator)
 
 
+class ResumableScorer:
+    """``--no-cache``: the run's scores go to a temporary cache, so that a failed run resumes.
+
+    Nothing is read from an earlier run (the file is new), but when a request
+    fails after its retries, the scores of every other one are on disk: the
+    error names the file, and ``--cache FILE`` on the rerun sends only what
+    is missing. :func:`finish_resumable` removes the file after a run that
+    succeeded. It reports what its backend spent (``usage``); it is not a
+    :class:`~zerank_core.cache.CachedScorer`, so reports show no cache.
+    """
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+        self.path = Path(tempfile.mkdtemp(prefix="zerank-resume-")) / "scores.sqlite3"
+        self._cache = CachedScorer(scorer, self.path)
+
+    @property
+    def model(self) -> str:
+        return self.scorer.model
+
+    @property
+    def scale(self) -> Scale:
+        return self.scorer.scale
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.scorer.usage
+
+    def score(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        return self._cache.score(query, texts, instruction=instruction)
+
+    async def ascore(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        return await self._cache.ascore(query, texts, instruction=instruction)
+
+    def score_many(
+        self, items: Sequence[ScoreItem | tuple[Any, ...]], *, on_batch: BatchCallback | None = None
+    ) -> list[list[float]]:
+        return self._cache.score_many(items, on_batch=on_batch)
+
+    async def ascore_many(
+        self, items: Sequence[ScoreItem | tuple[Any, ...]], *, on_batch: BatchCallback | None = None
+    ) -> list[list[float]]:
+        return await self._cache.ascore_many(items, on_batch=on_batch)
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """After a failed ``--no-cache`` run that scored something: where its scores are kept."""
+    path = getattr(args, "resume_cache", None)
+    if path is None or not path.exists():
+        return ""
+    store = ScoreStore(path)
+    try:
+        entries = store.info().entries
+    finally:
+        store.close()
+    if not entries:
+        finish_resumable(args)
+        return ""
+    return (
+        f"; the {entries:,} scores that came back are kept in {path}: rerun with "
+        f"--cache {path} to send only what is missing"
+    )
+
+
+def finish_resumable(args: argparse.Namespace) -> None:
+    """Remove a ``--no-cache`` run's temporary cache (the run succeeded, or kept nothing)."""
+    path = getattr(args, "resume_cache", None)
+    if path is not None:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        args.resume_cache = None
+
+
 def close_scorer(scorer: Scorer, cached: CachedScorer | None) -> None:
     """Close what :func:`make_scorer` built: the cache file and the backend's clients."""
     if cached is not None:
@@ -299,6 +383,9 @@ def close_scorer(scorer: Scorer, cached: CachedScorer | None) -> None:
     from zerank_core.calibrate import CalibratedScorer
 
     if isinstance(scorer, CalibratedScorer):  # a --policy calibrator around the backend
+        scorer = scorer.scorer
+    if isinstance(scorer, ResumableScorer):
+        scorer.close()
         scorer = scorer.scorer
     close = getattr(scorer, "close", None)
     if callable(close):
