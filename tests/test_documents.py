@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from fpdf import FPDF
 
+from tests.extras import needs_matplotlib
 from tests.fake_servers import FakeRerankServer
 from zerank_core import (
     DocumentError,
@@ -467,6 +468,7 @@ def test_report_counts_cache_hits(tmp_path: Path) -> None:
     scorer.close()
 
 
+@needs_matplotlib
 def test_heatmap_is_written(tmp_path: Path) -> None:
     result = PageGate(KeywordScorer()).run(Document.from_texts(PAGES, "packet.txt"), CRITERIA)
     path = plot_heatmap(result, tmp_path / "out" / "heatmap.png")

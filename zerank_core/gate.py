@@ -177,9 +177,15 @@ class PageGate:
             raise ConfigurationError(f"criterion ids must be unique; repeated: {duplicated}")
         pages = [p for p in document.pages if not p.is_empty]
         if not pages:
+            # Only a PDF's empty pages can be a scan that OCR would read.
+            why = (
+                "a scan without a text layer needs OCR"
+                if document.reading is not None and document.reading.reader == "pypdfium2"
+                else "whitespace only"
+            )
             raise DocumentError(
                 f"{document.source} has no page with text "
-                f"({len(document.pages)} pages, all empty: a scan without a text layer needs OCR)"
+                f"({len(document.pages)} pages, all empty: {why})"
             )
         return pages, criteria
 

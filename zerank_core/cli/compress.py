@@ -181,7 +181,8 @@ def add_parser(commands: Any) -> None:
         default=4,
         metavar="N",
         help="criteria scored at once by an in-process backend (default %(default)s); remote "
-        "backends plan all criteria together and keep up to 16 requests in flight",
+        "backends plan all criteria together and keep up to --max-concurrency requests in "
+        "flight",
     )
     parser.add_argument(
         "--progress",
