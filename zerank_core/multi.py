@@ -122,8 +122,11 @@ def gate_documents(
     if shared:
         table = _score_job(gate, texts, criteria)
         results = []
+        # Stage 2 (passages) depends on what stage 1 kept: the replay sends
+        # those texts to the real scorer, one document at a time.
+        fallback = gate.scorer if gate.passages is not None else None
         for document in documents:
-            replay = _Replay(gate.scorer, table)
+            replay = _Replay(gate.scorer, table, fallback)
             one = dataclasses.replace(gate, scorer=replay, progress=False)
             results.append(one.run(document, criteria))
     else:
@@ -190,11 +193,18 @@ class _Replay:
 
     It declares the real scorer's ``model`` and ``scale``; its ``usage``
     counts the page scores it handed out (no requests, no tokens: those are
-    the job's).
+    the job's). With a ``fallback`` scorer, a call holding a text the job did
+    not score (a passage of two-stage gating) goes to it whole.
     """
 
-    def __init__(self, scorer: Scorer, table: Mapping[_Key, Mapping[str, float]]) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        table: Mapping[_Key, Mapping[str, float]],
+        fallback: Scorer | None = None,
+    ) -> None:
         self._table = table
+        self._fallback = fallback
         self.scale = Scale(getattr(scorer, "scale", Scale.PROBABILITY))
         self.model: str = scorer.model
         self._texts = 0
@@ -208,6 +218,11 @@ class _Replay:
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
         column = self._table.get((query, instruction))
+        if self._fallback is not None and (column is None or any(t not in column for t in texts)):
+            scores = self._fallback.score(query, texts, instruction=instruction)
+            with self._lock:
+                self._texts += len(texts)
+            return scores
         if column is None:
             raise InvalidResponseError(
                 f"no scores were computed for criterion {query!r}", batch=0, batch_size=len(texts)
@@ -231,4 +246,10 @@ class _Replay:
     async def ascore(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
+        column = self._table.get((query, instruction))
+        if self._fallback is not None and (column is None or any(t not in column for t in texts)):
+            scores = await self._fallback.ascore(query, texts, instruction=instruction)
+            with self._lock:
+                self._texts += len(texts)
+            return scores
         return self.score(query, texts, instruction=instruction)

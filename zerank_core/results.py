@@ -8,6 +8,7 @@ from typing import Any
 
 from zerank_core.criteria import Criterion
 from zerank_core.loaders import Document
+from zerank_core.passages import PassagePolicy
 from zerank_core.scorers.base import Scale
 from zerank_core.select import SelectionPolicy
 
@@ -16,8 +17,29 @@ __all__ = [
     "DuplicatePage",
     "GateReport",
     "GateResult",
+    "Passage",
     "why_nothing_passed",
 ]
+
+
+@dataclass(frozen=True)
+class Passage:
+    """An evidence passage: ``text`` is ``page``'s text from ``start`` to ``end``."""
+
+    page: int
+    start: int
+    end: int
+    score: float
+    text: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "page": self.page,
+            "start": self.start,
+            "end": self.end,
+            "score": round(self.score, 6),
+            "text": self.text,
+        }
 
 
 @dataclass(frozen=True)
@@ -94,6 +116,7 @@ class CriterionResult:
     chars_kept: int
     duplicates: tuple[DuplicatePage, ...] = ()
     kept_nothing: str | None = None
+    passages: tuple[Passage, ...] | None = None
 
     @property
     def no_evidence(self) -> bool:
@@ -194,6 +217,7 @@ class GateResult:
     scale: Scale = Scale.PROBABILITY
     model: str | None = None
     duplicates: tuple[DuplicatePage, ...] = ()
+    passage_policy: PassagePolicy | None = None
 
     def to_dict(self, *, include_context: bool = True) -> dict[str, Any]:
         """A JSON-ready view: policy, per-criterion pages and scores, matrix, report."""
@@ -215,6 +239,11 @@ class GateResult:
                 "kept_nothing": result.kept_nothing,
                 "chars_kept": result.chars_kept,
             }
+            if result.passages is not None:
+                entry["passages"] = [
+                    p.to_dict() if include_context else {**p.to_dict(), "text": None}
+                    for p in result.passages
+                ]
             if include_context:
                 entry["context"] = result.context
             criteria.append(entry)
@@ -223,6 +252,9 @@ class GateResult:
             "model": self.model,
             "scale": self.scale.value,
             "policy": self.policy.to_dict(),
+            "passage_policy": None
+            if self.passage_policy is None
+            else self.passage_policy.to_dict(),
             "duplicates": [d.to_dict() for d in self.duplicates],
             "criteria": criteria,
             "matrix": {
