@@ -117,3 +117,12 @@ def test_several_documents_with_passages(tmp_path: Path) -> None:
         kept = [c for c in data["criteria"] if c["pages"]]
         assert kept
         assert all(c["passages"] for c in kept)
+
+
+def test_passages_on_ray_are_refused_before_anything_runs() -> None:
+    code, out, err = call(
+        "compress", str(PACKET), "-c", str(CRITERIA), "--no-cache", "--passages", "--ray", "auto"
+    )
+    assert code == 2
+    assert out == ""
+    assert "--passages is not available with --ray yet" in err
