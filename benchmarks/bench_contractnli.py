@@ -354,7 +354,7 @@ def two_stage(
         result = gate.run(Document.from_texts(doc.pages, doc.id), criteria)
         for h, item in zip(hypotheses, result.results, strict=True):
             passages = item.passages or ()
-            way.read(h.text, [p.text for p in result.document.pages if not p.is_empty])
+            way.read(h.text, [p for p in doc.pages if p.strip()])
             way.read(h.text, [p.text for p in passages])
             units = [
                 (doc.page_starts[p.page - 1] + p.start, doc.page_starts[p.page - 1] + p.end)

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.tiny_zerank import build_tiny_zerank, sample_text
 from zerank_core.cache import CachedScorer
 from zerank_core.criteria import Criterion
-from zerank_core.distributed import gate_on_ray, rows_of
+from zerank_core.distributed import gate_on_ray
 from zerank_core.gate import PageGate
 from zerank_core.loaders import Document
 from zerank_core.multi import gate_documents
@@ -89,7 +89,7 @@ def main() -> None:
         start = time.perf_counter()
         job = gate_documents(PageGate(factory()), documents, CRITERIA)
         here_seconds = time.perf_counter() - start
-        want = [row for i, r in enumerate(job.results) for row in rows_of(r, index=i)]
+        want = [[item.pages for item in r.results] for r in job.results]
 
         root = str(Path(__file__).resolve().parent.parent)
         path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
@@ -108,7 +108,7 @@ def main() -> None:
 
         def on_ray(docs: list[Document], actors: int, label: str = "") -> float:
             start = time.perf_counter()
-            rows = gate_on_ray(
+            got = gate_on_ray(
                 docs,
                 CRITERIA,
                 scorer=factory,
@@ -118,12 +118,10 @@ def main() -> None:
             )
             seconds = time.perf_counter() - start
             if len(docs) == len(documents):
-                assert [r.pages for r in rows] == [r.pages for r in want], "results differ"
-            if label:
-                counts[label] = (
-                    sum(r.cache_hits or 0 for r in rows),
-                    sum(r.cache_misses or 0 for r in rows),
-                )
+                pages = [[item.pages for item in r.results] for r in got.results]
+                assert pages == want, "results differ"
+            if label and got.summary.cache is not None:
+                counts[label] = (got.summary.cache.hits or 0, got.summary.cache.misses or 0)
             return seconds
 
         startup = on_ray(documents[:1], 1)
@@ -138,8 +136,8 @@ def main() -> None:
                 label = "this process, reading the actors' cache"
                 timings[label] = time.perf_counter() - start
                 counts[label] = (cached.stats.hits, cached.stats.misses)
-            got = [row for i, r in enumerate(again.results) for row in rows_of(r, index=i)]
-            assert [r.pages for r in got] == [r.pages for r in want], "results differ"
+            pages = [[item.pages for item in r.results] for r in again.results]
+            assert pages == want, "results differ"
         else:
             timings = {
                 f"Ray, {actors} actor{'s' if actors > 1 else ''}": on_ray(documents, actors)

@@ -50,8 +50,8 @@ def test_compress_passages_against_a_server(fake_server: FakeRerankServer) -> No
     }
     assert "evidence passages (≤ 500 chars each, top 1 a page, floor 0.3" in err
     chars = 0
-    for criterion in data["criteria"]:
-        passages = criterion.get("passages") or []
+    for criterion in data["results"]:
+        passages = criterion["passages"]
         # One passage for each kept page: top 1, and min_keep gives every kept page its best.
         assert sorted(p["page"] for p in passages) == sorted(criterion["pages"])
         for p in passages:
@@ -63,7 +63,7 @@ def test_compress_passages_against_a_server(fake_server: FakeRerankServer) -> No
     assert data["report"]["chars_kept"] == chars
     # Stage 2 costs the passages of kept pages only, in more requests to the same server.
     sent = sum(len(r.body["documents"]) for r in fake_server.requests)
-    assert data["report"]["model_texts"] == sent
+    assert data["report"]["usage"]["texts"] == sent
 
 
 def test_passage_options_need_passages() -> None:
@@ -114,7 +114,7 @@ def test_several_documents_with_passages(tmp_path: Path) -> None:
     for name in ("a.json", "b.json"):
         data = json.loads((out_dir / name).read_text(encoding="utf-8"))
         assert data["passage_policy"]["top_k"] == 3
-        kept = [c for c in data["criteria"] if c["pages"]]
+        kept = [c for c in data["results"] if c["pages"]]
         assert kept
         assert all(c["passages"] for c in kept)
 

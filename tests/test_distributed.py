@@ -6,6 +6,7 @@ One Ray instance serves the whole module: starting one is the slow part.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -22,17 +23,16 @@ from zerank_core.cache import CachedScorer
 from zerank_core.criteria import Criterion
 from zerank_core.dedupe import ModelDetector
 from zerank_core.distributed import (
-    GateRow,
     _GateWorker,
     documents_dataset,
     gate_dataset,
     gate_on_ray,
-    rows_of,
 )
 from zerank_core.errors import ConfigurationError
 from zerank_core.gate import PageGate
 from zerank_core.loaders import Document
 from zerank_core.multi import gate_documents
+from zerank_core.results import GateResult, MultiResult
 from zerank_core.scorers.lexical import BM25Scorer
 from zerank_core.scorers.local import LocalScorer
 from zerank_core.select import SelectionPolicy
@@ -106,23 +106,24 @@ class DiesOnceScorer(LocalScorer):
         return scores
 
 
-def single_process_rows(model_dir: Path, docs: list[Document]) -> list[GateRow]:
+def single_process(model_dir: Path, docs: list[Document]) -> MultiResult:
     gate = PageGate(LocalScorer(str(model_dir)), POLICY)
-    job = gate_documents(gate, docs, CRITERIA)
-    return [row for i, r in enumerate(job.results) for row in rows_of(r, index=i)]
+    return gate_documents(gate, docs, CRITERIA)
 
 
-def assert_same_rows(got: list[GateRow], want: list[GateRow]) -> None:
-    assert [(r.index, r.document, r.criterion) for r in got] == [
-        (r.index, r.document, r.criterion) for r in want
-    ]
-    for a, b in zip(got, want, strict=True):
-        assert a.pages == b.pages
-        assert a.no_evidence == b.no_evidence
-        assert (a.chars_kept, a.chars_total) == (b.chars_kept, b.chars_total)
-        assert a.scores == pytest.approx(b.scores, abs=1e-5)
-        assert a.page_scores[-1] is None  # the empty page, not scored
-        assert a.page_scores[:-1] == pytest.approx(b.page_scores[:-1], abs=1e-5)
+def assert_same_results(got: MultiResult, want: MultiResult) -> None:
+    """The same pages kept, and the same scores up to the model's batch noise."""
+    assert [r.document for r in got.results] == [r.document for r in want.results]
+    for a, b in zip(got.results, want.results, strict=True):
+        assert a.report.chars_kept == b.report.chars_kept
+        assert a.report.chars_total == b.report.chars_total
+        for x, y in zip(a.results, b.results, strict=True):
+            assert x.criterion == y.criterion
+            assert x.pages == y.pages
+            assert x.no_evidence == y.no_evidence
+            assert set(x.scores) == set(y.scores)
+            assert len(x.scores) == len(a.document.pages) - 1  # the empty page, not scored
+            assert list(x.scores.values()) == pytest.approx(list(y.scores.values()), abs=1e-5)
 
 
 def scored_pages(document: Document) -> int:
@@ -137,7 +138,7 @@ def test_an_actor_killed_mid_run_loses_no_page_or_criterion(
     factory = functools.partial(DiesOnceScorer, str(model_dir), str(marker), str(starts))
     cache = tmp_path / "scores.sqlite3"
 
-    rows = gate_on_ray(
+    job = gate_on_ray(
         docs,
         CRITERIA,
         scorer=factory,
@@ -152,33 +153,31 @@ def test_an_actor_killed_mid_run_loses_no_page_or_criterion(
     pids = starts.read_text().split()
     assert len(pids) >= 3  # two actors, and at least one restart
     assert int(marker.read_text()) in map(int, pids)
-    # Ray restarted the actor and resubmitted its batch: every row, same results.
-    assert_same_rows(rows, single_process_rows(model_dir, docs))
-    for row in rows:
-        assert row.context is not None
-        if row.pages:
-            assert row.context.startswith(f"[page {row.pages[0]}]")
+    # Ray restarted the actor and resubmitted its batch: every document, same results.
+    assert_same_results(job, single_process(model_dir, docs))
+    for result in job.results:
+        for item in result.results:
+            assert item.context is not None
+            if item.pages:
+                assert item.context.startswith(f"[page {item.pages[0]}]")
 
     # The dead actor stored its last batch's scores before dying: the resubmitted batch
     # (one document) was answered by the cache, every other document by the model.
-    for row in rows:
-        assert row.cache_hits is not None
-        assert row.cache_misses is not None
-        assert row.cache_hits + row.cache_misses == scored_pages(docs[row.index])
-    from_cache = {r.index for r in rows if r.cache_hits}
-    assert len(from_cache) == 1
-    for row in rows:
-        assert row.cache_misses == (0 if row.index in from_cache else scored_pages(docs[row.index]))
+    lookups = [len(CRITERIA) * len({p.text for p in d.pages if p.text}) for d in docs]
+    assert job.summary.cache is not None
+    assert job.summary.cache.path == str(cache)
+    assert job.summary.cache.hits in lookups
+    assert job.summary.cache.hits + job.summary.cache.misses == sum(lookups)
 
     # One process reading the same file, keyed the same way, makes no model call.
     with CachedScorer(LocalScorer(str(model_dir)), cache) as cached:
-        job = gate_documents(PageGate(cached, POLICY), docs, CRITERIA)
+        again = gate_documents(PageGate(cached, POLICY), docs, CRITERIA)
         assert cached.stats.misses == 0
         assert cached.stats.hits == len(CRITERIA) * len(
             {p.text for d in docs for p in d.pages if p.text}
         )
-    assert job.summary.model_requests == 0
-    assert_same_rows([row for i, r in enumerate(job.results) for row in rows_of(r, index=i)], rows)
+    assert again.summary.model_requests == 0
+    assert_same_results(again, job)
 
 
 def test_an_actor_counts_each_rows_cache_hits_and_builds_the_detector_it_is_given(
@@ -211,45 +210,40 @@ def test_an_actor_counts_each_rows_cache_hits_and_builds_the_detector_it_is_give
     assert isinstance(worker.gate.duplicate_detector, ModelDetector)
     assert worker.gate.duplicate_detector.scorer is worker.cache
 
-    first = rows_from(worker(batch))
-    second = rows_from(worker(batch))
-    for before, again in zip(first, second, strict=True):
-        pages = scored_pages(docs[before.index])
-        assert (before.cache_hits, before.cache_misses) == (0, pages)
-        assert (again.cache_hits, again.cache_misses) == (pages, 0)
-        assert again.pages == before.pages
+    first = worker(batch)
+    second = worker(batch)
+    # Every page × criterion, and the pairs the model detector judged: once each.
+    lookups = len(CRITERIA) * len({p.text for d in docs for p in d.pages if p.text})
+    missed = first["cache_misses"][0]
+    assert missed > lookups
+    assert (first["cache_hits"], first["cache_misses"]) == ([0, 0, 0], [missed, 0, 0])
+    assert (second["cache_hits"], second["cache_misses"]) == ([missed, 0, 0], [0, 0, 0])
+    assert [
+        [r.pages for r in GateResult.model_validate_json(t).results] for t in first["result"]
+    ] == [[r.pages for r in GateResult.model_validate_json(t).results] for t in second["result"]]
 
     scorer = LocalScorer(str(model_dir))
     gate = PageGate(scorer, policy, duplicate_detector=ModelDetector(scorer, threshold=0.05))
     job = gate_documents(gate, docs, CRITERIA)
     assert job.results[0].duplicates  # the near copy was judged by the model
     assert {d.method for d in job.results[0].duplicates} <= {"model", "exact"}
-    want = [row for i, r in enumerate(job.results) for row in rows_of(r, index=i)]
-    assert [(r.index, r.criterion, r.pages) for r in first] == [
-        (r.index, r.criterion, r.pages) for r in want
+    got = [GateResult.model_validate_json(text) for text in first["result"]]
+    assert [[(r.criterion.id, r.pages) for r in g.results] for g in got] == [
+        [(r.criterion.id, r.pages) for r in w.results] for w in job.results
     ]
 
     plain = _GateWorker(
         functools.partial(LocalScorer, str(model_dir)), CRITERIA, POLICY, None, False
     )
     assert plain.cache is None
-    rows = rows_from(plain(batch))
-    assert all(r.cache_hits is None and r.cache_misses is None for r in rows)
-
-
-def rows_from(columns: dict[str, list[Any]]) -> list[GateRow]:
-    """The rows of what an actor returns for a batch (Ray Data's columns)."""
-    return [
-        GateRow.from_record(dict(zip(columns, values, strict=True)))
-        for values in zip(*columns.values(), strict=True)
-    ]
+    columns = plain(batch)
+    assert columns["cache_hits"] == columns["cache_misses"] == [0, 0, 0]
 
 
 def test_compress_ray_writes_what_compress_writes_in_process(
     ray_instance: Any, tmp_path: Path
 ) -> None:
     import io
-    import json
 
     from zerank_core.calibrate import CriterionFit, ThresholdFit, ThresholdPolicy
     from zerank_core.cli import main
@@ -282,23 +276,64 @@ def test_compress_ray_writes_what_compress_writes_in_process(
     assert here["summary"]["cache"]["hits"] == 0
     on_ray, err = run("--ray", "--actors", "2", "--documents-per-batch", "2")
     assert f"cache: {tmp_path / 'scores.sqlite3'}, opened by each actor on its own node" in err
-    assert " hits, 0 misses (page scores of every document × criterion)" in err
     assert "fitted on" not in err  # --backend lexical is what the policy was fitted on
-    assert on_ray["summary"]["rows"] == 3 * len(CRITERIA)
     assert on_ray["summary"]["cache"]["misses"] == 0
-    assert on_ray["summary"]["cache"]["hits"] == sum(
-        len(d["matrix"]["pages"]) - len(d["report"]["empty_pages"]) for d in here["documents"]
-    ) * len(CRITERIA)
-    for got, want in zip(on_ray["documents"], here["documents"], strict=True):
-        assert got["document"] == want["document"]
-        assert got["policy"] == want["policy"]
+    assert on_ray["summary"]["cache"]["hits"] >= here["summary"]["cache"]["misses"]
+    assert on_ray["summary"]["timings"]["ray"] == {
+        "address": None,
+        "actors": 2,
+        "gpus_per_actor": 0,
+    }
+    for got, want in zip(on_ray["results"], here["results"], strict=True):
+        # The scores came from the cache on Ray, from the model here: only the usage and
+        # the cache counts differ.
+        assert got["report"].pop("usage")["requests"] == 0
+        want["report"].pop("usage")
+        assert got["report"].pop("cache_misses") == 0
+        assert want["report"].pop("cache_hits") == 0
+        got["report"].pop("cache_hits")
+        want["report"].pop("cache_misses")
+        assert {**got, "timings": None} == {**want, "timings": None}
         assert (got["policy"]["threshold"], got["policy"]["top_k"]) == (0.5, None)
-        for a, b in zip(got["criteria"], want["criteria"], strict=True):
-            assert (a["criterion"], a["pages"]) == (b["id"], b["pages"])
-            assert a["threshold"] == b["threshold"] == {"C1": 0.5, "C2": 0.8}[b["id"]]
-            assert a["scores"] == pytest.approx(b["scores"])
-            assert a["context"] == b["context"]
-            assert a["cache_misses"] == 0
+        thresholds = [c["criterion"]["threshold"] for c in got["results"]]
+        assert thresholds == [0.5, 0.8]
+
+
+def test_ray_and_one_process_write_the_same_bytes_but_for_timings(
+    ray_instance: Any, tmp_path: Path
+) -> None:
+    from tests.cli_run import call
+
+    pages = (ROOT / "cookbook" / "prior_auth" / "packet.txt").read_text(encoding="utf-8")
+    pages = pages.split("\f")
+    (tmp_path / "first.txt").write_text("\f".join(pages[:20]), encoding="utf-8")
+    (tmp_path / "second.txt").write_text("\f".join(pages[20:]), encoding="utf-8")
+    criteria = ROOT / "cookbook" / "prior_auth" / "criteria.yaml"
+    common = [
+        str(tmp_path / "first.txt"), str(tmp_path / "second.txt"), "-c", str(criteria),
+        "--backend", "lexical", "--no-cache", "--dedupe",
+    ]  # fmt: skip
+    code, _, err = call("compress", *common, "-o", str(tmp_path / "here"))
+    assert code == 0, err
+    code, _, err = call("compress", *common, "--ray", "-o", str(tmp_path / "ray"))
+    assert code == 0, err
+
+    names = sorted(p.name for p in (tmp_path / "here").iterdir())
+    assert names == ["first.json", "second.json", "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "ray").iterdir()) == names
+    for name in names:
+        here = (tmp_path / "here" / name).read_text(encoding="utf-8")
+        ray = (tmp_path / "ray" / name).read_text(encoding="utf-8")
+        # Timings are every file's last field: all before them is the same, byte for byte.
+        head = here.split('\n  "timings": ')[0]
+        assert ray.split('\n  "timings": ')[0] == head
+        assert set(json.loads(here)) == set(json.loads(ray))
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["timings"]["ray"]["actors"] == 1
+    result = GateResult.model_validate_json((tmp_path / "ray" / "first.json").read_text())
+    assert result.document.source == str(tmp_path / "first.txt")
+    assert result.backend is not None
+    assert result.backend.name == "lexical"
 
 
 def test_bad_arguments_fail_before_anything_runs(ray_instance: Any) -> None:

@@ -32,6 +32,7 @@ from zerank_core.documents import (
     plot_heatmap,
 )
 from zerank_core.errors import ConfigurationError
+from zerank_core.results import dump_result
 from zerank_core.scorers.base import Scale, Usage, UsageMeter, query_with_instruction
 from zerank_core.scorers.lexical import BM25Scorer
 from zerank_core.scorers.server import RerankServerScorer
@@ -314,9 +315,9 @@ def test_criterion_with_no_evidence_is_reported_not_silently_empty() -> None:
     hbv = result.results[2]
     assert hbv.no_evidence
     assert hbv.context == ""
-    data = result.to_dict()
+    data = json.loads(dump_result(result))
     assert data["report"]["no_evidence"] == ["HBV"]
-    assert data["criteria"][2]["no_evidence"] is True
+    assert data["results"][2]["no_evidence"] is True
 
 
 def test_min_keep_pages_do_not_hide_missing_evidence() -> None:

@@ -16,6 +16,7 @@ from zerank_core.gate import PageGate
 from zerank_core.loaders import Document
 from zerank_core.multi import gate_documents
 from zerank_core.passages import DEFAULT_PASSAGE_POLICY, PassagePolicy, split_passages
+from zerank_core.results import GateResult, dump_result
 from zerank_core.scorers.lexical import BM25Scorer
 from zerank_core.scorers.server import RerankServerScorer
 from zerank_core.select import SelectionPolicy
@@ -63,14 +64,14 @@ def test_two_stage_scores_only_the_passages_of_kept_pages(
     assert sorted(passage_texts) == sorted(kept_page_passages)
     assert result.report.model_texts == len(sent)
 
-    (evidence,) = pay.passages or ()
+    (evidence,) = pay.passages
     assert evidence.page == 1
     assert PAGES[0][evidence.start : evidence.end] == evidence.text
     # The short heading rides with the sentence after it.
     assert evidence.text == "Payment terms. The invoice is due within thirty days."
     assert pay.context == f"[page 1]\n{evidence.text}"
     assert pay.chars_kept == len(evidence.text)
-    (termination,) = end.passages or ()
+    (termination,) = end.passages
     assert termination.text.startswith("Termination. Either party may terminate")
     assert result.report.chars_kept == pay.chars_kept + end.chars_kept
     assert result.passage_policy == PassagePolicy(threshold=0.5, top_k=1)
@@ -86,7 +87,7 @@ def test_passages_come_in_document_order_under_page_markers(
         passages=PassagePolicy(threshold=0.3, top_k=2),
     )
     (result,) = gate.run(document(), [CRITERIA[0]]).results
-    passages = result.passages or ()
+    passages = result.passages
     assert [(p.page, p.start) for p in passages] == sorted((p.page, p.start) for p in passages)
     assert {p.page for p in passages} <= set(result.pages)
     for page in {p.page for p in passages}:
@@ -98,10 +99,11 @@ def test_passages_come_in_document_order_under_page_markers(
 def test_whole_pages_stay_the_default(fake_server: FakeRerankServer) -> None:
     scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank")
     result = PageGate(scorer, SelectionPolicy(top_k=1)).run(document(), CRITERIA)
-    assert all(r.passages is None for r in result.results)
-    assert result.results[0].context.startswith("[page 1]\nPayment terms.")
-    data = result.to_dict()
-    assert "passages" not in data["criteria"][0]
+    assert all(r.passages == () for r in result.results)
+    assert result.passage_policy is None
+    assert (result.results[0].context or "").startswith("[page 1]\nPayment terms.")
+    data = json.loads(dump_result(result))
+    assert data["results"][0]["passages"] == []
     assert data["passage_policy"] is None
 
 
@@ -114,7 +116,6 @@ def test_a_kept_page_yields_its_best_passage_even_below_the_floor() -> None:
     # BM25 is max-scaled per call: only the single best passage scores 1.0.
     result = gate.run(document(), CRITERIA)
     for item in result.results:
-        assert item.passages is not None
         assert len(item.passages) == 1
         assert {p.page for p in item.passages} == set(item.pages)
 
@@ -160,13 +161,14 @@ def test_result_json_carries_passages_with_offsets(fake_server: FakeRerankServer
     scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank")
     gate = PageGate(scorer, SelectionPolicy(top_k=1), passages=PassagePolicy(top_k=1))
     result = gate.run(document(), CRITERIA)
-    data = json.loads(json.dumps(result.to_dict()))
-    entry = data["criteria"][0]["passages"][0]
+    data = json.loads(dump_result(result))
+    entry = data["results"][0]["passages"][0]
     assert set(entry) == {"page", "start", "end", "score", "text"}
     assert PAGES[entry["page"] - 1][entry["start"] : entry["end"]] == entry["text"]
     assert data["passage_policy"]["top_k"] == 1
-    hidden = result.to_dict(include_context=False)["criteria"][0]["passages"][0]
-    assert hidden["text"] is None
+    assert GateResult.model_validate_json(dump_result(result)) == result
+    hidden = json.loads(dump_result(result, include_text=False))["results"][0]["passages"][0]
+    assert hidden["text"] == ""
     assert hidden["start"] == entry["start"]
 
 

@@ -5,7 +5,9 @@ to a pool of actors (``compute=ActorPoolStrategy(size=actors)``), each of
 which builds its scorer once (a :class:`~zerank_core.scorers.local.LocalScorer`
 per GPU, or a client of a rerank server) and gates its batch with
 :func:`~zerank_core.multi.gate_documents`. The output has one row per
-(document, criterion): the kept pages and their scores.
+document: its :class:`~zerank_core.results.GateResult`, written by the one
+serialiser (:func:`~zerank_core.results.dump_result`), so that a Ray job
+yields exactly what a single process does.
 
 Ray Data's actor pools restart an actor that dies (a lost node, a process
 killed for memory) and resubmit the batches it held: ``max_restarts=-1`` and
@@ -35,11 +37,11 @@ import math
 import os
 import pickle
 import re
-import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+
+from pydantic import TypeAdapter
 
 from zerank_core.cache import CachedScorer
 from zerank_core.criteria import Criterion
@@ -52,115 +54,55 @@ from zerank_core.errors import (
 )
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
 from zerank_core.loaders import Document, Page
-from zerank_core.multi import gate_documents
-from zerank_core.results import GateResult
-from zerank_core.scorers.base import Scorer
+from zerank_core.multi import gate_documents, summarize
+from zerank_core.results import (
+    BackendInfo,
+    CacheInfo,
+    GateResult,
+    MultiResult,
+    RayRun,
+    Timings,
+    dump_result,
+)
+from zerank_core.scorers.auto import BackendChoice
+from zerank_core.scorers.base import Scale, Scorer, Usage
 from zerank_core.select import SelectionPolicy
 
-__all__ = ["GateRow", "documents_dataset", "gate_dataset", "gate_on_ray", "rows_of"]
+__all__ = ["documents_dataset", "gate_dataset", "gate_on_ray"]
 
 #: A picklable callable that builds the scorer inside each actor, e.g.
-#: ``functools.partial(LocalScorer, "/models/zerank-2")``.
-ScorerFactory = Callable[[], Scorer]
+#: ``functools.partial(LocalScorer, "/models/zerank-2")``; one that returns a
+#: :class:`~zerank_core.scorers.auto.BackendChoice` also names the backend in
+#: every result (``GateResult.backend``).
+ScorerFactory = Callable[[], "Scorer | BackendChoice"]
 
 #: A picklable callable that builds the duplicate detector inside each actor
 #: from the actor's scorer, e.g. ``functools.partial(ModelDetector, threshold=0.8)``.
 DetectorFactory = Callable[[Scorer], DuplicateDetector]
 
 
-@dataclass(frozen=True)
-class GateRow:
-    """What the gate kept for one (document, criterion).
-
-    ``index`` is the document's position in the input; ``pages`` the kept
-    page numbers in the policy's order and ``scores`` their scores;
-    ``page_scores`` every page's score in page order (``None`` for an empty
-    page, which is not scored). ``context`` is the kept pages' text, or
-    ``None`` when it was not asked for. With a score cache, ``cache_hits``
-    and ``cache_misses`` count this row's scored pages whose score the cache
-    held and those sent to the model (a page shared by several documents of
-    one batch is scored once but counts as a miss in each); ``None`` without
-    a cache.
-    """
-
-    index: int
-    document: str
-    criterion: str
-    pages: tuple[int, ...]
-    scores: tuple[float, ...]
-    page_scores: tuple[float | None, ...]
-    no_evidence: bool
-    chars_kept: int
-    chars_total: int
-    context: str | None = None
-    cache_hits: int | None = None
-    cache_misses: int | None = None
-
-    @classmethod
-    def from_record(cls, record: Mapping[str, Any]) -> GateRow:
-        """A row back from the dict form Ray Data stores it in."""
-        context = record.get("context")
-        return cls(
-            index=int(record["index"]),
-            document=str(record["document"]),
-            criterion=str(record["criterion"]),
-            pages=tuple(int(p) for p in record["pages"]),
-            scores=tuple(float(s) for s in record["scores"]),
-            page_scores=tuple(None if _missing(s) else float(s) for s in record["page_scores"]),
-            no_evidence=bool(record["no_evidence"]),
-            chars_kept=int(record["chars_kept"]),
-            chars_total=int(record["chars_total"]),
-            context=None if _missing(context) else str(context),
-            cache_hits=_count(record.get("cache_hits")),
-            cache_misses=_count(record.get("cache_misses")),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "index": self.index,
-            "document": self.document,
-            "criterion": self.criterion,
-            "pages": list(self.pages),
-            "scores": list(self.scores),
-            "page_scores": list(self.page_scores),
-            "no_evidence": self.no_evidence,
-            "chars_kept": self.chars_kept,
-            "chars_total": self.chars_total,
-            "context": self.context,
-            "cache_hits": self.cache_hits,
-            "cache_misses": self.cache_misses,
-        }
+def _documents_of(batch: Mapping[str, Any]) -> list[Document]:
+    return [
+        Document(str(source), tuple(Page(n + 1, str(text)) for n, text in enumerate(pages)))
+        for source, pages in zip(batch["document"], batch["pages"], strict=True)
+    ]
 
 
-def _missing(value: Any) -> bool:
-    return value is None or (isinstance(value, float) and math.isnan(value))
+_USAGE = TypeAdapter(Usage)
 
 
-def _count(value: Any) -> int | None:
-    return None if _missing(value) else int(value)
-
-
-def rows_of(result: GateResult, *, index: int = 0, include_context: bool = False) -> list[GateRow]:
-    """One :class:`GateRow` per criterion of a gate result (what the Ray actors emit)."""
-    rows = []
-    for criterion, result_row, matrix_row in zip(
-        result.criteria, result.results, result.matrix, strict=True
-    ):
-        rows.append(
-            GateRow(
-                index=index,
-                document=result.document.source,
-                criterion=criterion.id,
-                pages=result_row.pages,
-                scores=tuple(result_row.scores[p] for p in result_row.pages),
-                page_scores=matrix_row,
-                no_evidence=result_row.no_evidence,
-                chars_kept=result_row.chars_kept,
-                chars_total=result.report.chars_total,
-                context=result_row.context if include_context else None,
-            )
-        )
-    return rows
+def _total(usages: Iterable[Usage]) -> Usage:
+    """The sum of the actors' usage (tokens ``None`` when no actor reported any)."""
+    usages = list(usages)
+    tokens = [u.total_tokens for u in usages if u.total_tokens is not None]
+    return Usage(
+        requests=sum(u.requests for u in usages),
+        texts=sum(u.texts for u in usages),
+        total_bytes=sum(u.total_bytes for u in usages),
+        total_tokens=sum(tokens) if tokens else None,
+        retries=sum(u.retries for u in usages),
+        rate_limited=sum(u.rate_limited for u in usages),
+    )
 
 
 def _creation_error(exc: BaseException) -> BaseException:
@@ -233,28 +175,6 @@ def _import_ray() -> Any:
     return ray
 
 
-class _RowCache(CachedScorer):
-    """A :class:`CachedScorer` that also notes which texts it sent to the model, per query.
-
-    The actor reads them back to count each row's hits and misses: the
-    wrapper's own totals are per scorer call, and one call covers the pages
-    of every document in a batch.
-    """
-
-    def __init__(self, scorer: Scorer, path: str | os.PathLike[str], **settings: Any) -> None:
-        super().__init__(scorer, path, **settings)
-        self.sent: dict[tuple[str, str | None], set[str]] = {}
-        self._sent_lock = threading.Lock()
-
-    def _plan(
-        self, query: str, texts: Sequence[str], instruction: str | None
-    ) -> tuple[list[bytes], dict[bytes, float], list[bytes], list[str]]:
-        planned = super()._plan(query, texts, instruction)
-        with self._sent_lock:
-            self.sent.setdefault((query, instruction), set()).update(planned[3])
-        return planned
-
-
 class _GateWorker:
     """A Ray Data actor: builds its scorer once, then gates batches of documents."""
 
@@ -269,7 +189,11 @@ class _GateWorker:
         duplicate_detector: DetectorFactory | None = None,
     ) -> None:
         built = scorer()
-        self.cache = _RowCache(built, cache) if cache is not None else None
+        self.backend: BackendInfo | None = None
+        if isinstance(built, BackendChoice):
+            self.backend = BackendInfo(name=built.name, description=built.reason)
+            built = built.scorer
+        self.cache = CachedScorer(built, cache) if cache is not None else None
         scoring = self.cache if self.cache is not None else built
         self.gate = PageGate(
             scoring,
@@ -284,40 +208,41 @@ class _GateWorker:
         self.include_context = include_context
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, list[Any]]:
-        documents = [
-            Document(str(source), tuple(Page(n + 1, str(text)) for n, text in enumerate(pages)))
-            for source, pages in zip(batch["document"], batch["pages"], strict=True)
-        ]
-        if self.cache is not None:
-            self.cache.sent.clear()
+        """One row per document: its index, its result as the one serialiser writes it.
+
+        ``usage`` (the scorer's) and, with a cache, ``cache_hits`` and
+        ``cache_misses`` are the batch's, on its first row (the other rows
+        carry zeros), so that the driver adds the batches up.
+        """
+        documents = _documents_of(batch)
+        stats_before = self.cache.stats if self.cache is not None else None
         try:
             job = gate_documents(self.gate, documents, self.criteria)
         except ZeRankError as exc:
             _carry(exc)
             raise
-        columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
-        for index, result in zip(batch["index"], job.results, strict=True):
-            rows = rows_of(result, index=int(index), include_context=self.include_context)
-            if self.cache is not None:
-                rows = [self._counted(self.cache, row, result.document) for row in rows]
-            for row in rows:
-                for name, value in row.to_dict().items():
-                    columns[name].append(list(value) if isinstance(value, tuple) else value)
-        return columns
-
-    def _counted(self, cache: _RowCache, row: GateRow, document: Document) -> GateRow:
-        """``row`` with the hits and misses of its criterion's lookups for its document."""
-        criterion = next(c for c in self.criteria if c.id == row.criterion)
-        instruction = (
-            criterion.instruction if criterion.instruction is not None else self.gate.instruction
+        stats = (
+            self.cache.stats - stats_before
+            if self.cache is not None and stats_before is not None
+            else None
         )
-        sent = cache.sent.get((criterion.text, instruction), set())
-        texts = [p.text for p in document.pages if not p.is_empty]
-        misses = sum(text in sent for text in texts)
-        return replace(row, cache_hits=len(texts) - misses, cache_misses=misses)
-
-
-_COLUMNS = tuple(GateRow.__dataclass_fields__)
+        columns: dict[str, list[Any]] = {
+            "index": [],
+            "result": [],
+            "usage": [],
+            "cache_hits": [],
+            "cache_misses": [],
+        }
+        for n, (index, result) in enumerate(zip(batch["index"], job.results, strict=True)):
+            if self.backend is not None:
+                result = result.model_copy(update={"backend": self.backend})
+            columns["index"].append(int(index))
+            columns["result"].append(dump_result(result, include_text=self.include_context))
+            usage = job.summary.usage if n == 0 else Usage()
+            columns["usage"].append(_USAGE.dump_json(usage).decode())
+            columns["cache_hits"].append(stats.hits if stats is not None and n == 0 else 0)
+            columns["cache_misses"].append(stats.misses if stats is not None and n == 0 else 0)
+        return columns
 
 
 def documents_dataset(documents: Iterable[Document]) -> Any:
@@ -368,8 +293,11 @@ def gate_dataset(
     absolute here, since actors run elsewhere). With a policy that has
     ``dedupe``, ``duplicate_detector`` builds each actor's detector from its
     scorer (default: :class:`~zerank_core.dedupe.LexicalDetector`). Returns a
-    Ray Dataset (nothing runs until it is consumed) whose rows are
-    :class:`GateRow` dicts.
+    Ray Dataset (nothing runs until it is consumed) with one row per
+    document: ``index``, ``result`` (the JSON of its
+    :class:`~zerank_core.results.GateResult`; read it back with
+    ``GateResult.model_validate_json``) and ``usage`` (the scorer's usage
+    over the actor's batch, on the batch's first row).
     """
     ray = _import_ray()
     from ray.data import ActorPoolStrategy
@@ -437,19 +365,24 @@ def gate_on_ray(
     include_context: bool = False,
     cache: str | os.PathLike[str] | None = None,
     duplicate_detector: DetectorFactory | None = None,
-) -> list[GateRow]:
-    """Gate ``documents`` on Ray and return every (document, criterion) row, in input order.
+) -> MultiResult:
+    """Gate ``documents`` on Ray: one result per document, in input order, and the summary.
 
     Connects to the cluster at ``address`` (``"auto"``, ``ray://head:10001``;
     ``None``: Ray's default, ``RAY_ADDRESS`` or a new local instance) unless
     Ray is already initialised, then runs :func:`gate_dataset` (``cache`` and
-    ``duplicate_detector`` as there). Checks that every document × criterion
-    came back exactly once.
+    ``duplicate_detector`` as there). Checks that every document came back
+    exactly once. The results are those :func:`~zerank_core.multi.gate_documents`
+    gives in one process (each document's reading comes from ``documents``);
+    only the ``timings`` differ, where the summary also names the Ray run.
     """
+    import time
+
     ray = _import_ray()
     documents = list(documents)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
+    start = time.perf_counter()
     dataset = gate_dataset(
         documents_dataset(documents),
         criteria,
@@ -465,7 +398,7 @@ def gate_on_ray(
         duplicate_detector=duplicate_detector,
     )
     try:
-        rows = [GateRow.from_record(r) for r in dataset.iter_rows()]
+        rows = list(dataset.iter_rows())
     except ray.exceptions.ActorDiedError as exc:
         raise _creation_error(exc) from exc
     except Exception as exc:
@@ -473,16 +406,47 @@ def gate_on_ray(
         if error is None:
             raise
         raise error from None
-    order = {c.id: n for n, c in enumerate(criteria)}
-    rows.sort(key=lambda r: (r.index, order[r.criterion]))
-    found = [(r.index, r.criterion) for r in rows]
-    expected = [(i, c.id) for i in range(len(documents)) for c in criteria]
-    if found != expected:
-        missing = sorted(set(expected) - set(found))[:5]
+    seconds = time.perf_counter() - start
+    found = sorted(int(r["index"]) for r in rows)
+    if found != list(range(len(documents))):
+        missing = sorted(set(range(len(documents))) - set(found))[:5]
         raise InvalidResponseError(
-            f"Ray returned {len(found)} rows for {len(expected)} document × criterion pairs "
+            f"Ray returned {len(found)} results for {len(documents)} documents "
             f"(missing, first five: {missing})",
             batch=0,
-            batch_size=len(expected),
+            batch_size=len(documents),
         )
-    return rows
+    by_index = {int(r["index"]): r for r in rows}
+    results = []
+    for index, document in enumerate(documents):
+        result = GateResult.model_validate_json(by_index[index]["result"])
+        # The actor rebuilt the document from its pages: the reading is the driver's.
+        reading = document.reading
+        results.append(
+            result.model_copy(
+                update={
+                    "document": result.document.model_copy(update={"reading": reading}),
+                    "timings": Timings.of(reading, result.timings.gate_seconds),
+                }
+            )
+        )
+    usage = _total(_USAGE.validate_json(r["usage"]) for r in rows)
+    cached = None
+    if cache is not None:
+        cached = CacheInfo(
+            path=str(Path(cache).expanduser().absolute()),
+            hits=sum(int(r["cache_hits"]) for r in rows),
+            misses=sum(int(r["cache_misses"]) for r in rows),
+        )
+    shared = bool(results) and results[0].scale is not Scale.UNCALIBRATED
+    summary = summarize(
+        results,
+        documents,
+        usage=usage,
+        seconds=seconds,
+        shared=shared,
+        ray=RayRun(address=address, actors=actors, gpus_per_actor=num_gpus),
+        backend=results[0].backend if results else None,
+        cache=cached,
+    )
+    return MultiResult(results=tuple(results), summary=summary)

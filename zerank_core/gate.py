@@ -15,10 +15,10 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from zerank_core.criteria import Criterion
@@ -32,10 +32,13 @@ from zerank_core.loaders import Document, Page
 from zerank_core.passages import PassagePolicy, choose_passages
 from zerank_core.results import (
     CriterionResult,
+    DocumentRecord,
     DuplicatePage,
     GateReport,
     GateResult,
+    PageRecord,
     Passage,
+    Timings,
     why_nothing_passed,
 )
 from zerank_core.scorers.base import (
@@ -134,6 +137,7 @@ class PageGate:
         texts = [p.text for p in pages]
         items = self._items(pages, criteria)
         before = self._snapshot()
+        started = time.perf_counter()
         with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
             columns: list[list[float] | None] = list(
                 score_many(
@@ -160,7 +164,7 @@ class PageGate:
                             max_concurrency=self.max_concurrency,
                         )
                     )
-        return self._finish(document, pages, criteria, picked, before, duplicates, plan)
+        return self._finish(document, pages, criteria, picked, before, duplicates, plan, started)
 
     async def arun(self, document: Document, criteria: Sequence[Criterion]) -> GateResult:
         """Async :meth:`run`, through the scorer's ``ascore_many`` (or ``ascore``)."""
@@ -168,6 +172,7 @@ class PageGate:
         texts = [p.text for p in pages]
         items = self._items(pages, criteria)
         before = self._snapshot()
+        started = time.perf_counter()
         with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
             columns: list[list[float] | None] = list(
                 await ascore_many(
@@ -196,7 +201,7 @@ class PageGate:
                             max_concurrency=self.max_concurrency,
                         )
                     )
-        return self._finish(document, pages, criteria, picked, before, duplicates, plan)
+        return self._finish(document, pages, criteria, picked, before, duplicates, plan, started)
 
     def _pick(
         self,
@@ -274,16 +279,15 @@ class PageGate:
         before: tuple[Usage | None, CacheStats | None],
         duplicates: Duplicates | None = None,
         plan: _PassagePlan | None = None,
+        started: float | None = None,
     ) -> GateResult:
         by_number = {p.number: p for p in document.pages}
         lengths = [len(p.text) for p in pages]
         tokens = [estimate_tokens(p.text) for p in pages]
-        matrix: list[tuple[float | None, ...]] = []
         results: list[CriterionResult] = []
         for position, (criterion, pick) in enumerate(zip(criteria, picked, strict=True)):
             scores, policy, selection = pick.scores, pick.policy, pick.selection
             by_page = dict(zip((p.number for p in pages), scores, strict=True))
-            matrix.append(tuple(by_page.get(p.number) for p in document.pages))
             kept = tuple(pages[i].number for i in selection.indices)
             evidence = None if plan is None else plan.kept(position)
             if evidence is None:
@@ -298,7 +302,7 @@ class PageGate:
                 CriterionResult(
                     criterion=criterion,
                     pages=kept,
-                    scores=MappingProxyType(by_page),
+                    scores=by_page,
                     evidence_pages=_numbers(pages, selection.selected, kept),
                     neighbor_pages=_numbers(pages, selection.neighbors, kept),
                     forced_pages=_numbers(pages, selection.forced, kept),
@@ -306,21 +310,22 @@ class PageGate:
                     chars_kept=chars_kept,
                     duplicates=tuple(
                         DuplicatePage(
-                            pages[d.index].number, pages[d.of].number, d.similarity, d.method
+                            page=pages[d.index].number,
+                            duplicate_of=pages[d.of].number,
+                            similarity=d.similarity,
+                            method=d.method,
                         )
                         for d in selection.duplicates
                     ),
                     kept_nothing=None
                     if selection.selected
                     else why_nothing_passed(policy, scores, lengths, tokens),
-                    passages=None if evidence is None else tuple(evidence),
+                    passages=() if evidence is None else tuple(evidence),
                 )
             )
         report = self._report(document, pages, criteria, results, before)
         return GateResult(
-            document=document,
-            criteria=tuple(criteria),
-            matrix=tuple(matrix),
+            document=_record(document, {n for r in results for n in r.pages}),
             results=tuple(results),
             report=report,
             policy=self.policy,
@@ -329,10 +334,18 @@ class PageGate:
             duplicates=()
             if duplicates is None
             else tuple(
-                DuplicatePage(pages[p.second].number, pages[p.first].number, p.similarity, p.method)
+                DuplicatePage(
+                    page=pages[p.second].number,
+                    duplicate_of=pages[p.first].number,
+                    similarity=p.similarity,
+                    method=p.method,
+                )
                 for p in sorted(duplicates.pairs, key=lambda p: (p.second, p.first))
             ),
             passage_policy=self.passages,
+            timings=Timings.of(
+                document.reading, None if started is None else time.perf_counter() - started
+            ),
         )
 
     def _report(
@@ -368,19 +381,17 @@ class PageGate:
             chars_full=chars_total * len(criteria),
             chars_kept=sum(r.chars_kept for r in results),
             tokens_full_estimate=sum(page_tokens.values()) * len(criteria),
-            tokens_kept_estimate=sum(_tokens_kept(r, page_tokens) for r in results),
-            pages_kept=MappingProxyType({r.criterion.id: len(r.pages) for r in results}),
+            tokens_kept_estimate=sum(page_tokens[n] for r in results for n in r.pages)
+            if self.passages is None
+            else sum(estimate_tokens(q.text) for r in results for q in r.passages),
+            pages_kept={r.criterion.id: len(r.pages) for r in results},
             no_evidence=tuple(r.criterion.id for r in results if r.no_evidence),
-            kept_nothing=MappingProxyType(
-                {
-                    r.criterion.id: r.kept_nothing
-                    for r in results
-                    if r.kept_nothing is not None and not r.no_evidence
-                }
-            ),
-            model_requests=usage.requests,
-            model_texts=usage.texts,
-            model_tokens=usage.total_tokens,
+            kept_nothing={
+                r.criterion.id: r.kept_nothing
+                for r in results
+                if r.kept_nothing is not None and not r.no_evidence
+            },
+            usage=usage,
             estimated_cost_usd=cost,
             cache_hits=None if stats is None else stats.hits,
             cache_misses=None if stats is None else stats.misses,
@@ -462,7 +473,15 @@ class _PassagePlan:
         for i, page_passages in zip(kept, chosen, strict=True):
             page = self.pages[i]
             for start, end, score in page_passages:
-                out.append(Passage(page.number, start, end, score, page.text[start:end]))
+                out.append(
+                    Passage(
+                        page=page.number,
+                        start=start,
+                        end=end,
+                        score=score,
+                        text=page.text[start:end],
+                    )
+                )
         return out
 
 
@@ -476,10 +495,21 @@ def passage_context(passages: Sequence[Passage]) -> str:
     return "\n\n".join(f"[page {page}]\n" + "\n".join(texts) for page, texts in blocks)
 
 
-def _tokens_kept(result: CriterionResult, page_tokens: dict[int, int]) -> int:
-    if result.passages is None:
-        return sum(page_tokens[n] for n in result.pages)
-    return sum(estimate_tokens(p.text) for p in result.passages)
+def _record(document: Document, kept: set[int]) -> DocumentRecord:
+    """The result's view of ``document``: every page's length, the kept pages' text."""
+    return DocumentRecord(
+        source=document.source,
+        pages=tuple(
+            PageRecord(
+                number=p.number,
+                chars=len(p.text),
+                empty=p.is_empty,
+                text=p.text if p.number in kept else None,
+            )
+            for p in document.pages
+        ),
+        reading=document.reading,
+    )
 
 
 @contextmanager

@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import functools
 import glob
-import io
 import os
 import re
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TextIO
@@ -26,21 +24,35 @@ from zerank_core.cli._common import (
     count_arg,
     make_scorer,
     positive_arg,
-    write_json,
 )
 from zerank_core.cli._policy import apply_policy_file
-from zerank_core.cli._reading import read_document, reading_dict
+from zerank_core.cli._reading import read_document
 from zerank_core.criteria import Criterion, load_criteria
 from zerank_core.dedupe import DuplicateDetector, LexicalDetector, ModelDetector
 from zerank_core.errors import ConfigurationError
 from zerank_core.gate import PageGate
 from zerank_core.loaders import TEXT_SUFFIXES, Document
 from zerank_core.multi import gate_documents
-from zerank_core.redaction import redact_url
+from zerank_core.results import (
+    BackendInfo,
+    CacheInfo,
+    GateResult,
+    MultiResult,
+    dump_result,
+    write_result,
+)
+from zerank_core.scorers.auto import BackendChoice
 from zerank_core.scorers.base import Scorer
 from zerank_core.select import SelectionPolicy
 
-__all__ = ["add_many_options", "duplicate_detector", "resolve_documents", "run_many"]
+__all__ = [
+    "add_many_options",
+    "duplicate_detector",
+    "emit_result",
+    "resolve_documents",
+    "result_names",
+    "run_many",
+]
 
 _GLOB_CHARACTERS = re.compile(r"[*?\[]")
 
@@ -142,7 +154,29 @@ def run_many(
         if cached is not None:
             cached.close()
     stats = cached.stats if cached is not None else None
-    width = max(8, *(len(d.source) for d in documents[:50]))
+    backend = BackendInfo(**args.backend_used)
+    job = MultiResult(
+        results=tuple(r.model_copy(update={"backend": backend}) for r in job.results),
+        summary=job.summary.model_copy(
+            update={
+                "backend": backend,
+                "cache": None
+                if cached is None or stats is None
+                else CacheInfo(path=str(cached.path), hits=stats.hits, misses=stats.misses),
+            }
+        ),
+    )
+    _print_job(job, err)
+    print(
+        cache_line(cached, stats.hits if stats else None, stats.misses if stats else None),
+        file=err,
+    )
+    _write(job, folder, args, out, err)
+    return 0
+
+
+def _print_job(job: MultiResult, err: TextIO) -> None:
+    width = max(8, *(len(r.document.source) for r in job.results[:50]))
     print(f"\n{'document':<{width}}  {'pages':>5} {'kept chars':>16}  no evidence", file=err)
     for result in job.results:
         report = result.report
@@ -165,25 +199,6 @@ def run_many(
         f"{summary.seconds:.1f} s, {summary.documents_per_second:.2f} documents/s",
         file=err,
     )
-    print(
-        cache_line(cached, stats.hits if stats else None, stats.misses if stats else None),
-        file=err,
-    )
-    include_context = not args.no_context
-    files = []
-    for result in job.results:
-        data = result.to_dict(include_context=include_context)
-        data["backend"] = args.backend_used
-        data["report"]["reading"] = reading_dict(result.document)
-        files.append(data)
-    head = {"backend": args.backend_used, "summary": summary.to_dict()}
-    head["summary"]["cache"] = (
-        None
-        if cached is None or stats is None
-        else {"path": str(cached.path), "hits": stats.hits, "misses": stats.misses}
-    )
-    _write(files, head, folder, [d.source for d in documents], args.output, out, err)
-    return 0
 
 
 def _run_ray(
@@ -221,8 +236,7 @@ def _run_ray(
         detector = functools.partial(
             duplicate_detector, method=args.dedupe_with, threshold=args.dedupe_threshold
         )
-    start = time.perf_counter()
-    rows = gate_on_ray(
+    job = gate_on_ray(
         documents,
         criteria,
         scorer=functools.partial(_actor_scorer, **backend),
@@ -236,54 +250,13 @@ def _run_ray(
         cache=cache,
         duplicate_detector=detector,
     )
-    seconds = time.perf_counter() - start
-    selection = policy.to_dict()
-    files: list[dict[str, Any]] = [
-        {"document": d.source, "pages": len(d.pages), "policy": selection, "criteria": []}
-        for d in documents
-    ]
-    thresholds = {c.id: c.threshold for c in criteria}
-    for row in rows:
-        entry = row.to_dict()
-        for key in ("index", "document"):
-            del entry[key]
-        if entry["context"] is None:
-            del entry["context"]
-        # The criterion's own threshold (a policy file's, if any); None: the policy's.
-        entry["threshold"] = thresholds[row.criterion]
-        files[row.index]["criteria"].append(entry)
-    no_evidence = sum(r.no_evidence for r in rows)
-    print(
-        f"{len(rows)} document × criterion rows, {no_evidence} without evidence; "
-        f"{seconds:.1f} s, {len(documents) / seconds:.2f} documents/s",
-        file=err,
-    )
-    cached = None
-    if cache is not None:
-        cached = {
-            "path": str(cache),
-            "hits": sum(r.cache_hits or 0 for r in rows),
-            "misses": sum(r.cache_misses or 0 for r in rows),
-        }
+    _print_job(job, err)
+    if job.summary.cache is not None:
         print(
-            f"cache: {cache} — {cached['hits']} hits, {cached['misses']} misses "
-            "(page scores of every document × criterion)",
+            f"cache: {cache} — {job.summary.cache.hits} hits, {job.summary.cache.misses} misses",
             file=err,
         )
-    summary = {
-        "documents": len(documents),
-        "criteria": len(criteria),
-        "rows": len(rows),
-        "no_evidence": no_evidence,
-        "seconds": round(seconds, 3),
-        "documents_per_second": round(len(documents) / seconds, 3),
-        "ray": {"address": args.ray or None, "actors": args.actors, "gpus": args.gpus_per_actor},
-        "cache": cached,
-    }
-    # The output names the backend the flags asked for; a URL loses its credentials.
-    asked = {**backend, "server_url": redact_url(args.server_url) if args.server_url else None}
-    head = {"backend": asked, "summary": summary}
-    _write(files, head, folder, [d.source for d in documents], args.output, out, err)
+    _write(job, folder, args, out, err)
     return 0
 
 
@@ -313,8 +286,8 @@ def duplicate_detector(
     return LexicalDetector() if threshold is None else LexicalDetector(threshold=threshold)
 
 
-def _actor_scorer(**backend: Any) -> Scorer:
-    """The backend the command line asked for, built inside a Ray actor."""
+def _actor_scorer(**backend: Any) -> BackendChoice:
+    """The backend the command line asked for, built inside a Ray actor (and named)."""
     from zerank_core.cli._common import choose_backend
 
     return choose_backend(
@@ -323,7 +296,7 @@ def _actor_scorer(**backend: Any) -> Scorer:
         model=backend["model"],
         device=backend["device"],
         scale=backend.get("scale"),
-    ).scorer
+    )
 
 
 def _output_folder(output: str | None) -> Path | None:
@@ -338,19 +311,26 @@ def _output_folder(output: str | None) -> Path | None:
     return folder
 
 
-def _write(
-    files: list[dict[str, Any]],
-    head: dict[str, Any],
-    folder: Path | None,
-    sources: list[str],
+def emit_result(
+    result: GateResult | MultiResult,
     output: str | None,
     out: TextIO,
     err: TextIO,
+    *,
+    include_text: bool = True,
 ) -> None:
-    if folder is None:
-        write_json({**head, "documents": files}, output, out, err)
-        return
-    folder.mkdir(parents=True, exist_ok=True)
+    """Write ``result`` through the one serialiser: to ``output``, or to ``out`` when piped."""
+    if output and output != "-":
+        write_result(output, result, include_text=include_text)
+        print(f"results: {output}", file=err)
+    elif output == "-" or not out.isatty():
+        out.write(dump_result(result, include_text=include_text))
+    else:
+        print("results: add -o FILE.json (or pipe stdout) for the full JSON", file=err)
+
+
+def result_names(sources: Sequence[str]) -> list[str]:
+    """One file name per document in an output folder (``summary.json`` is taken)."""
     used = {"summary.json"}
     names = []
     for source in sources:
@@ -361,8 +341,24 @@ def _write(
             name = f"{stem}-{number}.json"
         used.add(name)
         names.append(name)
-    for name, data in zip(names, files, strict=True):
-        write_json(data, str(folder / name), out, io.StringIO())
-    head["summary"]["files"] = dict(zip(sources, names, strict=True))
-    write_json(head, str(folder / "summary.json"), out, io.StringIO())
+    return names
+
+
+def _write(
+    job: MultiResult,
+    folder: Path | None,
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+) -> None:
+    include_text = not args.no_context
+    if folder is None:
+        emit_result(job, args.output, out, err, include_text=include_text)
+        return
+    sources = [r.document.source for r in job.results]
+    names = result_names(sources)
+    for name, result in zip(names, job.results, strict=True):
+        write_result(folder / name, result, include_text=include_text)
+    summary = job.summary.model_copy(update={"files": dict(zip(sources, names, strict=True))})
+    write_result(folder / "summary.json", summary)
     print(f"results: {folder}/ — {len(names)} documents and summary.json", file=err)

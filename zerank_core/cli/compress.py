@@ -21,11 +21,11 @@ from zerank_core.cli._common import (
     positive_arg,
     price_arg,
     threshold_arg,
-    write_json,
 )
 from zerank_core.cli._documents import (
     add_many_options,
     duplicate_detector,
+    emit_result,
     resolve_documents,
     run_many,
 )
@@ -34,7 +34,6 @@ from zerank_core.cli._reading import (
     add_reading_options,
     print_reading,
     read_document,
-    reading_dict,
 )
 from zerank_core.criteria import load_criteria
 from zerank_core.dedupe import DuplicateDetector
@@ -42,7 +41,7 @@ from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
 from zerank_core.passages import DEFAULT_PASSAGE_POLICY, PassagePolicy
 from zerank_core.plots import plot_heatmap
-from zerank_core.results import GateResult
+from zerank_core.results import BackendInfo, GateResult
 from zerank_core.scorers.base import Scale, Scorer
 from zerank_core.select import SelectionPolicy
 
@@ -466,8 +465,6 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print(cache_line(cached, report.cache_hits, report.cache_misses), file=err)
     if args.heatmap is not None:
         print(f"heatmap: {plot_heatmap(result, args.heatmap)}", file=err)
-    data = result.to_dict(include_context=not args.no_context)
-    data["backend"] = args.backend_used
-    data["report"]["reading"] = reading_dict(document)
-    write_json(data, args.output, out, err)
+    result = result.model_copy(update={"backend": BackendInfo(**args.backend_used)})
+    emit_result(result, args.output, out, err, include_text=not args.no_context)
     return 0
