@@ -20,11 +20,15 @@ again. ``linger_s`` keeps each handler thread busy that long after it has
 answered (a preempted thread on a loaded machine). ``open_connections`` the
 TCP connections open now. ``always_429`` answers every request with 429 and
 that ``retry-after`` value (``"0"``: come back at once); ``redirect_to``
-answers every request with a 307 to that URL.
+answers every request with a 307 to that URL; ``fail_query`` answers 500 to
+every request whose query contains it.
 
 Rate limit: ``requests_per_minute`` counted over a sliding ``window_s``
 (``requests_per_minute × window_s / 60`` requests per window), answered with
 429 and the ``retry-after`` that frees a place.
+``block_after=N`` holds every request after the first N (counted in
+``blocked``) until :meth:`unblock` or :meth:`close`: a client stuck in the
+middle of a job, for tests that kill it there.
 
 Faults are queued (``faults``, one per request) or drawn at random
 (``fault_rate`` of the requests, kinds from ``fault_kinds``, seeded):
@@ -145,13 +149,18 @@ class FakeRerankServer:
     linger_s: float = 0.0
     always_429: str | None = None
     redirect_to: str | None = None
+    fail_query: str | None = None
     rate_limited: int = 0
     served: int = 0
     documents_served: int = 0
     faults_injected: dict[str, int] = field(default_factory=dict)
+    block_after: int | None = None
+    blocked: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._arrived = 0
+        self._unblocked = threading.Event()
         self._local = threading.local()
         self._in_flight = 0
         self._random = random.Random(self.seed)
@@ -211,7 +220,13 @@ class FakeRerankServer:
         scheme = "http" if self.ssl_context is None else "https"
         return f"{scheme}://{host}:{port}"
 
+    def unblock(self) -> None:
+        """Let held requests through, and every later one."""
+        self.block_after = None
+        self._unblocked.set()
+
     def close(self) -> None:
+        self._unblocked.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -273,7 +288,17 @@ class FakeRerankServer:
             self._accepted.append(now)
             return None
 
+    def _hold(self) -> None:
+        with self._lock:
+            self._arrived += 1
+            hold = self.block_after is not None and self._arrived > self.block_after
+            if hold:
+                self.blocked += 1
+        if hold:
+            self._unblocked.wait(timeout=300)
+
     def _handle(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
+        self._hold()
         wait = self._over_rate()  # counted on arrival, before any parsing
         body = json.loads(raw or b"{}")
         if self.record_bodies:
@@ -287,6 +312,8 @@ class FakeRerankServer:
             )
         if self.redirect_to is not None:
             return self._send(handler, 307, {}, {"location": self.redirect_to})
+        if self.fail_query is not None and self.fail_query in str(body.get("query")):
+            return self._send(handler, 500, {"error": "this query always fails"})
         if wait is not None:
             retry_after = f"{max(wait, 0.001):.3f}"
             return self._send(handler, 429, {"error": "rate limited"}, {"retry-after": retry_after})
@@ -332,7 +359,7 @@ class FakeRerankServer:
         if fault == "empty":
             return self._send_raw(handler, 200, b"")
 
-        path = handler.path
+        path = handler.path.partition("?")[0]  # a gateway's key parameter is no route
         if path == "/v1/models/rerank":
             documents, scale, key = body["documents"], "probability", "relevance_score"
         elif path in ("/v1/rerank", "/rerank"):

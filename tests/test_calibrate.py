@@ -9,6 +9,7 @@ import warnings
 import numpy as np
 import pytest
 
+from tests.extras import needs_sklearn
 from zerank_core.calibrate import (
     CalibratedScorer,
     IsotonicCalibrator,
@@ -280,6 +281,7 @@ def _miscalibrated(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.nda
     return scores, labels
 
 
+@needs_sklearn
 def test_platt_recovers_a_known_logistic_link() -> None:
     scores, labels = _miscalibrated(np.random.default_rng(0), 20000)
     platt = PlattCalibrator().fit(scores, labels)
@@ -288,6 +290,7 @@ def test_platt_recovers_a_known_logistic_link() -> None:
     assert list(platt.classes_) == [0, 1]
 
 
+@needs_sklearn
 def test_platt_stays_finite_on_separable_data() -> None:
     platt = PlattCalibrator().fit([0.1, 0.2, 0.8, 0.9], [0, 0, 1, 1])
     probabilities = platt.predict_proba([0.0, 0.5, 1.0])
@@ -296,6 +299,7 @@ def test_platt_stays_finite_on_separable_data() -> None:
     assert probabilities.sum(axis=1) == pytest.approx([1.0, 1.0, 1.0])
 
 
+@needs_sklearn
 def test_isotonic_exact_step_map_and_clipping() -> None:
     isotonic = IsotonicCalibrator().fit([1, 2, 3, 4], [0, 1, 0, 1])
     # Pool-adjacent-violators merges the middle pair: 0, 0.5, 0.5, 1.
@@ -304,6 +308,7 @@ def test_isotonic_exact_step_map_and_clipping() -> None:
     assert list(isotonic.predict([1, 4])) == [0, 1]
 
 
+@needs_sklearn
 @pytest.mark.parametrize("calibrator", [PlattCalibrator, IsotonicCalibrator])
 def test_recalibrated_scores_are_monotone_in_the_raw_scores(calibrator: type) -> None:
     scores, labels = _miscalibrated(np.random.default_rng(2), 3000)
@@ -315,6 +320,7 @@ def test_recalibrated_scores_are_monotone_in_the_raw_scores(calibrator: type) ->
     assert np.all(np.diff(fitted.predict_proba(shuffled)[order, 1]) >= 0)
 
 
+@needs_sklearn
 @pytest.mark.parametrize("calibrator", [PlattCalibrator, IsotonicCalibrator])
 def test_recalibration_brings_ece_down_on_fresh_data(calibrator: type) -> None:
     rng = np.random.default_rng(4)
@@ -326,6 +332,7 @@ def test_recalibration_brings_ece_down_on_fresh_data(calibrator: type) -> None:
     assert expected_calibration_error(after, test_labels) < 0.03
 
 
+@needs_sklearn
 def test_calibrator_inputs_and_fitting_are_checked() -> None:
     with pytest.raises(ConfigurationError, match="both relevant \\(1\\) and irrelevant \\(0\\)"):
         PlattCalibrator().fit([0.1, 0.2], [1, 1])
@@ -389,6 +396,7 @@ def _fitted_bm25(calibrator: PlattCalibrator | IsotonicCalibrator) -> Calibrated
     return CalibratedScorer(scorer, calibrator.fit(*pooled_units(queries)))
 
 
+@needs_sklearn
 async def test_calibrated_scorer_meets_the_scorer_contract() -> None:
     calibrated = _fitted_bm25(PlattCalibrator())
     assert isinstance(calibrated, Scorer)
@@ -408,6 +416,7 @@ async def test_calibrated_scorer_meets_the_scorer_contract() -> None:
     assert calibrated.score("cat", []) == []
 
 
+@needs_sklearn
 def test_calibrated_scorer_plugs_into_the_classifier() -> None:
     calibrated = _fitted_bm25(IsotonicCalibrator())
     classifier = LabelClassifier(
@@ -417,6 +426,7 @@ def test_calibrated_scorer_plugs_into_the_classifier() -> None:
     assert [r.label for r in results] == ["animals", "finance"]
 
 
+@needs_sklearn
 def test_calibrated_scorer_plugs_into_the_langchain_compressor() -> None:
     documents = pytest.importorskip("langchain_core.documents")
     from langchain_zerank import ZeRankCompressor
@@ -431,6 +441,7 @@ def test_calibrated_scorer_plugs_into_the_langchain_compressor() -> None:
     assert all(0 < d.metadata["relevance_score"] <= 1 for d in kept)
 
 
+@needs_sklearn
 def test_calibrated_scorer_refuses_an_unfitted_calibrator() -> None:
     with pytest.raises(ConfigurationError, match="calibrator IsotonicCalibrator is not fitted"):
         CalibratedScorer(BM25Scorer(), IsotonicCalibrator())

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from tests.cli_run import call
+from tests.extras import needs_matplotlib
 from tests.fake_servers import FakeRerankServer
 from zerank_core.cli import main
 
@@ -87,6 +88,7 @@ def test_compress_bundled_packet_end_to_end_offline(tmp_path: Path) -> None:
     assert without_cache_fields(again) == without_cache_fields(data)
 
 
+@needs_matplotlib
 def test_compress_against_a_server_with_heatmap_and_output_file(
     tmp_path: Path, fake_server: FakeRerankServer
 ) -> None:

@@ -11,6 +11,7 @@ import pytest
 from fpdf import FPDF
 
 from tests.cli_run import call
+from tests.extras import needs_matplotlib
 from tests.fake_servers import FakeRerankServer
 from zerank_core.calibrate import CriterionFit, ThresholdFit, ThresholdPolicy
 from zerank_core.cli._policy import apply_policy_file
@@ -139,6 +140,7 @@ def test_a_folder_of_text_pages_is_still_one_document(
     assert data["report"]["pages"] == 2
 
 
+@needs_matplotlib
 def test_ambiguous_or_unusable_arguments_are_refused(
     tmp_path: Path, inputs: tuple[Path, Path]
 ) -> None:

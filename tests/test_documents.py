@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from fpdf import FPDF
 
+from tests.extras import needs_matplotlib
 from tests.fake_servers import FakeRerankServer
 from zerank_core import (
     DocumentError,
@@ -468,6 +469,7 @@ def test_report_counts_cache_hits(tmp_path: Path) -> None:
     scorer.close()
 
 
+@needs_matplotlib
 def test_heatmap_is_written(tmp_path: Path) -> None:
     result = PageGate(KeywordScorer()).run(Document.from_texts(PAGES, "packet.txt"), CRITERIA)
     path = plot_heatmap(result, tmp_path / "out" / "heatmap.png")
@@ -488,4 +490,6 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(capsys: pytest.CaptureFix
     PageGate(KeywordScorer()).run(document, CRITERIA)
     assert capsys.readouterr().err == ""  # stderr is not a terminal under pytest
     PageGate(KeywordScorer(), progress=True).run(document, CRITERIA)
-    assert "criteria" in capsys.readouterr().err
+    bar = capsys.readouterr().err
+    assert "scoring <texts>" in bar
+    assert "0/15" in bar  # 5 pages × 3 criteria planned

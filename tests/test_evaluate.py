@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pytest
 
+from tests.extras import needs_matplotlib
 from zerank_core.errors import ConfigurationError, InvalidResponseError, MissingDependencyError
 from zerank_core.evaluate import (
     LabelledQuery,
@@ -212,6 +213,7 @@ def test_a_missing_score_is_an_error_not_a_zero() -> None:
         score_examples(_ShortScorer(), EXAMPLES)
 
 
+@needs_matplotlib
 def test_recall_plot_is_written_as_png(tmp_path: object) -> None:
     from pathlib import Path
 

@@ -23,6 +23,7 @@ import pytest
 import zeroentropy
 
 from tests.cli_run import call
+from tests.extras import needs_sklearn
 from tests.fake_servers import FakeRerankServer, reference_probability
 from zerank_core import BackendError, ConfigurationError, InvalidResponseError
 from zerank_core.cache import CachedScorer
@@ -110,6 +111,7 @@ def test_server_and_hosted_deployments_of_one_model_do_not_share_entries(
         assert api.stats.misses == 1
 
 
+@needs_sklearn
 def test_refitting_a_calibrator_is_a_cache_miss(tmp_path: Path) -> None:
     from zerank_core.calibrate import CalibratedScorer, PlattCalibrator
 
@@ -128,6 +130,7 @@ def test_refitting_a_calibrator_is_a_cache_miss(tmp_path: Path) -> None:
         assert cached.stats.misses == 0
 
 
+@needs_sklearn
 def test_a_calibrated_bm25_is_still_cached_per_whole_call(tmp_path: Path) -> None:
     """BM25's scores depend on the call's corpus, with or without a calibrator on top."""
     from zerank_core.calibrate import CalibratedScorer, PlattCalibrator
@@ -468,8 +471,9 @@ def test_cli_debug_shows_the_traceback(tmp_path: Path, fake_server: FakeRerankSe
 def test_the_redaction_rule() -> None:
     from zerank_core.redaction import deployment_url, redact, redact_url, register_secret
 
-    assert redact_url("https://user:pw@host:8443/v1/rerank?api_key=abc&x=1") == (
-        "https://***@host:8443/v1/rerank?api_key=***&x=1"
+    # Every query value is masked unless its name is on the allow-list.
+    assert redact_url("https://user:pw@host:8443/v1/rerank?api_key=abc&x=1&model=m") == (
+        "https://***@host:8443/v1/rerank?api_key=***&x=***&model=m"
     )
     assert redact("see http://u:p@h/x and https://h/y?token=t0k&key=k3y") == (
         "see http://***@h/x and https://h/y?token=***&key=***"

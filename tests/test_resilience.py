@@ -7,13 +7,16 @@ count that does not depend on how fast the machine is.
 from __future__ import annotations
 
 import asyncio
+import json
+import math
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.fake_servers import FakeRerankServer, reference_probability
-from zerank_core.errors import BackendError
+from zerank_core.errors import BackendError, BatchesFailedError
 from zerank_core.scorers import RerankServerScorer, ZeroEntropyScorer
 from zerank_core.scorers.retry import Failure, backoff
 
@@ -100,3 +103,143 @@ def test_the_cap_holds_when_the_servers_threads_are_slow_to_finish(backend: str)
         assert server.max_in_flight == 1
     finally:
         server.close()
+
+
+# --------------------------------------------------------------------------- partial failures
+
+
+def test_a_failed_batch_does_not_stop_the_others_and_every_failure_is_named(
+    fake_server: FakeRerankServer,
+) -> None:
+    # One request at a time, so the first two requests are batches 0 and 1.
+    fake_server.faults.extend(["500", "503"])
+    texts = [f"MRI {i}" for i in range(10)]
+    scorer = RerankServerScorer(
+        f"{fake_server.url}/v1/rerank", max_retries=0, max_batch_size=2, max_concurrency=1
+    )
+    with scorer, pytest.raises(BatchesFailedError) as failed:
+        scorer.score("MRI", texts)
+    error = failed.value
+    assert error.batches == [0, 1]
+    assert error.requests == 5
+    assert str(error).startswith("2 of 5 requests failed after their retries (the other 3 were ")
+    assert "batch 0 (2 texts): the server answered HTTP 500" in str(error)
+    assert "batch 1 (2 texts): the server answered HTTP 503" in str(error)
+    assert len(fake_server.requests) == 5  # every batch was sent
+    partial = error.partial_scores[0]  # type: ignore[attr-defined]
+    assert [math.isnan(v) for v in partial] == [True] * 4 + [False] * 6
+    assert partial[4:] == [reference_probability("MRI", t) for t in texts[4:]]
+
+
+async def test_a_single_failed_batch_is_its_own_error_after_the_others_ran(
+    fake_server: FakeRerankServer,
+) -> None:
+    fake_server.faults.extend(["500"])
+    scorer = RerankServerScorer(
+        f"{fake_server.url}/v1/rerank", max_retries=0, max_batch_size=2, max_concurrency=1
+    )
+    async with scorer:
+        with pytest.raises(BackendError) as failed:
+            await scorer.ascore("MRI", [f"MRI {i}" for i in range(6)])
+    assert type(failed.value) is BackendError
+    assert failed.value.status_code == 500
+    assert len(fake_server.requests) == 3
+
+
+def test_a_refusal_stops_the_job_at_once(fake_server: FakeRerankServer) -> None:
+    fake_server.faults.extend(["401"] * 10)
+    scorer = RerankServerScorer(
+        f"{fake_server.url}/v1/rerank", max_retries=0, max_batch_size=2, max_concurrency=1
+    )
+    with scorer, pytest.raises(BackendError) as failed:
+        scorer.score("MRI", [f"MRI {i}" for i in range(10)])
+    assert failed.value.status_code == 401
+    assert len(fake_server.requests) == 1
+
+
+def test_the_page_gate_names_the_criterion_of_every_failed_batch(
+    fake_server: FakeRerankServer,
+) -> None:
+    from zerank_core.criteria import Criterion
+    from zerank_core.gate import PageGate
+    from zerank_core.loaders import Document
+
+    fake_server.faults.extend(["500", "500"])
+    scorer = RerankServerScorer(
+        f"{fake_server.url}/v1/rerank", max_retries=0, max_batch_size=4, max_concurrency=1
+    )
+    criteria = [Criterion("A", "renewal"), Criterion("B", "invoice")]
+    with scorer, pytest.raises(BatchesFailedError) as failed:
+        PageGate(scorer).run(Document.from_texts([f"page {i}" for i in range(4)]), criteria)
+    message = str(failed.value)
+    assert "criterion 'A', batch 0" in message
+    assert "criterion 'B', batch 1" in message
+
+
+def test_the_cli_without_a_cache_keeps_what_came_back_and_resumes(
+    fake_server: FakeRerankServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    import tempfile
+
+    from zerank_core.cli import main
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    document = tmp_path / "packet.json"
+    document.write_text(json.dumps([f"page {i} renewal" for i in range(40)]), encoding="utf-8")
+    criteria = tmp_path / "criteria.txt"
+    criteria.write_text("renewal deadline\ninvoice amount\n", encoding="utf-8")
+    url = f"{fake_server.url}/v1/rerank"
+    argv = ["compress", str(document), "-c", str(criteria), "--server-url", url, "-o", "-"]
+    # Every request for the second criterion fails, whatever its retries.
+    fake_server.fail_query = "invoice"
+    out, err = io.StringIO(), io.StringIO()
+    code = main([*argv, "--no-cache"], stdout=out, stderr=err)
+    assert code == 2, err.getvalue()
+    line = err.getvalue().strip().splitlines()[-1]
+    assert line.startswith("zerank: error: ")
+    assert "rerun with --cache " in line
+    kept = Path(line.rpartition("rerun with --cache ")[2].split(" ")[0])
+    assert kept.exists()
+    assert "criterion 'C2'" in line
+    assert "criterion 'C1'" not in line
+    fake_server.fail_query = None
+    sent_before = fake_server.documents_served
+    code = main([*argv, "--cache", str(kept)], stdout=io.StringIO(), stderr=err)
+    assert code == 0, err.getvalue()
+    # Only the failed criterion's pages went out again.
+    assert fake_server.documents_served - sent_before == 40
+    # A run that succeeds leaves no temporary cache behind.
+    code = main([*argv, "--no-cache"], stdout=io.StringIO(), stderr=io.StringIO())
+    assert code == 0
+    assert [p for p in (tmp_path / "tmp").iterdir() if p != kept.parent] == []
+
+
+# --------------------------------------------------------------------------- planning under load
+
+
+async def test_concurrent_small_calls_are_not_split_over_slots_others_hold(
+    fake_server: FakeRerankServer,
+) -> None:
+    # Alone, a 20-text call is split over free slots (2 requests of 10 finish
+    # sooner than one of 20); twenty at once share the slots, one request each.
+    texts = [[f"MRI {call} {i}" for i in range(20)] for call in range(20)]
+    async with RerankServerScorer(f"{fake_server.url}/v1/rerank", max_concurrency=4) as scorer:
+        alone = await scorer.ascore("MRI", texts[0])
+        assert len(fake_server.requests) == 2
+        fake_server.requests.clear()
+        together = await asyncio.gather(*(scorer.ascore("MRI", t) for t in texts))
+    assert alone == together[0]
+    assert together == [[reference_probability("MRI", x) for x in t] for t in texts]
+    # The first two calls see a share of 4 and 2 slots; every later one gets 1.
+    assert len(fake_server.requests) == 22
+
+
+def test_a_job_alone_plans_for_every_slot_and_one_among_others_for_its_share() -> None:
+    from zerank_core.scorers.planning import planning_slots
+
+    assert planning_slots(16, free=16, running_jobs=0) == 16
+    assert planning_slots(16, free=16, running_jobs=1) == 8
+    assert planning_slots(16, free=3, running_jobs=1) == 3
+    assert planning_slots(16, free=0, running_jobs=40) == 1

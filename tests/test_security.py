@@ -408,3 +408,106 @@ def test_adapters_refuse_credentials_in_their_url_settings(fake_server: FakeRera
         assert all(canary not in str(info.value) for canary in CANARIES)
     plain = ZeRankCompressor(server_url=f"{fake_server.url}/v1/rerank")
     assert plain.compress_documents([], QUERY) == []
+
+
+# --------------------------------------------------------------------------- names of any kind
+
+# Gateways name their key parameter and header as they like; none of these
+# names is special to the package: every value not on the allow-list is a secret.
+PARAMETER_NAMES = (
+    "subscription-key",  # Azure API Management
+    "code",  # Azure Functions
+    "api_token",
+    "access-token",
+    "X-Amz-Security-Token",
+    "zq-whatever",
+)
+HEADER_NAMES = ("Ocp-Apim-Subscription-Key", "X-Custom-Auth", "X-Zq-Whatever")
+CANARY_PARAMETER = "sk-CANARY-4d1e9a77"
+CANARY_HEADER = "hdr-CANARY-0b6f3c52"
+
+
+@pytest.mark.parametrize("name", PARAMETER_NAMES)
+def test_a_query_parameter_of_any_name_surfaces_nowhere(
+    name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from collections import deque
+
+    caplog.set_level(logging.DEBUG)
+    found = Evidence()
+    server = FakeRerankServer(faults=deque(["401"] * 20))
+    try:
+        url = f"{server.url}/v1/rerank?api-version=2024-01&{name}={CANARY_PARAMETER}"
+        scorer = RerankServerScorer(url, max_retries=0)
+        found.add("url", scorer.url)
+        found.add("repr", repr(scorer))
+        found.add("vars", vars(scorer))
+        found.add("identity", scorer.cache_identity)
+        found.add("pickle", pickle.dumps(scorer))
+        with pytest.raises(ZeRankError) as failed:
+            scorer.score(QUERY, TEXTS)
+        found.add_error("401", failed.value)
+        assert "api-version=2024-01" in scorer.url  # a harmless parameter stays readable
+        texts, labels = tmp_path / "texts.txt", tmp_path / "labels.txt"
+        texts.write_text(f"{TEXTS[0]}\n", encoding="utf-8")
+        labels.write_text(f"notice: {QUERY}\n", encoding="utf-8")
+        out, err = io.StringIO(), io.StringIO()
+        output = tmp_path / "out.json"
+        argv = ["classify", str(texts), "-l", str(labels), "--server-url", url, "--no-cache"]
+        assert main([*argv, "-o", str(output)], stdout=out, stderr=err) == 2
+        found.add("stderr", err.getvalue())
+        server.faults.clear()
+        assert main([*argv, "-o", str(output)], stdout=out, stderr=err) == 0, err.getvalue()
+        found.add("stderr", err.getvalue())
+        found.add("-o JSON", output)
+        assert "backend: server" in err.getvalue()
+        # The secret still goes where it belongs: to the server.
+        assert all(CANARY_PARAMETER in r.path for r in server.requests)
+    finally:
+        server.close()
+    found.add("log", "\n".join(r.getMessage() for r in caplog.get_records("call")))
+    assert [where for where, data in found.items if CANARY_PARAMETER.encode() in data] == []
+
+
+def test_a_header_of_any_name_is_neither_pickled_nor_shown(fake_server: FakeRerankServer) -> None:
+    headers = {name: CANARY_HEADER + name for name in HEADER_NAMES}
+    headers["Accept-Language"] = "en"
+    scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank", headers=headers)
+    found = Evidence()
+    found.add("pickle", pickle.dumps(scorer))
+    found.add("vars", vars(scorer))
+    found.add("repr", repr(scorer))
+    assert [where for where, data in found.items if CANARY_HEADER.encode() in data] == []
+    rebuilt = pickle.loads(pickle.dumps(scorer))
+    expected = scorer.score(QUERY, TEXTS)
+    assert rebuilt.score(QUERY, TEXTS) == expected
+    sent = fake_server.requests[-2].headers
+    assert sent["Accept-Language"] == "en"
+    assert sent["X-Custom-Auth"] == CANARY_HEADER + "X-Custom-Auth"  # the scorer sends it
+    assert "X-Custom-Auth" not in fake_server.requests[-1].headers  # the pickle does not
+
+
+def test_the_hosted_backend_never_follows_a_redirect(
+    fake_server: FakeRerankServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    elsewhere = FakeRerankServer()
+    fake_server.redirect_to = f"{elsewhere.url}/v1/models/rerank"
+    monkeypatch.setenv("ZEROENTROPY_BASE_URL", f"{fake_server.url}/v1")
+    try:
+        with ZeroEntropyScorer(api_key="k" * 8, max_retries=0) as scorer:
+            with pytest.raises(ZeRankError) as sync_failed:
+                scorer.score(QUERY, TEXTS)
+
+            async def ascore() -> None:
+                await scorer.ascore(QUERY, TEXTS)
+
+            import asyncio
+
+            with pytest.raises(ZeRankError) as async_failed:
+                asyncio.run(ascore())
+        for failed in (sync_failed, async_failed):
+            assert "HTTP 307" in str(failed.value)
+            assert "which is not followed" in str(failed.value)
+        assert elsewhere.requests == []
+    finally:
+        elsewhere.close()

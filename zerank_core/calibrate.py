@@ -13,7 +13,11 @@ Four tools, for zerank or any other scorer, fitted on your own labelled data:
   scorer with a fitted calibrator and meets the scorer contract;
 - policies: :func:`fit_policy` fits a global threshold and, optionally, one
   per criterion, into a :class:`ThresholdPolicy` that ``zerank calibrate``
-  writes as JSON and ``zerank compress --policy`` applies.
+  writes as JSON and ``zerank compress --policy`` applies. A policy may carry
+  the calibrator its thresholds are on (``zerank calibrate --calibrator``):
+  the model that turns an uncalibrated scorer's numbers (BM25, a MiniLM or
+  bge cross-encoder) into probabilities; both calibrators write themselves
+  as JSON (:meth:`PlattCalibrator.to_dict`, :func:`calibrator_from_dict`).
 
 scikit-learn is needed only for the calibrators (``pip install
 'zerank-gate[eval]'``); it is imported when one is fitted.
@@ -49,6 +53,7 @@ __all__ = [
     "ReliabilityBins",
     "ThresholdFit",
     "ThresholdPolicy",
+    "calibrator_from_dict",
     "conformal_threshold",
     "empirical_threshold",
     "expected_calibration_error",
@@ -219,6 +224,9 @@ def _fit(
 
 POLICY_FORMAT = "zerank-gate/threshold-policy"
 POLICY_VERSION = 1
+#: A policy with a calibrator: a reader that ignored it would apply the
+#: thresholds to uncalibrated scores, so such files carry a version of their own.
+CALIBRATED_POLICY_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -241,7 +249,9 @@ class ThresholdPolicy:
     queries for the target). ``grouped_by`` is ``"query"`` or ``"document"``:
     the exchangeable unit of the conformal guarantee. ``backend`` and
     ``data`` record what produced the scores (a threshold is only meaningful
-    for the scorer it was fitted on).
+    for the scorer it was fitted on). ``calibrator``, when set, is the fitted
+    calibrator the thresholds are on: apply it to the backend's scores first
+    (:meth:`calibrated`).
     """
 
     fit: ThresholdFit
@@ -250,10 +260,19 @@ class ThresholdPolicy:
     grouped_by: Literal["query", "document"] = "query"
     backend: Mapping[str, Any] = field(default_factory=dict)
     data: Mapping[str, Any] = field(default_factory=dict)
+    calibrator: PlattCalibrator | IsotonicCalibrator | None = None
 
     def __post_init__(self) -> None:
         for name in ("criteria", "fallback", "backend", "data"):
             object.__setattr__(self, name, MappingProxyType(dict(getattr(self, name))))
+        if self.calibrator is not None and not _is_fitted(self.calibrator):
+            raise ConfigurationError("a policy's calibrator must be fitted")
+
+    def calibrated(self, scorer: Scorer) -> Scorer:
+        """``scorer`` with this policy's calibrator applied (itself when there is none)."""
+        if self.calibrator is None:
+            return scorer
+        return CalibratedScorer(scorer, self.calibrator)
 
     @property
     def target(self) -> float:
@@ -275,6 +294,13 @@ class ThresholdPolicy:
         return own.threshold if own is not None else self.fit.threshold
 
     def to_dict(self) -> dict[str, Any]:
+        data = self._fields()
+        if self.calibrator is not None:
+            data["version"] = CALIBRATED_POLICY_VERSION
+            data["calibrator"] = self.calibrator.to_dict()
+        return data
+
+    def _fields(self) -> dict[str, Any]:
         return {
             "format": POLICY_FORMAT,
             "version": POLICY_VERSION,
@@ -316,10 +342,17 @@ class ThresholdPolicy:
         """Read :meth:`to_dict`'s output back; a wrong or damaged file is named."""
         if not isinstance(data, Mapping) or data.get("format") != POLICY_FORMAT:
             raise ConfigurationError(f"{source} is not a zerank threshold policy ({POLICY_FORMAT})")
-        if data.get("version") != POLICY_VERSION:
+        version = data.get("version")
+        if version not in (POLICY_VERSION, CALIBRATED_POLICY_VERSION):
             raise ConfigurationError(
-                f"{source}: policy version {data.get('version')!r} is not supported "
-                f"(expected {POLICY_VERSION})"
+                f"{source}: policy version {version!r} is not supported "
+                f"(expected {POLICY_VERSION} or {CALIBRATED_POLICY_VERSION})"
+            )
+        if (version == CALIBRATED_POLICY_VERSION) != ("calibrator" in data):
+            raise ConfigurationError(
+                f"{source} is a damaged threshold policy: version {version} "
+                + ("needs" if version == CALIBRATED_POLICY_VERSION else "cannot have")
+                + " a calibrator"
             )
         try:
             fit = ThresholdFit(
@@ -350,6 +383,11 @@ class ThresholdPolicy:
                 grouped_by=grouped_by,
                 backend=dict(data.get("backend", {})),
                 data=dict(data.get("data", {})),
+                calibrator=(
+                    calibrator_from_dict(data["calibrator"], f"{source}: calibrator")
+                    if "calibrator" in data
+                    else None
+                ),
             )
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigurationError(f"{source} is a damaged threshold policy: {exc!r}") from exc
@@ -602,6 +640,21 @@ class PlattCalibrator(_CalibratorBase):
         z = self.coef_ * scores + self.intercept_
         return np.asarray(0.5 * (1.0 + np.tanh(0.5 * z)))
 
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted map as JSON: ``{"method": "platt", "coef": a, "intercept": b}``."""
+        if not _is_fitted(self):
+            raise ConfigurationError("PlattCalibrator is not fitted: call fit() first")
+        return {"method": "platt", "coef": self.coef_, "intercept": self.intercept_}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PlattCalibrator:
+        """A fitted calibrator from :meth:`to_dict`'s output (no refit, no scikit-learn)."""
+        calibrator = cls()
+        calibrator.coef_ = _finite(data["coef"], "coef")
+        calibrator.intercept_ = _finite(data["intercept"], "intercept")
+        calibrator.classes_ = np.array([0, 1])
+        return calibrator
+
 
 class IsotonicCalibrator(_CalibratorBase):
     """Isotonic recalibration: the best non-decreasing step map from score to frequency.
@@ -609,10 +662,13 @@ class IsotonicCalibrator(_CalibratorBase):
     scikit-learn's ``IsotonicRegression`` (bounded to [0, 1], clipped outside
     the fitted range). More flexible than Platt, needs more data, and turns
     score ranges into ties. Learned: ``isotonic_`` (the fitted regressor),
-    ``classes_``.
+    ``x_thresholds_`` and ``y_thresholds_`` (the map's knots: it is linear
+    between them and flat outside), ``classes_``.
     """
 
     isotonic_: Any
+    x_thresholds_: np.ndarray
+    y_thresholds_: np.ndarray
 
     def _param_names(self) -> tuple[str, ...]:
         return ()
@@ -627,11 +683,60 @@ class IsotonicCalibrator(_CalibratorBase):
             y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip"
         )
         self.isotonic_ = model.fit(x, y.astype(float))
+        self.x_thresholds_ = np.asarray(model.X_thresholds_, dtype=float)
+        self.y_thresholds_ = np.asarray(model.y_thresholds_, dtype=float)
         self.classes_ = np.array([0, 1])
         return self
 
     def _positive(self, scores: np.ndarray) -> np.ndarray:
-        return np.asarray(self.isotonic_.predict(scores), dtype=float)
+        # What IsotonicRegression.predict computes with out_of_bounds="clip".
+        return np.asarray(np.interp(scores, self.x_thresholds_, self.y_thresholds_), dtype=float)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fitted map as JSON: ``{"method": "isotonic", "x": [...], "y": [...]}``."""
+        if not _is_fitted(self):
+            raise ConfigurationError("IsotonicCalibrator is not fitted: call fit() first")
+        return {
+            "method": "isotonic",
+            "x": [float(v) for v in self.x_thresholds_],
+            "y": [float(v) for v in self.y_thresholds_],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IsotonicCalibrator:
+        """A fitted calibrator from :meth:`to_dict`'s output (no refit, no scikit-learn)."""
+        x = _finite_array(data["x"], "x")
+        y = _finite_array(data["y"], "y")
+        if len(x) == 0 or len(x) != len(y):
+            raise ValueError(f"x and y must be non-empty and of one length, got {len(x)}, {len(y)}")
+        if np.any(np.diff(x) < 0) or np.any(np.diff(y) < 0):
+            raise ValueError("x and y must be non-decreasing")
+        if y[0] < 0 or y[-1] > 1:
+            raise ValueError("y must be in [0, 1]")
+        calibrator = cls()
+        calibrator.x_thresholds_ = x
+        calibrator.y_thresholds_ = y
+        calibrator.classes_ = np.array([0, 1])
+        return calibrator
+
+
+def calibrator_from_dict(
+    data: Mapping[str, Any], source: str = "calibrator"
+) -> PlattCalibrator | IsotonicCalibrator:
+    """A fitted calibrator from its ``to_dict()``; a damaged one is named by ``source``."""
+    if not isinstance(data, Mapping):
+        raise ConfigurationError(f"{source} must be an object, got {type(data).__name__}")
+    method = data.get("method")
+    kinds: dict[str, type[PlattCalibrator] | type[IsotonicCalibrator]] = {
+        "platt": PlattCalibrator,
+        "isotonic": IsotonicCalibrator,
+    }
+    if method not in kinds:
+        raise ConfigurationError(f"{source}: method must be 'platt' or 'isotonic', got {method!r}")
+    try:
+        return kinds[method].from_dict(data)
+    except (KeyError, TypeError, ValueError, ConfigurationError) as exc:
+        raise ConfigurationError(f"{source} is damaged: {exc}") from exc
 
 
 class CalibratedScorer:

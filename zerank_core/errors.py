@@ -5,6 +5,8 @@
     ├── MissingDependencyError (ImportError)  an optional extra is not installed
     ├── BackendError                       a request for one batch failed: HTTP status,
     │   │                                  timeout, connection or SDK error
+    │   ├── BatchesFailedError             several batches of one call failed after
+    │   │                                  their retries; the others were scored
     │   └── InvalidResponseError           a backend answered, but not with a valid
     │       │                              score for every input
     │       └── ScorerOutputError          a scorer's call returned the wrong number
@@ -27,6 +29,7 @@ from zerank_core.redaction import redact, redact_url
 
 __all__ = [
     "BackendError",
+    "BatchesFailedError",
     "ConfigurationError",
     "DocumentError",
     "InvalidResponseError",
@@ -123,6 +126,44 @@ class BackendError(ZeRankError):
         return f"batch {self.batch} ({self.batch_size} texts): {message}"
 
 
+class BatchesFailedError(BackendError):
+    """Several requests of one call failed after their retries; every other one was scored.
+
+    ``errors`` holds each failed request's error in batch order (each a
+    :class:`BackendError` naming its batch), ``requests`` the call's number of
+    requests. The message names every failed batch. ``status_code`` is the
+    failures' common HTTP status, if they share one. The first error is the
+    ``__cause__``.
+    """
+
+    #: How many failed batches the message describes in full; the rest are listed by number.
+    DESCRIBED = 10
+
+    def __init__(self, errors: list[BackendError], *, requests: int) -> None:
+        statuses = {e.status_code for e in errors}
+        super().__init__(
+            f"{len(errors)} of {requests} requests failed after their retries",
+            status_code=statuses.pop() if len(statuses) == 1 else None,
+        )
+        self.errors = errors
+        self.requests = requests
+
+    @property
+    def batches(self) -> list[int | None]:
+        """The failed batches' numbers."""
+        return [e.batch for e in self.errors]
+
+    def _detail(self) -> str:
+        shown = "; ".join(str(e) for e in self.errors[: self.DESCRIBED])
+        rest = self.errors[self.DESCRIBED :]
+        more = f"; and batches {', '.join(str(e.batch) for e in rest)}" if rest else ""
+        done = self.requests - len(self.errors)
+        return (
+            f"{len(self.errors)} of {self.requests} requests failed after their retries "
+            f"(the other {done} were scored): {shown}{more}"
+        )
+
+
 class InvalidResponseError(BackendError):
     """A backend's response does not hold exactly one valid score per input."""
 
@@ -165,12 +206,12 @@ def as_backend_error(exc: BaseException, *, batch: int, batch_size: int) -> Back
         status = response.status_code
         message = (
             f"the server answered HTTP {status} {response.reason_phrase} "
-            f"({redact_url(str(exc.request.url))})"
+            f"({redact_url(str(exc.request.url))}){_redirect(response)}"
         )
     elif isinstance(exc, httpx.TimeoutException):
-        message = f"the request timed out ({type(exc).__name__}: {exc})"
+        message = f"the request timed out ({_reason(exc)})"
     elif isinstance(exc, httpx.HTTPError):
-        message = f"the request failed ({type(exc).__name__}: {exc})"
+        message = f"the request failed ({_reason(exc)})"
     elif sdk is not None and isinstance(exc, sdk.APIResponseValidationError):
         _sanitize(exc)
         return InvalidResponseError(
@@ -180,7 +221,7 @@ def as_backend_error(exc: BaseException, *, batch: int, batch_size: int) -> Back
         )
     elif sdk is not None and isinstance(exc, sdk.APIStatusError):
         status = exc.status_code
-        hint = " (check the API key)" if status in (401, 403) else ""
+        hint = " (check the API key)" if status in (401, 403) else _redirect(exc.response)
         message = f"the ZeroEntropy API answered HTTP {status}{hint}: {exc}"
     elif sdk is not None and isinstance(exc, sdk.APITimeoutError):
         message = f"the ZeroEntropy API did not answer in time ({exc})"
@@ -190,6 +231,48 @@ def as_backend_error(exc: BaseException, *, batch: int, batch_size: int) -> Back
         return None
     _sanitize(exc)
     return BackendError(message, batch=batch, batch_size=batch_size, status_code=status)
+
+
+def _redirect(response: object) -> str:
+    """What to say about a redirect answer: it is not followed, and where it pointed."""
+    import httpx
+
+    if not isinstance(response, httpx.Response) or not response.is_redirect:
+        return ""
+    location = response.headers.get("location") or "nowhere"
+    return (
+        f", a redirect to {redact_url(location)!r}, which is not followed: document text goes "
+        "only to the URL you gave; give the final URL instead"
+    )
+
+
+#: What a network error without a message of its own means.
+_NETWORK_REASONS = {
+    "ReadError": "the connection was closed or reset while reading the answer",
+    "WriteError": "the connection was closed or reset while sending the request",
+    "RemoteProtocolError": "the server closed the connection without a complete answer",
+    "ConnectError": "the connection could not be opened",
+    "CloseError": "the connection failed while closing",
+}
+
+
+def _reason(exc: BaseException) -> str:
+    """``ReadError: <message>``, or what the error means when it has no message of its own.
+
+    httpx's errors often carry an empty message (a reset connection raises
+    ``ReadError('')``); the message then says what happened instead of ``()``.
+    """
+    text = str(exc).strip()
+    name = type(exc).__name__
+    if text:
+        return f"{name}: {text}"
+    cause = exc.__cause__ or exc.__context__
+    while cause is not None and not str(cause).strip():
+        cause = cause.__cause__ or cause.__context__
+    if cause is not None:
+        return f"{name}: {type(cause).__name__}: {str(cause).strip()}"
+    reason = _NETWORK_REASONS.get(name, "no reason given")
+    return f"{name}: {reason}"
 
 
 def _sanitize(exc: BaseException) -> None:

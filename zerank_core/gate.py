@@ -57,7 +57,7 @@ if TYPE_CHECKING:
     from zerank_core.cache import CacheStats
     from zerank_core.dedupe import DuplicateDetector
 
-__all__ = ["DEFAULT_PAGE_POLICY", "PageGate", "passage_context"]
+__all__ = ["DEFAULT_PAGE_POLICY", "PageGate", "count_pairs", "passage_context", "progress_bar"]
 
 #: Top-3 pages per criterion with a floor of 0.5, read in page order. With an
 #: uncalibrated scorer (BM25, max-scaled per call) the floor means "at least
@@ -138,12 +138,12 @@ class PageGate:
         items = self._items(pages, criteria)
         before = self._snapshot()
         started = time.perf_counter()
-        with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
+        with self._bar(len(pages) * len(criteria), document) as bar, _naming_criteria(criteria):
             columns: list[list[float] | None] = list(
                 score_many(
                     self.scorer,
                     items,
-                    on_batch=_progress(bar, [len(pages)] * len(criteria)),
+                    on_batch=count_pairs(bar),
                     max_concurrency=self.max_concurrency,
                 )
             )
@@ -155,12 +155,12 @@ class PageGate:
         if self.passages is not None:
             plan = _PassagePlan(self.passages, pages, criteria, picked, self._instruction)
             if plan.items:
-                with self._bar(len(plan.items), "passages") as bar, _naming_criteria(plan.criteria):
+                with self._passage_bar(plan, document) as bar, _naming_criteria(plan.criteria):
                     plan.scored = list(
                         score_many(
                             self.scorer,
                             plan.items,
-                            on_batch=_progress(bar, [len(i.texts) for i in plan.items]),
+                            on_batch=count_pairs(bar),
                             max_concurrency=self.max_concurrency,
                         )
                     )
@@ -173,12 +173,12 @@ class PageGate:
         items = self._items(pages, criteria)
         before = self._snapshot()
         started = time.perf_counter()
-        with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
+        with self._bar(len(pages) * len(criteria), document) as bar, _naming_criteria(criteria):
             columns: list[list[float] | None] = list(
                 await ascore_many(
                     self.scorer,
                     items,
-                    on_batch=_progress(bar, [len(pages)] * len(criteria)),
+                    on_batch=count_pairs(bar),
                     max_concurrency=self.max_concurrency,
                 )
             )
@@ -192,12 +192,12 @@ class PageGate:
         if self.passages is not None:
             plan = _PassagePlan(self.passages, pages, criteria, picked, self._instruction)
             if plan.items:
-                with self._bar(len(plan.items), "passages") as bar, _naming_criteria(plan.criteria):
+                with self._passage_bar(plan, document) as bar, _naming_criteria(plan.criteria):
                     plan.scored = list(
                         await ascore_many(
                             self.scorer,
                             plan.items,
-                            on_batch=_progress(bar, [len(i.texts) for i in plan.items]),
+                            on_batch=count_pairs(bar),
                             max_concurrency=self.max_concurrency,
                         )
                     )
@@ -254,17 +254,32 @@ class PageGate:
             raise ConfigurationError(f"criterion ids must be unique; repeated: {duplicated}")
         pages = [p for p in document.pages if not p.is_empty]
         if not pages:
+            # Only a PDF's empty pages can be a scan that OCR would read.
+            why = (
+                "a scan without a text layer needs OCR"
+                if document.reading is not None and document.reading.reader == "pypdfium2"
+                else "whitespace only"
+            )
             raise DocumentError(
                 f"{document.source} has no page with text "
-                f"({len(document.pages)} pages, all empty: a scan without a text layer needs OCR)"
+                f"({len(document.pages)} pages, all empty: {why})"
             )
         return pages, criteria
 
-    def _bar(self, total: int, desc: str = "criteria") -> Any:
-        from tqdm import tqdm
+    def _passage_bar(self, plan: _PassagePlan, document: Document) -> Any:
+        """Passage × criterion pairs scored in stage 2, of those planned."""
+        return progress_bar(
+            self.progress,
+            total=sum(len(item.texts) for item in plan.items),
+            desc=f"passages {_name(document.source)}",
+            unit="pair",
+        )
 
-        show = sys.stderr.isatty() if self.progress is None else self.progress
-        return tqdm(total=total, desc=desc, unit="criterion", disable=not show, leave=False)
+    def _bar(self, total: int, document: Document) -> Any:
+        """Page × criterion pairs scored of those planned, named after the document."""
+        return progress_bar(
+            self.progress, total=total, desc=f"scoring {_name(document.source)}", unit="pair"
+        )
 
     def _snapshot(self) -> tuple[Usage | None, CacheStats | None]:
         stats = self._cache_stats() if self._cache_stats is not None else None
@@ -518,23 +533,34 @@ def _naming_criteria(criteria: list[Criterion]) -> Iterator[None]:
     try:
         yield
     except ZeRankError as exc:
-        item = getattr(exc, "job_item", None)
-        if isinstance(item, int) and 0 <= item < len(criteria):
-            exc.in_criterion(criteria[item].id)
+        # Several failed batches: each names its own criterion.
+        for error in getattr(exc, "errors", None) or [exc]:
+            item = getattr(error, "job_item", None)
+            if isinstance(item, int) and 0 <= item < len(criteria):
+                error.in_criterion(criteria[item].id)
         raise
 
 
-def _progress(bar: Any, sizes: list[int]) -> BatchCallback:
-    """Advance the bar by one item when all its ``sizes[item]`` texts are scored."""
-    remaining = list(sizes)
+def progress_bar(show: bool | None, **settings: Any) -> Any:
+    """A tqdm bar on stderr: ``show=None`` means only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    visible = sys.stderr.isatty() if show is None else show
+    return tqdm(disable=not visible, leave=False, dynamic_ncols=True, **settings)
+
+
+def _name(source: str) -> str:
+    name = source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or source
+    return name if len(name) <= 40 else name[:39] + "…"
+
+
+def count_pairs(bar: Any) -> BatchCallback:
+    """Advance the bar by the pairs of each scored batch."""
     lock = threading.Lock()
 
     def advance(item: int, indices: Sequence[int], scores: Sequence[float]) -> None:
         with lock:
-            remaining[item] -= len(indices)
-            done = remaining[item] <= 0
-        if done:
-            bar.update(1)
+            bar.update(len(indices))
 
     return advance
 

@@ -29,6 +29,46 @@ from zerank_core.results import Reading
 __all__ = ["Document", "Page", "Reading", "load_document", "split_pages"]
 
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md"})
+
+#: What the loader reads, for messages about what it does not.
+SUPPORTED_FORMATS = (
+    ".pdf, UTF-8 text (.txt, .md; pages split by form feeds), .json (a list of pages) "
+    "and a folder of .txt/.md files"
+)
+
+#: Formats users try that are no text: refused by name, not read as noise.
+UNSUPPORTED_SUFFIXES = {
+    ".docx": "a Word document",
+    ".doc": "a Word document",
+    ".odt": "an OpenDocument text",
+    ".rtf": "a Rich Text document",
+    ".xlsx": "an Excel workbook",
+    ".xls": "an Excel workbook",
+    ".pptx": "a PowerPoint deck",
+    ".ppt": "a PowerPoint deck",
+    ".epub": "an e-book",
+    ".zip": "a ZIP archive",
+    ".png": "an image",
+    ".jpg": "an image",
+    ".jpeg": "an image",
+    ".gif": "an image",
+    ".tif": "an image",
+    ".tiff": "an image",
+}
+
+# Leading bytes of binary formats that may come under any name.
+_MAGIC = (
+    (b"PK\x03\x04", "a ZIP container (.docx, .xlsx, .pptx, .odt, .epub or .zip)"),
+    (b"\xd0\xcf\x11\xe0", "an OLE document (.doc, .xls or .ppt)"),
+    (b"%PDF-", "a PDF (name it .pdf)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"{\\rtf", "a Rich Text document"),
+)
+
+# Control characters no text file holds (tab, newlines, form feed and ESC are text's own).
+_CONTROL = re.compile(r"[\x01-\x08\x0e-\x1a\x1c-\x1f\x7f]")
 # 200 dpi is a fax's fine mode and the usual floor for OCR of body text.
 OCR_DPI = 200
 
@@ -118,6 +158,14 @@ def load_document(
         reading = Reading(reader="folder")
     elif not path.is_file():
         raise DocumentError(f"{path} does not exist")
+    elif path.suffix.lower() in UNSUPPORTED_SUFFIXES:
+        what = UNSUPPORTED_SUFFIXES[path.suffix.lower()]
+        raise DocumentError(
+            f"{path} is {what} ({path.suffix}), which is not supported: the formats read are "
+            f"{SUPPORTED_FORMATS}; convert it first (to PDF or text)"
+        )
+    elif _size(path) == 0:
+        raise DocumentError(f"{path} is empty (0 bytes): there is nothing to read")
     elif path.suffix.lower() == ".pdf":
         _no_page_chars(page_chars, path, "a PDF")
         document, reading = _load_pdf(path, ocr)
@@ -202,17 +250,53 @@ def _load_text(path: Path, text: str, page_chars: int | None) -> Document:
     return Document.from_texts(pages, str(path))
 
 
-def _read_text(path: Path) -> str:
+def _size(path: Path) -> int:
     try:
-        text = path.read_text(encoding="utf-8")
-        if "\x00" in text:
-            # Valid UTF-8, but a binary file: scoring it would give plausible noise.
-            raise DocumentError(f"{path} holds NUL bytes: it is a binary file, not text")
-        return text
-    except UnicodeDecodeError as exc:
-        raise DocumentError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        return path.stat().st_size
     except OSError as exc:
         raise DocumentError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DocumentError(f"cannot read {path}: {exc.strerror}") from exc
+    for magic, what in _MAGIC:
+        if data.startswith(magic):
+            raise DocumentError(
+                f"{path} is {what}, not text: the formats read are {SUPPORTED_FORMATS}"
+            )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DocumentError(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}){_encoding_hint(data)}"
+        ) from exc
+    if "\x00" in text:
+        # Valid UTF-8, but a binary file: scoring it would give plausible noise.
+        raise DocumentError(f"{path} holds NUL bytes: it is a binary file, not text")
+    head = text[:4096]
+    if len(_CONTROL.findall(head)) > max(2, len(head) // 100):
+        raise DocumentError(
+            f"{path} holds control characters that text does not: it is a binary file; "
+            f"the formats read are {SUPPORTED_FORMATS}"
+        )
+    return text
+
+
+def _encoding_hint(data: bytes) -> str:
+    """What a file that is not UTF-8 probably is, and how to convert it."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "; it is UTF-16 text: convert it with iconv -f utf-16 -t utf-8 FILE > FILE.utf8.txt"
+    try:
+        data.decode("cp1252")
+    except UnicodeDecodeError:
+        return ""
+    return (
+        "; it reads as Windows-1252 / Latin-1 text: convert it with "
+        "iconv -f cp1252 -t utf-8 FILE > FILE.utf8.txt"
+    )
 
 
 def _natural_key(name: str) -> list[tuple[int, int | str]]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from zerank_core.criteria import Criterion
 from zerank_core.errors import ConfigurationError, InvalidResponseError
-from zerank_core.gate import PageGate
+from zerank_core.gate import PageGate, count_pairs, progress_bar
 from zerank_core.loaders import Document
 from zerank_core.results import (
     BackendInfo,
@@ -28,7 +28,7 @@ from zerank_core.results import (
     JobSummary,
     JobTimings,
     MultiResult,
-    RayRun,
+    RayInfo,
 )
 from zerank_core.scorers.base import Scale, ScoreItem, Scorer, Usage, score_many
 
@@ -73,19 +73,23 @@ def gate_documents(
     # scoring documents together would change every document's scores.
     shared = scale is not Scale.UNCALIBRATED
     texts = list(dict.fromkeys(p.text for d in documents for p in d.pages if not p.is_empty))
-    results: list[GateResult]
-    if shared:
-        table = _score_job(gate, texts, criteria)
-        results = []
-        # Stage 2 (passages) depends on what stage 1 kept: the replay sends
-        # those texts to the real scorer, one document at a time.
-        fallback = gate.scorer if gate.passages is not None else None
+    results: list[GateResult] = []
+    table = _score_job(gate, texts, criteria, len(documents)) if shared else None
+    # Stage 2 (passages) depends on what stage 1 kept: the replay sends those
+    # texts to the real scorer, one document at a time.
+    fallback = gate.scorer if gate.passages is not None else None
+    with progress_bar(
+        gate.progress, total=len(documents), desc="documents", unit="document"
+    ) as finished:
         for document in documents:
-            replay = _Replay(gate.scorer, table, fallback)
-            one = dataclasses.replace(gate, scorer=replay, progress=False)
-            results.append(one.run(document, criteria))
-    else:
-        results = [gate.run(document, criteria) for document in documents]
+            finished.set_postfix_str(document.source.rsplit("/", 1)[-1], refresh=False)
+            if table is not None:
+                replay = _Replay(gate.scorer, table, fallback)
+                one = dataclasses.replace(gate, scorer=replay, progress=False)
+                results.append(one.run(document, criteria))
+            else:
+                results.append(gate.run(document, criteria))
+            finished.update(1)
     seconds = time.perf_counter() - start
     usage = _usage(gate.scorer) - usage_before
     summary = summarize(results, documents, usage=usage, seconds=seconds, shared=shared)
@@ -99,7 +103,7 @@ def summarize(
     usage: Usage,
     seconds: float,
     shared: bool,
-    ray: RayRun | None = None,
+    ray: RayInfo | None = None,
     backend: BackendInfo | None = None,
     cache: CacheInfo | None = None,
 ) -> JobSummary:
@@ -147,7 +151,7 @@ _Key = tuple[str, str | None]
 
 
 def _score_job(
-    gate: PageGate, texts: list[str], criteria: list[Criterion]
+    gate: PageGate, texts: list[str], criteria: list[Criterion], documents: int
 ) -> dict[_Key, dict[str, float]]:
     """Every text's score for every criterion, keyed by (criterion text, instruction)."""
     keys = list(
@@ -156,11 +160,18 @@ def _score_job(
             for c in criteria
         )
     )
-    columns = score_many(
-        gate.scorer,
-        [ScoreItem(query, texts, instruction) for query, instruction in keys],
-        max_concurrency=gate.max_concurrency,
-    )
+    with progress_bar(
+        gate.progress,
+        total=len(texts) * len(keys),
+        desc=f"scoring {documents} documents",
+        unit="pair",
+    ) as bar:
+        columns = score_many(
+            gate.scorer,
+            [ScoreItem(query, texts, instruction) for query, instruction in keys],
+            on_batch=count_pairs(bar),
+            max_concurrency=gate.max_concurrency,
+        )
     table: dict[_Key, dict[str, float]] = {}
     for key, column in zip(keys, columns, strict=True):
         if len(column) != len(texts):

@@ -1,9 +1,13 @@
 """The one rule for hiding credentials in text the package shows: reprs, errors, logs.
 
 A credential can reach text three ways: as the userinfo of a URL
-(``https://user:token@host/``), as a query parameter with a secret-looking name
-(``?api_key=…``, ``&token=…``), or as an API key value itself. :func:`redact`
+(``https://user:token@host/``), as a query parameter (``?api_key=…``, but also
+``?subscription-key=…``, ``?code=…``, ``?X-Amz-Security-Token=…``: gateways
+name them as they like), or as an API key value itself. :func:`redact`
 replaces all three with ``***``; :func:`redact_url` does the same for one URL.
+Query parameters and request headers are judged by an allow-list, not a
+deny-list: every value is a secret unless its name is on
+:data:`HARMLESS_PARAMETERS` / :data:`HARMLESS_HEADERS`.
 API keys become known to the rule when a scorer is built with one
 (:func:`register_secret`), so a key echoed back by a server or an SDK error is
 hidden too. :func:`install_log_filter` applies the rule to every record of this
@@ -16,9 +20,11 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 __all__ = [
+    "HARMLESS_HEADERS",
+    "HARMLESS_PARAMETERS",
     "MASK",
     "RedactingFilter",
     "deployment_url",
@@ -35,32 +41,47 @@ __all__ = [
 
 MASK = "***"
 
-#: Query-string parameter names whose values are credentials.
-SECRET_PARAMETERS = (
-    "api_key",
-    "apikey",
-    "api-key",
-    "key",
-    "token",
-    "access_token",
-    "auth",
-    "auth_token",
-    "password",
-    "passwd",
-    "secret",
-    "client_secret",
-    "sig",
-    "signature",
-    "x-api-key",
+#: Query-string parameter names whose values are shown and kept (compared
+#: lower-case); every other parameter's value is treated as a credential.
+HARMLESS_PARAMETERS = frozenset(
+    {
+        "api-version",
+        "api_version",
+        "version",
+        "v",
+        "model",
+        "deployment",
+        "region",
+        "format",
+        "lang",
+        "language",
+        "locale",
+        "raw_scores",
+        "return_documents",
+        "top_n",
+        "timeout",
+    }
+)
+
+#: Request header names whose values may be shown and pickled (compared
+#: lower-case); every other header's value is treated as a credential.
+HARMLESS_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "cache-control",
+        "content-type",
+        "user-agent",
+        "x-request-id",
+        "x-correlation-id",
+    }
 )
 
 # userinfo: everything between "scheme://" and the last "@" before the host's end.
 _USERINFO = re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<userinfo>[^/\s?#]+)@")
-_PARAMETER = re.compile(
-    r"(?P<name>[?&;](?:" + "|".join(re.escape(p) for p in SECRET_PARAMETERS) + r")=)"
-    r"(?P<value>[^&;#\s'\"]*)",
-    re.IGNORECASE,
-)
+# Any "?name=value" / "&name=value" (";" too): the name decides in _mask_parameter.
+_PARAMETER = re.compile(r"(?P<name>[?&;](?P<key>[A-Za-z0-9_.~%+\[\]-]+)=)(?P<value>[^&;#\s'\"]*)")
 _BEARER = re.compile(r"(?P<scheme>\b(?:Bearer|Basic|Token)\s+)(?P<value>[A-Za-z0-9._~+/=-]+)")
 
 # Secrets shorter than this are too likely to be ordinary words to be masked everywhere.
@@ -87,13 +108,14 @@ def register_url_secrets(url: str | None) -> None:
         return
     for pair in parts.query.split("&"):
         if _is_secret_parameter(pair):
+            register_secret(unquote_plus(pair.partition("=")[2]))
             register_secret(pair.partition("=")[2])
 
 
 def redact(text: str) -> str:
     """``text`` with URL userinfo, secret query parameters, bearer tokens and known keys masked."""
     text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
-    text = _PARAMETER.sub(lambda m: f"{m['name']}{MASK}", text)
+    text = _PARAMETER.sub(_mask_parameter, text)
     text = _BEARER.sub(lambda m: f"{m['scheme']}{MASK}", text)
     with _secrets_lock:
         known = sorted(_secrets, key=len, reverse=True)
@@ -115,7 +137,7 @@ def redact_url(url: str) -> str:
     netloc = parts.netloc
     if "@" in netloc:
         netloc = f"{MASK}@{netloc.rpartition('@')[2]}"
-    query = _PARAMETER.sub(lambda m: f"{m['name']}{MASK}", f"?{parts.query}")[1:]
+    query = _PARAMETER.sub(_mask_parameter, f"?{parts.query}")[1:]
     return redact(urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment)))
 
 
@@ -133,7 +155,7 @@ def deployment_url(url: str) -> str:
 
 
 def has_credentials(url: str) -> bool:
-    """True when ``url`` carries userinfo or a secret query parameter."""
+    """True when ``url`` carries userinfo or a query parameter not on the allow-list."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -155,7 +177,7 @@ def has_userinfo(url: str) -> bool:
 
 
 def without_credentials(url: str) -> str:
-    """``url`` with its userinfo and secret query parameters removed (not masked)."""
+    """``url`` without userinfo and query parameters not on the allow-list (not masked)."""
     try:
         parts = urlsplit(url)
     except ValueError:
@@ -165,19 +187,24 @@ def without_credentials(url: str) -> str:
     return urlunsplit((parts.scheme, netloc, parts.path, "&".join(pairs), parts.fragment))
 
 
-#: Request headers whose values are credentials; they are never pickled.
-SECRET_HEADERS = ("authorization", "proxy-authorization", "cookie", "x-api-key", "api-key")
-
-
 def is_secret_header(name: str) -> bool:
-    """True for a header that carries a credential (by name)."""
-    lowered = name.lower()
-    return lowered in SECRET_HEADERS or "token" in lowered or "secret" in lowered
+    """True for a header whose value may be a credential: any not on :data:`HARMLESS_HEADERS`."""
+    return name.strip().lower() not in HARMLESS_HEADERS
+
+
+def _is_harmless_parameter(name: str) -> bool:
+    return unquote_plus(name).lower() in HARMLESS_PARAMETERS
 
 
 def _is_secret_parameter(pair: str) -> bool:
-    name = pair.partition("=")[0].lower()
-    return name in SECRET_PARAMETERS
+    name, _, value = pair.partition("=")
+    return bool(name or value) and not _is_harmless_parameter(name)
+
+
+def _mask_parameter(match: re.Match[str]) -> str:
+    if _is_harmless_parameter(match["key"]) or not match["value"]:
+        return match[0]
+    return f"{match['name']}{MASK}"
 
 
 class RedactingFilter(logging.Filter):

@@ -56,7 +56,8 @@ __all__ = [
     "MultiResult",
     "PageRecord",
     "Passage",
-    "RayRun",
+    "PolicySource",
+    "RayInfo",
     "Reading",
     "Timings",
     "dump_result",
@@ -342,6 +343,19 @@ class BackendInfo(_Model):
     description: str
 
 
+class PolicySource(_Model):
+    """The threshold policy file a run applied (``zerank compress --policy``).
+
+    ``fitted_on`` names the backend whose scores it was fitted on: its
+    thresholds hold for that backend's scores only.
+    """
+
+    path: str
+    method: str
+    target: float
+    fitted_on: str | None = None
+
+
 class Timings(_Model):
     """How long one document took: the only fields of a result that vary between runs."""
 
@@ -379,6 +393,7 @@ class GateResult(_Model):
     model: str | None = None
     scale: Scale = Scale.PROBABILITY
     policy: SelectionPolicy
+    policy_source: PolicySource | None = None
     report: GateReport
     results: tuple[CriterionResult, ...]
     duplicates: tuple[DuplicatePage, ...] = ()
@@ -427,12 +442,20 @@ class CacheInfo(_Model):
     misses: int | None = None
 
 
-class RayRun(_Model):
-    """Where a ``--ray`` job ran."""
+class RayInfo(_Model):
+    """Where a ``--ray`` job ran and how it went.
+
+    ``actors_built`` counts the actors that built their scorer (a fully
+    cached rerun builds none); ``requests`` and ``peak_in_flight`` are the
+    requests the job limiter admitted and the most in flight at once.
+    """
 
     address: str | None = None
     actors: int
     gpus_per_actor: float = 0.0
+    actors_built: int | None = None
+    requests: int | None = None
+    peak_in_flight: int | None = None
 
 
 class JobTimings(_Model):
@@ -441,7 +464,7 @@ class JobTimings(_Model):
     seconds: Seconds
     documents_per_second: Annotated[float | None, _round(3)] = None
     read_seconds: Seconds | None = None
-    ray: RayRun | None = None
+    ray: RayInfo | None = None
 
 
 class JobSummary(_Model):
@@ -453,7 +476,8 @@ class JobSummary(_Model):
     per criterion; ``shared_batches`` is False when the scorer's scores depend
     on the other texts of a call (uncalibrated lexical scores), so each
     document was scored on its own. ``files`` maps each document's source to
-    its result file in an output folder.
+    its result file in an output folder; ``documents`` counts those this run
+    gated.
     """
 
     _not_compared: ClassVar[frozenset[str]] = frozenset({"timings"})
@@ -472,6 +496,8 @@ class JobSummary(_Model):
     usage: Usage = Field(default_factory=Usage)
     cache: CacheInfo | None = None
     files: dict[str, str] | None = None
+    resumed: int = 0
+    """Documents an earlier run into the same folder had done, skipped by this one."""
     timings: JobTimings
 
     @property
@@ -537,6 +563,8 @@ def write_result(
     text = dump_result(result, include_text=include_text)
     fd, temp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp makes the file private; a result file gets the usual permissions.
+        os.chmod(temp, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
         os.replace(temp, target)
@@ -544,6 +572,12 @@ def write_result(
         Path(temp).unlink(missing_ok=True)
         raise
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_result(

@@ -19,8 +19,13 @@ from typing import TextIO
 import httpx
 
 from zerank_core import __version__
-from zerank_core.cli import cache, calibrate, classify, compress, evaluate
-from zerank_core.cli._common import ArgumentParser, choose_backend
+from zerank_core.cli import cache, calibrate, classify, compress, evaluate, report
+from zerank_core.cli._common import (
+    ArgumentParser,
+    choose_backend,
+    finish_resumable,
+    resume_hint,
+)
 from zerank_core.errors import ZeRankError
 from zerank_core.redaction import redact
 
@@ -47,6 +52,8 @@ score cache: on by default at $ZERANK_CACHE or ~/.cache/zerank-gate/scores.sqlit
 examples:
   zerank compress packet.pdf --criteria criteria.yaml -o result.json
   zerank compress packet.txt --criteria criteria.yaml --heatmap heatmap.png
+  zerank compress packet.pdf --criteria criteria.yaml --html report.html
+  zerank report result.json -o report.html
   zerank calibrate evidence.yaml --target 0.9 -o policy.json
   zerank compress packet.pdf --criteria criteria.yaml --policy policy.json
   zerank evaluate evidence.yaml --policy policy.json --png recall.png
@@ -101,6 +108,7 @@ COMMANDS = {
     "classify": classify,
     "calibrate": calibrate,
     "evaluate": evaluate,
+    "report": report,
     "cache": cache,
 }
 
@@ -117,12 +125,14 @@ def main(
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        return int(COMMANDS[args.command].run(args, out, err))
+        code = int(COMMANDS[args.command].run(args, out, err))
     except _expected_errors() as exc:
         if getattr(args, "debug", False):
             raise
-        print(f"zerank: error: {describe_error(exc)}", file=err)
+        print(f"zerank: error: {describe_error(exc)}{resume_hint(args)}", file=err)
         return 2
+    finish_resumable(args)
+    return code
 
 
 if __name__ == "__main__":

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import shutil
 import sys
+import tempfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TextIO
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
-from zerank_core.cache import CachedScorer, default_cache_path
+from zerank_core.cache import CachedScorer, ScoreStore, default_cache_path
 from zerank_core.errors import ConfigurationError
+from zerank_core.limits import LIMIT_VARIABLES
 from zerank_core.redaction import redact
 from zerank_core.scorers.auto import (
     BACKENDS,
@@ -19,7 +24,10 @@ from zerank_core.scorers.auto import (
     planned_backend,
     resolve_backend,
 )
-from zerank_core.scorers.base import Scale, Scorer
+from zerank_core.scorers.base import BatchCallback, Scale, ScoreItem, Scorer, Usage
+
+if TYPE_CHECKING:
+    from zerank_core.calibrate import IsotonicCalibrator, PlattCalibrator
 
 __all__ = [
     "ArgumentParser",
@@ -90,6 +98,30 @@ def positive_arg(value: str) -> int:
     return number
 
 
+def rate_arg(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value}")
+    return number
+
+
+#: The limit flags and the keyword each sets (see zerank_core.limits).
+LIMIT_FLAGS = {
+    "requests_per_minute": "--requests-per-minute",
+    "bytes_per_minute": "--bytes-per-minute",
+    "tokens_per_minute": "--tokens-per-minute",
+    "max_concurrency": "--max-concurrency",
+}
+
+
+def limits_of(args: argparse.Namespace) -> dict[str, float | int]:
+    """The limits the flags set (the environment's are read where the backend is built)."""
+    return {k: v for k in LIMIT_FLAGS if (v := getattr(args, k, None)) is not None}
+
+
 def price_arg(value: str) -> float:
     try:
         number = float(value)
@@ -133,6 +165,23 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
         "('logit' for MiniLM and bge rerankers): its scores are uncalibrated until "
         "zerank calibrate --calibrator fits a calibrator",
     )
+    limits = parser.add_argument_group(
+        "limits (a hosted or server backend; on Ray they hold for the whole job)"
+    )
+    for key, flag in LIMIT_FLAGS.items():
+        variable = LIMIT_VARIABLES[key]
+        what, otherwise = {
+            "requests_per_minute": ("requests per minute", "no limit"),
+            "bytes_per_minute": ("request bytes per minute (150 + query + text each)", "no limit"),
+            "tokens_per_minute": ("tokens per minute (estimated: bytes / 4)", "no limit"),
+            "max_concurrency": ("requests in flight at once", "16"),
+        }[key]
+        limits.add_argument(
+            flag,
+            type=positive_arg if key == "max_concurrency" else rate_arg,
+            metavar="N",
+            help=f"at most N {what} (default: ${variable}, else {otherwise})",
+        )
     cache = parser.add_argument_group("score cache")
     cache.add_argument(
         "--cache",
@@ -165,6 +214,7 @@ CLI_VOCABULARY = Vocabulary(
         "api_key": None,
         "base_url": None,
         "scorer": None,
+        **LIMIT_FLAGS,
     },
     flags=True,
 )
@@ -177,6 +227,7 @@ def choose_backend(
     model: str | None = None,
     device: str | None = None,
     scale: str | None = None,
+    limits: dict[str, float | int] | None = None,
 ) -> BackendChoice:
     """The scorer the flags and the environment ask for, through :func:`resolve_backend`.
 
@@ -184,6 +235,7 @@ def choose_backend(
     it runs on the BM25 baseline (and says so) instead of failing. Its
     requests carry the User-Agent ``zerank-gate/<version> cli``.
     """
+    given = limits or {}
     return resolve_backend(
         backend=backend,
         model=model,
@@ -191,9 +243,17 @@ def choose_backend(
         server_url=server_url,
         scale=scale,
         framework="cli",
+        max_concurrency=_int_or_none(given.get("max_concurrency")),
+        requests_per_minute=given.get("requests_per_minute"),
+        bytes_per_minute=given.get("bytes_per_minute"),
+        tokens_per_minute=given.get("tokens_per_minute"),
         allow_lexical=True,
         vocabulary=CLI_VOCABULARY,
     )
+
+
+def _int_or_none(value: float | int | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def check_backend(
@@ -203,18 +263,23 @@ def check_backend(
     model: str | None = None,
     device: str | None = None,
     scale: str | None = None,
-) -> None:
+    limits: dict[str, float | int] | None = None,
+) -> tuple[str, str] | None:
     """Build the backend these flags ask for once, and close it: fail before a cluster starts.
 
     Open weights are not loaded here (they are on the actors' nodes, maybe
     not on this one); every other backend checks its settings and
-    credentials as it is built, without a request.
+    credentials as it is built, without a request. Returns the backend's
+    name and description (``None`` for open weights, not built here).
     """
     planned = planned_backend(backend=backend, model=model, device=device, server_url=server_url)
     if planned == "local":
-        return
-    choice = choose_backend(backend, server_url=server_url, model=model, device=device, scale=scale)
+        return None
+    choice = choose_backend(
+        backend, server_url=server_url, model=model, device=device, scale=scale, limits=limits
+    )
     close_scorer(choice.scorer, None)
+    return choice.name, redact(choice.reason)
 
 
 def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer | None]:
@@ -224,17 +289,19 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
         model=args.model,
         device=args.device,
         scale=args.scale,
+        limits=limits_of(args),
     )
     reason = redact(choice.reason)
     args.backend_used = {"name": choice.name, "description": reason}
     print(f"backend: {choice.name} — {reason}", file=err)
+    calibrator = _policy_calibrator(args, choice, err)
     if choice.name == "lexical":
         print(
             "note: BM25 scores are uncalibrated (1.0 = best page for each query); set "
             "ZEROENTROPY_API_KEY, ZERANK_SERVER_URL or ZERANK_LOCAL_MODEL for zerank",
             file=err,
         )
-    elif choice.scorer.scale is Scale.UNCALIBRATED:
+    elif choice.scorer.scale is Scale.UNCALIBRATED and calibrator is None:
         print(
             f"note: {choice.scorer.model} is not a zerank model: its scores are uncalibrated "
             "(they order pages, but a threshold on them means nothing) until zerank "
@@ -243,9 +310,129 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
             file=err,
         )
     if args.no_cache:
-        return choice.scorer, None
+        resumable = ResumableScorer(choice.scorer)
+        args.resume_cache = resumable.path
+        return _calibrated(resumable, calibrator), None
     cached = CachedScorer(choice.scorer, args.cache or default_cache_path())
-    return cached, cached
+    # The cache holds the backend's own scores; the calibrator applies on top.
+    return _calibrated(cached, calibrator), cached
+
+
+def _policy_calibrator(
+    args: argparse.Namespace, choice: BackendChoice, err: TextIO
+) -> PlattCalibrator | IsotonicCalibrator | None:
+    """The calibrator of the ``--policy`` file, if it has one, said on ``err``."""
+    path = getattr(args, "policy", None)
+    if path is None:
+        return None
+    from zerank_core.calibrate import ThresholdPolicy
+
+    fitted = ThresholdPolicy.load(path)
+    if fitted.calibrator is None:
+        if choice.scorer.scale is Scale.UNCALIBRATED and choice.name != "lexical":
+            print(
+                f"note: {path} has no calibrator: refit it with zerank calibrate --calibrator "
+                "so that its thresholds are probabilities",
+                file=err,
+            )
+        return None
+    method = fitted.calibrator.to_dict()["method"]
+    print(f"calibration: {method} calibrator from {path}: scores are probabilities", file=err)
+    model = fitted.backend.get("model")
+    if model is not None and model != choice.scorer.model:
+        print(
+            f"note: the calibrator was fitted on {model} scores and this run uses "
+            f"{choice.scorer.model}: a calibrator does not carry over between models",
+            file=err,
+        )
+    return fitted.calibrator
+
+
+def _calibrated(scorer: Scorer, calibrator: PlattCalibrator | IsotonicCalibrator | None) -> Scorer:
+    if calibrator is None:
+        return scorer
+    from zerank_core.calibrate import CalibratedScorer
+
+    return CalibratedScorer(scorer, calibrator)
+
+
+class ResumableScorer:
+    """``--no-cache``: the run's scores go to a temporary cache, so that a failed run resumes.
+
+    Nothing is read from an earlier run (the file is new), but when a request
+    fails after its retries, the scores of every other one are on disk: the
+    error names the file, and ``--cache FILE`` on the rerun sends only what
+    is missing. :func:`finish_resumable` removes the file after a run that
+    succeeded. It reports what its backend spent (``usage``); it is not a
+    :class:`~zerank_core.cache.CachedScorer`, so reports show no cache.
+    """
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.scorer = scorer
+        self.path = Path(tempfile.mkdtemp(prefix="zerank-resume-")) / "scores.sqlite3"
+        self._cache = CachedScorer(scorer, self.path)
+
+    @property
+    def model(self) -> str:
+        return self.scorer.model
+
+    @property
+    def scale(self) -> Scale:
+        return self.scorer.scale
+
+    @property
+    def usage(self) -> Usage | None:
+        return self.scorer.usage
+
+    def score(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        return self._cache.score(query, texts, instruction=instruction)
+
+    async def ascore(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        return await self._cache.ascore(query, texts, instruction=instruction)
+
+    def score_many(
+        self, items: Sequence[ScoreItem | tuple[Any, ...]], *, on_batch: BatchCallback | None = None
+    ) -> list[list[float]]:
+        return self._cache.score_many(items, on_batch=on_batch)
+
+    async def ascore_many(
+        self, items: Sequence[ScoreItem | tuple[Any, ...]], *, on_batch: BatchCallback | None = None
+    ) -> list[list[float]]:
+        return await self._cache.ascore_many(items, on_batch=on_batch)
+
+    def close(self) -> None:
+        self._cache.close()
+
+
+def resume_hint(args: argparse.Namespace) -> str:
+    """After a failed ``--no-cache`` run that scored something: where its scores are kept."""
+    path = getattr(args, "resume_cache", None)
+    if path is None or not path.exists():
+        return ""
+    store = ScoreStore(path)
+    try:
+        entries = store.info().entries
+    finally:
+        store.close()
+    if not entries:
+        finish_resumable(args)
+        return ""
+    return (
+        f"; the {entries:,} scores that came back are kept in {path}: rerun with "
+        f"--cache {path} to send only what is missing"
+    )
+
+
+def finish_resumable(args: argparse.Namespace) -> None:
+    """Remove a ``--no-cache`` run's temporary cache (the run succeeded, or kept nothing)."""
+    path = getattr(args, "resume_cache", None)
+    if path is not None:
+        shutil.rmtree(path.parent, ignore_errors=True)
+        args.resume_cache = None
 
 
 def close_scorer(scorer: Scorer, cached: CachedScorer | None) -> None:
@@ -253,6 +440,13 @@ def close_scorer(scorer: Scorer, cached: CachedScorer | None) -> None:
     if cached is not None:
         cached.close()
         scorer = cached.scorer
+    from zerank_core.calibrate import CalibratedScorer
+
+    if isinstance(scorer, CalibratedScorer):  # a --policy calibrator around the backend
+        scorer = scorer.scorer
+    if isinstance(scorer, ResumableScorer):
+        scorer.close()
+        scorer = scorer.scorer
     close = getattr(scorer, "close", None)
     if callable(close):
         close()

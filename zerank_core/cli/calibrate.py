@@ -3,18 +3,30 @@
 The labelled set is scored with the chosen backend (the same options and score
 cache as ``zerank compress``); the command prints recall against characters
 kept and writes a policy file that ``zerank compress --policy`` applies.
+With ``--calibrator platt|isotonic`` it first fits a calibrator on the set's
+units (score → relevant?), which turns an uncalibrated scorer (BM25, a MiniLM
+or bge cross-encoder) into probabilities; the thresholds are then fitted on
+the calibrated scores, and the policy file carries the calibrator, which
+``compress --policy`` and ``evaluate --policy`` apply before the thresholds.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import textwrap
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from zerank_core.calibrate import ThresholdPolicy, fit_policy
+from zerank_core.calibrate import (
+    IsotonicCalibrator,
+    PlattCalibrator,
+    ThresholdPolicy,
+    expected_calibration_error,
+    fit_policy,
+)
 from zerank_core.cli._common import (
     add_backend_options,
     add_output_option,
@@ -112,6 +124,14 @@ def add_parser(commands: Any) -> None:
         "--group-by-document",
         action="store_true",
         help="treat each document, not each query, as the exchangeable unit",
+    )
+    parser.add_argument(
+        "--calibrator",
+        choices=("platt", "isotonic"),
+        help="first fit a calibrator on the units (score -> relevant?) and fit the thresholds "
+        "on its probabilities; the policy file carries it. platt: a logistic map, for a few "
+        "hundred units or more; isotonic: a monotone step map, for thousands. Needed for "
+        "uncalibrated scorers (BM25, --scale with another cross-encoder)",
     )
     add_output_option(parser)
     add_backend_options(parser)
@@ -219,8 +239,39 @@ def policy_selections(policy: ThresholdPolicy, labelled: LabelledSet) -> list[Se
     return [SelectionPolicy(threshold=policy.threshold_for(e.criterion)) for e in labelled.examples]
 
 
+def fit_calibrator(
+    method: str, queries: Sequence[LabelledQuery], err: TextIO
+) -> tuple[PlattCalibrator | IsotonicCalibrator, list[LabelledQuery]]:
+    """Fit ``method`` on every unit's (score, relevant?); return it and the calibrated queries."""
+    scores = [s for q in queries for s in q.scores]
+    labels = [int(i in q.relevant) for q in queries for i in range(len(q.scores))]
+    calibrator = PlattCalibrator() if method == "platt" else IsotonicCalibrator()
+    calibrator.fit(scores, labels)
+    calibrated = [_with_scores(q, calibrator) for q in queries]
+    after = [s for q in calibrated for s in q.scores]
+    print(
+        f"\ncalibration: {method} on {len(scores):,} units ({sum(labels):,} relevant); "
+        f"expected calibration error on this set {expected_calibration_error(scores, labels):.3f} "
+        f"before, {expected_calibration_error(after, labels):.3f} after",
+        file=err,
+    )
+    return calibrator, calibrated
+
+
+def _with_scores(
+    query: LabelledQuery, calibrator: PlattCalibrator | IsotonicCalibrator
+) -> LabelledQuery:
+    if not query.scores:
+        return query
+    probabilities = calibrator.predict_proba(query.scores)[:, 1]
+    return dataclasses.replace(query, scores=tuple(float(p) for p in probabilities))
+
+
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     labelled, queries, backend = score_labelled(args, err)
+    calibrator = None
+    if args.calibrator is not None:
+        calibrator, queries = fit_calibrator(args.calibrator, queries, err)
     rows = print_recall_curve(queries, err)
     criteria = [e.criterion for e in labelled.examples]
     groups = [e.document or e.id for e in labelled.examples] if args.group_by_document else None
@@ -239,6 +290,8 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             "queries_with_evidence": labelled.n_with_evidence,
         },
     )
+    if calibrator is not None:
+        policy = dataclasses.replace(policy, calibrator=calibrator)
     fit = policy.fit
     overall = evaluate_selection(queries, policy_selections(policy, labelled))
     print(
@@ -259,10 +312,11 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             print(f"{name:<{width}}  {own.threshold:>9.4g}  {own.n:>4}  {own.recall:.3f}", file=err)
     for name, reason in sorted(policy.fallback.items()):
         print(f"{name}: global threshold ({reason})", file=err)
-    if backend.get("scale") == Scale.UNCALIBRATED.value:
+    if backend.get("scale") == Scale.UNCALIBRATED.value and calibrator is None:
         print(
-            "note: BM25 scores are uncalibrated; the threshold holds for BM25 on data like "
-            "this set, and must be refitted for any other backend",
+            f"note: {backend.get('model')} scores are uncalibrated; the threshold holds for "
+            "this scorer on data like this set, and must be refitted for any other backend; "
+            "--calibrator platt|isotonic makes its scores probabilities",
             file=err,
         )
     data = policy.to_dict()

@@ -126,9 +126,10 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if scorer.scale is Scale.UNCALIBRATED:
         print(
             "warning: this backend is not calibrated: its scores are not probabilities, so "
-            "the threshold does not mean 'likely to be this label' and most texts may get no "
-            "label (or the default). Use zerank (ZEROENTROPY_API_KEY, ZERANK_SERVER_URL, "
-            "ZERANK_LOCAL_MODEL or --model) or a fitted calibrator to classify.",
+            "the threshold does not mean 'likely to be this label' (BM25 scores the best-matching "
+            "label 1.0, whether or not it fits). Use zerank "
+            "(ZEROENTROPY_API_KEY, ZERANK_SERVER_URL, ZERANK_LOCAL_MODEL or --model) or a "
+            "fitted calibrator to classify.",
             file=err,
         )
     threshold = 0.0 if args.threshold is None else args.threshold

@@ -24,9 +24,11 @@ import asyncio
 import math
 import weakref
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
@@ -194,6 +196,16 @@ class _Job:
             self.on_batch(batch.item, indices, scores)
 
 
+@contextmanager
+def _keeping_partial(job: _Job) -> Iterator[None]:
+    """Give a job's error the scores that did come back (``partial_scores``; NaN: none)."""
+    try:
+        yield
+    except ZeRankError as exc:
+        exc.partial_scores = [list(row) for row in job.out]  # type: ignore[attr-defined]
+        raise
+
+
 class BatchedScorer(ABC):
     """Base of remote backends: one engine, planned jobs, validated responses.
 
@@ -246,6 +258,15 @@ class BatchedScorer(ABC):
     def max_concurrency(self) -> int:
         """Most requests this scorer has in flight at once, over all its callers."""
         return self._engine.slots.limit
+
+    @property
+    def engine(self) -> Engine:
+        """The engine every request goes through (slots, pacing, retries).
+
+        :meth:`Engine.share` makes its limits hold beyond this scorer, as the
+        Ray job limiter does for every actor of a job.
+        """
+        return self._engine
 
     @property
     def max_retries(self) -> int:
@@ -325,8 +346,8 @@ class BatchedScorer(ABC):
     ) -> None:
         await self.aclose()
 
-    def _plan_job(self, items: list[ScoreItem]) -> tuple[list[str], list[Batch]]:
-        """Plan the job's requests; ``items`` hold only texts worth sending."""
+    def _plan_job(self, items: list[ScoreItem], slots: int) -> tuple[list[str], list[Batch]]:
+        """Plan the job's requests for ``slots`` slots; ``items`` hold only texts worth sending."""
         queries = [query_with_instruction(i.query, i.instruction) for i in items]
         max_bytes = self.max_bytes
         limits = self.limits
@@ -337,7 +358,7 @@ class BatchedScorer(ABC):
         batches = plan_requests(
             queries,
             [list(i.texts) for i in items],
-            slots=self.max_concurrency,
+            slots=slots,
             max_batch_size=self.max_batch_size,
             max_bytes=max_bytes,
             fewest_requests=limits.requests_per_minute is not None,
@@ -369,37 +390,52 @@ class BatchedScorer(ABC):
     ) -> list[list[float]]:
         """Score several queries' texts as one job; one score list per item.
 
-        The job is planned as a whole (:func:`~zerank_core.scorers.engine.plan_requests`)
+        The job is planned as a whole (:mod:`~zerank_core.scorers.planning`)
         and its requests run on up to ``max_concurrency`` threads through the
         scorer's shared slots. ``on_batch`` sees each request's scores as it
         completes, so a caller can keep them even if a later request fails.
+
+        A request that still fails after its retries (a transient failure)
+        does not stop the others: they all run, and then its error is raised,
+        or :class:`~zerank_core.errors.BatchesFailedError` naming every
+        failed batch when there are several. A refusal (401, 400) or 429s
+        past the deadline stop the job at once. Either way the error's
+        ``partial_scores`` holds one list per item, NaN where no score came back.
         """
         job = _Job(_items(items), on_batch)
-        queries, batches = self._plan_job(job.sent)
-        deadline = self._engine.job_deadline()
-
-        def work(position: int) -> None:
-            batch = batches[position]
-            query = queries[batch.item]
-            texts = [job.sent[batch.item].texts[i] for i in batch.indices]
-
-            def attempt() -> list[float]:
-                try:
-                    result = self._request(query, texts)
-                except Exception as exc:
-                    raise _typed(exc, batch, len(texts)) from exc
-                return self._finish(batch, texts, result)
-
-            try:
-                scores = self._engine.call(attempt, deadline=deadline, **self._cost(batch))
-            except ZeRankError as exc:
-                exc.job_item = batch.item  # type: ignore[attr-defined]
-                raise
-            job.done(batch, scores)
-
-        job.report_blanks()
-        run_all(len(batches), work, workers=self.max_concurrency)
+        with self._engine.job() as slots, _keeping_partial(job):
+            queries, batches = self._plan_job(job.sent, slots)
+            deadline = self._engine.job_deadline()
+            job.report_blanks()
+            run_all(
+                len(batches),
+                partial(self._work, job, queries, batches, deadline),
+                workers=self.max_concurrency,
+                keep_going=self._engine.keep_going,
+            )
         return job.out
+
+    def _work(
+        self, job: _Job, queries: list[str], batches: list[Batch], deadline: float, position: int
+    ) -> None:
+        """Send one planned request of a job, with the engine's retries, and file its scores."""
+        batch = batches[position]
+        query = queries[batch.item]
+        texts = [job.sent[batch.item].texts[i] for i in batch.indices]
+
+        def attempt() -> list[float]:
+            try:
+                result = self._request(query, texts)
+            except Exception as exc:
+                raise _typed(exc, batch, len(texts)) from exc
+            return self._finish(batch, texts, result)
+
+        try:
+            scores = self._engine.call(attempt, deadline=deadline, **self._cost(batch))
+        except ZeRankError as exc:
+            exc.job_item = batch.item  # type: ignore[attr-defined]
+            raise
+        job.done(batch, scores)
 
     async def ascore_many(
         self,
@@ -409,30 +445,34 @@ class BatchedScorer(ABC):
     ) -> list[list[float]]:
         """Async :meth:`score_many`: requests run as coroutines on the shared slots."""
         job = _Job(_items(items), on_batch)
-        queries, batches = self._plan_job(job.sent)
-        deadline = self._engine.job_deadline()
+        with self._engine.job() as slots, _keeping_partial(job):
+            queries, batches = self._plan_job(job.sent, slots)
+            deadline = self._engine.job_deadline()
 
-        async def work(position: int) -> None:
-            batch = batches[position]
-            query = queries[batch.item]
-            texts = [job.sent[batch.item].texts[i] for i in batch.indices]
+            async def work(position: int) -> None:
+                batch = batches[position]
+                query = queries[batch.item]
+                texts = [job.sent[batch.item].texts[i] for i in batch.indices]
 
-            async def attempt() -> list[float]:
+                async def attempt() -> list[float]:
+                    try:
+                        result = await self._arequest(query, texts)
+                    except Exception as exc:
+                        raise _typed(exc, batch, len(texts)) from exc
+                    return self._finish(batch, texts, result)
+
+                cost = self._cost(batch)
                 try:
-                    result = await self._arequest(query, texts)
-                except Exception as exc:
-                    raise _typed(exc, batch, len(texts)) from exc
-                return self._finish(batch, texts, result)
+                    scores = await self._engine.acall(attempt, deadline=deadline, **cost)
+                except ZeRankError as exc:
+                    exc.job_item = batch.item  # type: ignore[attr-defined]
+                    raise
+                job.done(batch, scores)
 
-            try:
-                scores = await self._engine.acall(attempt, deadline=deadline, **self._cost(batch))
-            except ZeRankError as exc:
-                exc.job_item = batch.item  # type: ignore[attr-defined]
-                raise
-            job.done(batch, scores)
-
-        job.report_blanks()
-        await arun_all(len(batches), work, workers=self.max_concurrency)
+            job.report_blanks()
+            await arun_all(
+                len(batches), work, workers=self.max_concurrency, keep_going=self._engine.keep_going
+            )
         return job.out
 
     def score(

@@ -28,18 +28,25 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import tenacity
 
-from zerank_core.errors import BackendError, ConfigurationError, InvalidResponseError
+from zerank_core.errors import (
+    BackendError,
+    BatchesFailedError,
+    ConfigurationError,
+    InvalidResponseError,
+)
 from zerank_core.scorers.planning import (
     REQUEST_OVERHEAD_TEXTS,
     Batch,
     estimate_tokens,
     plan_requests,
+    planning_slots,
     request_bytes,
 )
 from zerank_core.scorers.retry import Failure, backoff, parse_retry_after
@@ -48,10 +55,12 @@ __all__ = [
     "DEFAULT_DEADLINE_S",
     "REQUEST_OVERHEAD_TEXTS",
     "Batch",
+    "ConcurrencyLimit",
     "Engine",
     "Failure",
     "Pacer",
     "RateLimits",
+    "RequestPacer",
     "Slots",
     "estimate_tokens",
     "parse_retry_after",
@@ -114,6 +123,12 @@ class Slots:
         """Slots currently held."""
         with self._lock:
             return self.limit - self._free
+
+    @property
+    def free(self) -> int:
+        """Slots a request would get at once: none while others are queued."""
+        with self._lock:
+            return 0 if self._waiters else self._free
 
     def acquire(self) -> None:
         """Take a slot, blocking this thread until one is free."""
@@ -264,6 +279,39 @@ class Pacer:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
 
+class ConcurrencyLimit(Protocol):
+    """What an engine asks before each request for a place in flight (:class:`Slots`).
+
+    Another implementation can share the places between processes, as the
+    Ray job limiter (:mod:`zerank_core.limits`) does across actors.
+    """
+
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def free(self) -> int: ...
+
+    def acquire(self) -> None: ...
+
+    async def aacquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class RequestPacer(Protocol):
+    """What an engine asks before each request for its turn in the budgets (:class:`Pacer`)."""
+
+    @property
+    def limits(self) -> RateLimits: ...
+
+    def reserve(self, *, bytes_: int = 0, tokens: int = 0) -> float: ...
+
+    def charge_tokens(self, tokens: int) -> None: ...
+
+    def pause(self, seconds: float) -> None: ...
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -303,18 +351,56 @@ class Engine:
             isinstance(deadline, int | float) and not isinstance(deadline, bool) and deadline >= 0
         ):
             raise ConfigurationError(f"deadline must be a number of seconds >= 0, got {deadline!r}")
-        self.slots = Slots(max_concurrency)
-        self.pacer = Pacer(limits)
+        self.slots: ConcurrencyLimit = Slots(max_concurrency)
+        self.pacer: RequestPacer = Pacer(limits)
         self.max_retries = max_retries
         self.deadline = deadline
         self._classify = classify
         self._on_retry = on_retry
         self._random = random.Random()
         self._random_lock = threading.Lock()
+        self._jobs = 0
+        self._jobs_lock = threading.Lock()
 
     @property
     def limits(self) -> RateLimits:
         return self.pacer.limits
+
+    def share(
+        self, *, slots: ConcurrencyLimit | None = None, pacer: RequestPacer | None = None
+    ) -> None:
+        """Take places in flight and pacing from ``slots`` and ``pacer`` from now on.
+
+        For limits that hold beyond this engine (every actor of a Ray job);
+        call it before the first request. Either left ``None`` stays as it is.
+        """
+        if slots is not None:
+            self.slots = slots
+        if pacer is not None:
+            self.pacer = pacer
+
+    @contextmanager
+    def job(self) -> Iterator[int]:
+        """Run one job on this engine; yields the slots to plan it for (see :mod:`.planning`)."""
+        with self._jobs_lock:
+            running = self._jobs
+            self._jobs += 1
+        try:
+            yield planning_slots(self.slots.limit, self.slots.free, running)
+        finally:
+            with self._jobs_lock:
+                self._jobs -= 1
+
+    def keep_going(self, exc: BaseException) -> bool:
+        """Whether a job goes on after ``exc`` ended one of its requests.
+
+        Yes after a transient failure that outlasted its retries (that batch
+        is lost, the others may well succeed); no after anything else: a
+        refusal (401, 400) or a setting would fail every request, and past
+        the deadline of 429s every request would be one more 429.
+        """
+        failure = self.failure(exc)
+        return isinstance(exc, BackendError) and failure is not None and failure.kind == "transient"
 
     def job_deadline(self) -> float:
         """The monotonic time past which a job started now stops retrying."""
@@ -421,19 +507,41 @@ class Engine:
         raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _raise(errors: list[BaseException], count: int, fatal: bool) -> None:
+    """Raise what a job's failures amount to (see :func:`run_all`)."""
+    if not errors:
+        return
+    if fatal or len(errors) == 1 or not all(isinstance(e, BackendError) for e in errors):
+        raise errors[0]
+    failed = sorted(
+        (e for e in errors if isinstance(e, BackendError)),
+        key=lambda e: -1 if e.batch is None else e.batch,
+    )
+    raise BatchesFailedError(failed, requests=count) from failed[0]
+
+
 def run_all(
-    count: int, work: Callable[[int], None], *, workers: int, stop: threading.Event | None = None
+    count: int,
+    work: Callable[[int], None],
+    *,
+    workers: int,
+    stop: threading.Event | None = None,
+    keep_going: Callable[[BaseException], bool] | None = None,
 ) -> None:
     """Run ``work(0..count-1)`` on ``workers`` threads, in order of index.
 
-    On the first error no new work starts, work already running finishes
-    (its results are kept), and the error is raised. A ``KeyboardInterrupt``
-    in the caller stops new work the same way.
+    An error for which ``keep_going`` is true (a request that failed after
+    its retries) does not stop the others: every other piece of work runs,
+    and then the error is raised, or :class:`BatchesFailedError` naming
+    each when several failed. Any other error stops new work at once (work
+    already running finishes, its results are kept) and is raised itself,
+    as is a ``KeyboardInterrupt`` in the caller.
     """
     stop = stop or threading.Event()
     lock = threading.Lock()
     next_index = [0]
     errors: list[BaseException] = []
+    fatal = [False]
 
     def worker() -> None:
         while not stop.is_set():
@@ -445,10 +553,14 @@ def run_all(
             try:
                 work(index)
             except BaseException as exc:
+                going = keep_going is not None and keep_going(exc)
                 with lock:
-                    errors.append(exc)
-                stop.set()
-                return
+                    # The error that stopped the job comes first: it is the one raised.
+                    errors.insert(0 if not going and not fatal[0] else len(errors), exc)
+                    fatal[0] = fatal[0] or not going
+                if not going:
+                    stop.set()
+                    return
 
     if workers <= 1 or count <= 1:
         worker()
@@ -465,26 +577,34 @@ def run_all(
         except BaseException:
             stop.set()
             raise
-    if errors:
-        raise errors[0]
+    _raise(errors, count, fatal[0])
 
 
-async def arun_all(count: int, work: Callable[[int], Awaitable[None]], *, workers: int) -> None:
+async def arun_all(
+    count: int,
+    work: Callable[[int], Awaitable[None]],
+    *,
+    workers: int,
+    keep_going: Callable[[BaseException], bool] | None = None,
+) -> None:
     """Async :func:`run_all`: ``workers`` coroutines take work in order of index."""
     next_index = 0
     errors: list[BaseException] = []
+    fatal = False
 
     async def worker() -> None:
-        nonlocal next_index
-        while not errors and next_index < count:
+        nonlocal next_index, fatal
+        while not fatal and next_index < count:
             index = next_index
             next_index += 1
             try:
                 await work(index)
             except Exception as exc:
-                errors.append(exc)
-                return
+                going = keep_going is not None and keep_going(exc)
+                errors.insert(0 if not going and not fatal else len(errors), exc)
+                fatal = fatal or not going
+                if not going:
+                    return
 
     await asyncio.gather(*(worker() for _ in range(max(1, min(workers, count)))))
-    if errors:
-        raise errors[0]
+    _raise(errors, count, fatal)

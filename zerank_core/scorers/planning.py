@@ -11,11 +11,11 @@ Rules (:func:`plan_requests`):
    ``REQUEST_OVERHEAD_TEXTS + len(request)``, wins; ties go to fewer requests.
    Under a requests-per-minute limit the fewest requests win outright.
 3. The slots a job can get are not the scorer's ``max_concurrency`` but
-   :func:`planning_slots`: the slots free when it starts, and at least an
-   even share among the jobs already running. So 1,000 concurrent small
-   calls on one scorer are one request each instead of each being split
-   over slots that other calls hold, while a job alone on a scorer still
-   spreads over every slot.
+   :func:`planning_slots`: the slots free when it starts, and no more than an
+   even share among the jobs running on the scorer. So 1,000 concurrent
+   small calls on one scorer are one request each instead of each being
+   split over slots that other calls hold, while a job alone on a scorer
+   still spreads over every slot.
 """
 
 from __future__ import annotations
@@ -253,11 +253,11 @@ def plan_batches(
 
 
 def planning_slots(limit: int, free: int, running_jobs: int) -> int:
-    """The slots to plan a job for: those free now, and at least an even share.
+    """The slots to plan a job for: those free now, at most an even share, at least one.
 
     ``limit`` is the scorer's ``max_concurrency``, ``free`` its slots free now
     (none when requests are already queued) and ``running_jobs`` the jobs
     already running on it, this one excluded.
     """
     share = limit // (running_jobs + 1)
-    return max(1, min(limit, max(free, share)))
+    return max(1, min(free, share))

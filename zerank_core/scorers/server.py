@@ -149,22 +149,34 @@ class RerankServerScorer(BatchedScorer):
             key_source if api_key is not None else None,
             next((k for k in headers or {} if k.lower() == "authorization"), None),
         )
-        self.url = url
+        # The URL may carry credentials (userinfo, a gateway's key parameter):
+        # kept as a secret, shown and pickled only without them (``url``).
+        self._url = SecretStr(url)
         self.model = model or os.environ.get("ZERANK_SERVER_MODEL") or "zerank-2"
         self.api = api
         self.max_batch_size = max_batch_size
         self.timeout = timeout
         self.user_agent = user_agent or default_user_agent()
         self._api_key = api_key
-        self._headers = dict(headers or {})
+        # Every header value but the harmless ones (User-Agent, Accept, ...) may
+        # be a credential, whatever its name: hidden in vars(), errors and pickles.
+        self._headers = {name: SecretStr(value) for name, value in (headers or {}).items()}
+        for name, value in (headers or {}).items():
+            if is_secret_header(name):
+                register_secret(value)
         self._extra_body = dict(extra_body or {})
         self._lock = threading.Lock()
         self._client: httpx.Client | None = None
         self._async_clients = PerLoop(self._new_async_client, _close_async)
 
+    @property
+    def url(self) -> str:
+        """The endpoint, its credentials masked (``***``)."""
+        return redact_url(self._url.get_secret_value())
+
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(url={redact_url(self.url)!r}, model={self.model!r}, "
+            f"{type(self).__name__}(url={self.url!r}, model={self.model!r}, "
             f"scale={self.backend_scale.value!r}, api={self.api!r})"
         )
 
@@ -178,7 +190,7 @@ class RerankServerScorer(BatchedScorer):
         """
         return fingerprint(
             "server",
-            url=deployment_url(self.url),
+            url=deployment_url(self._url.get_secret_value()),
             api=self.api,
             model=self.model,
             scale=self.backend_scale.value,
@@ -190,25 +202,30 @@ class RerankServerScorer(BatchedScorer):
         # A pickle keeps the settings, never a credential or a connection; see
         # _unpickle for where the rebuilt scorer finds them again.
         settings: dict[str, Any] = {
-            "url": without_credentials(self.url),
+            "url": without_credentials(self._url.get_secret_value()),
             "model": self.model,
             "scale": self.backend_scale.value,
             "api": self.api,
-            "headers": {k: v for k, v in self._headers.items() if not is_secret_header(k)},
+            "headers": {
+                name: value.get_secret_value()
+                for name, value in self._headers.items()
+                if not is_secret_header(name)
+            },
             "extra_body": self._extra_body,
             "max_batch_size": self.max_batch_size,
             "timeout": self.timeout,
             "user_agent": self.user_agent,
             **engine_settings(self),
         }
-        return (_unpickle, (type(self), settings, has_credentials(self.url)))
+        had_credentials = has_credentials(self._url.get_secret_value())
+        return (_unpickle, (type(self), settings, had_credentials))
 
     def _all_headers(self) -> dict[str, str]:
         headers = {"User-Agent": self.user_agent}
         # A User-Agent in headers, in any spelling, replaces the package's.
         if any(name.lower() == "user-agent" for name in self._headers):
             headers = {}
-        headers.update(self._headers)
+        headers.update({name: value.get_secret_value() for name, value in self._headers.items()})
         if self._api_key is not None:
             headers["Authorization"] = f"Bearer {self._api_key.get_secret_value()}"
         return headers
@@ -254,18 +271,18 @@ class RerankServerScorer(BatchedScorer):
         return body
 
     def _request(self, query: str, texts: list[str]) -> BatchResult:
-        response = self.client.post(self.url, json=self._body(query, texts))
+        response = self.client.post(self._url.get_secret_value(), json=self._body(query, texts))
         response.raise_for_status()
         return self._parse(response)
 
     async def _arequest(self, query: str, texts: list[str]) -> BatchResult:
         client = await self._async_clients.get()
-        response = await client.post(self.url, json=self._body(query, texts))
+        response = await client.post(self._url.get_secret_value(), json=self._body(query, texts))
         response.raise_for_status()
         return self._parse(response)
 
     def _parse(self, response: httpx.Response) -> BatchResult:
-        where = redact_url(self.url)
+        where = self.url
         payload = json_body(response.content, where=where)
         if self.api == "tei":
             return results_from_json(payload, key="score", where=where)

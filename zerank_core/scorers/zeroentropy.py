@@ -243,7 +243,9 @@ class ZeroEntropyScorer(BatchedScorer):
                     raise MissingDependencyError("zeroentropy", "all") from exc
                 self._client = ZeroEntropy(
                     **self._client_options(),
-                    http_client=DefaultHttpxClient(verify=shared_ssl_context()),
+                    http_client=DefaultHttpxClient(
+                        verify=shared_ssl_context(), follow_redirects=False
+                    ),
                 )
             return self._client
 
@@ -285,7 +287,9 @@ class ZeroEntropyScorer(BatchedScorer):
         # is closed". Its plain variant, with the same defaults, does not.
         return AsyncZeroEntropy(
             **self._client_options(),
-            http_client=DefaultAsyncHttpxClient(verify=shared_ssl_context()),
+            http_client=DefaultAsyncHttpxClient(
+                verify=shared_ssl_context(), follow_redirects=False
+            ),
         )
 
     def _params(self, query: str, texts: list[str]) -> dict[str, Any]:
