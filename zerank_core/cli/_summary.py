@@ -184,7 +184,8 @@ def print_result(result: GateResult, err: TextIO) -> None:
     )
     cost = f", ~${report.estimated_cost_usd:.4f}" if report.estimated_cost_usd is not None else ""
     print(
-        f"model calls: {report.model_requests} requests, {report.model_texts} page scores, "
+        f"model calls: {report.model_requests} requests, {report.model_texts} "
+        f"{'page and passage' if result.passage_policy is not None else 'page'} scores, "
         f"{tokens}{cost}",
         file=err,
     )
