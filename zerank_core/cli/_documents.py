@@ -206,7 +206,7 @@ def _run_ray(
         "calibrator": _policy_calibrator(args),
     }
     # Settings and credentials are checked here, before Ray starts (seconds).
-    check_backend(**backend)
+    check_backend(**{k: v for k, v in backend.items() if k != "calibrator"})
     cache = _ray_cache(args)
     print(
         f"ray: {args.actors} actor(s), {args.gpus_per_actor} GPU(s) each; each builds the "
