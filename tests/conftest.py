@@ -36,6 +36,10 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "ZERANK_BACKEND",
         "ZERANK_LOCAL_MODEL",
         "ZERANK_CACHE",
+        "ZERANK_REQUESTS_PER_MINUTE",
+        "ZERANK_BYTES_PER_MINUTE",
+        "ZERANK_TOKENS_PER_MINUTE",
+        "ZERANK_MAX_CONCURRENCY",
     ):
         monkeypatch.delenv(name, raising=False)
 

@@ -26,6 +26,9 @@ every request whose query contains it.
 Rate limit: ``requests_per_minute`` counted over a sliding ``window_s``
 (``requests_per_minute × window_s / 60`` requests per window), answered with
 429 and the ``retry-after`` that frees a place.
+``block_after=N`` holds every request after the first N (counted in
+``blocked``) until :meth:`unblock` or :meth:`close`: a client stuck in the
+middle of a job, for tests that kill it there.
 
 Faults are queued (``faults``, one per request) or drawn at random
 (``fault_rate`` of the requests, kinds from ``fault_kinds``, seeded):
@@ -151,9 +154,13 @@ class FakeRerankServer:
     served: int = 0
     documents_served: int = 0
     faults_injected: dict[str, int] = field(default_factory=dict)
+    block_after: int | None = None
+    blocked: int = 0
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self._arrived = 0
+        self._unblocked = threading.Event()
         self._local = threading.local()
         self._in_flight = 0
         self._random = random.Random(self.seed)
@@ -213,7 +220,13 @@ class FakeRerankServer:
         scheme = "http" if self.ssl_context is None else "https"
         return f"{scheme}://{host}:{port}"
 
+    def unblock(self) -> None:
+        """Let held requests through, and every later one."""
+        self.block_after = None
+        self._unblocked.set()
+
     def close(self) -> None:
+        self._unblocked.set()
         self._httpd.shutdown()
         self._httpd.server_close()
 
@@ -275,7 +288,17 @@ class FakeRerankServer:
             self._accepted.append(now)
             return None
 
+    def _hold(self) -> None:
+        with self._lock:
+            self._arrived += 1
+            hold = self.block_after is not None and self._arrived > self.block_after
+            if hold:
+                self.blocked += 1
+        if hold:
+            self._unblocked.wait(timeout=300)
+
     def _handle(self, handler: BaseHTTPRequestHandler, raw: bytes) -> None:
+        self._hold()
         wait = self._over_rate()  # counted on arrival, before any parsing
         body = json.loads(raw or b"{}")
         if self.record_bodies:

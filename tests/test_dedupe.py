@@ -26,6 +26,7 @@ from zerank_core.dedupe import (
 from zerank_core.errors import ConfigurationError, InvalidResponseError, MissingDependencyError
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
 from zerank_core.loaders import Document, load_document
+from zerank_core.results import dump_result
 from zerank_core.scorers import BM25Scorer, RerankServerScorer, Scale
 from zerank_core.select import SelectionPolicy
 
@@ -351,14 +352,14 @@ async def test_gate_reports_duplicates_in_results_and_json() -> None:
     assert by_id["DX"].duplicates == ()
     assert [(d.page, d.duplicate_of) for d in result.duplicates] == [(39, 1), (40, 18), (41, 15)]
 
-    data = result.to_dict(include_context=False)
+    data = json.loads(dump_result(result, include_text=False))
     assert data["policy"]["dedupe"] is True
     assert [(d["page"], d["duplicate_of"]) for d in data["duplicates"]] == [
         (39, 1),
         (40, 18),
         (41, 15),
     ]
-    tb = next(c for c in data["criteria"] if c["id"] == "TB")
+    tb = next(c for c in data["results"] if c["criterion"]["id"] == "TB")
     assert tb["duplicates"] == [
         {
             "page": 40,
@@ -367,7 +368,6 @@ async def test_gate_reports_duplicates_in_results_and_json() -> None:
             "method": "lexical",
         }
     ]
-    json.dumps(data)
 
 
 @needs_datasketch
@@ -406,7 +406,7 @@ def test_cli_compress_dedupe_summary_and_json() -> None:
     )
     data = json.loads(out.getvalue())
     assert data["policy"]["dedupe"] is True
-    assert {c["id"]: c["pages"] for c in data["criteria"]}["MTX"] == [4, 11, 15]
+    assert {c["criterion"]["id"]: c["pages"] for c in data["results"]}["MTX"] == [4, 11, 15]
 
 
 @needs_datasketch

@@ -6,6 +6,7 @@ One Ray instance serves the whole module: starting one is the slow part.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -17,6 +18,7 @@ import pytest
 pytest.importorskip("ray.data")
 pytest.importorskip("sentence_transformers.cross_encoder.modules")
 
+from tests.fake_servers import FakeRerankServer, reference_probability
 from tests.tiny_zerank import build_tiny_zerank, sample_text
 from zerank_core.cache import CachedScorer
 from zerank_core.criteria import Criterion
@@ -28,13 +30,16 @@ from zerank_core.distributed import (
     gate_dataset,
     gate_on_ray,
     rows_of,
+    run_on_ray,
 )
 from zerank_core.errors import ConfigurationError
 from zerank_core.gate import PageGate
 from zerank_core.loaders import Document
 from zerank_core.multi import gate_documents
+from zerank_core.results import GateResult
 from zerank_core.scorers.lexical import BM25Scorer
 from zerank_core.scorers.local import LocalScorer
+from zerank_core.scorers.server import RerankServerScorer
 from zerank_core.select import SelectionPolicy
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -284,21 +289,59 @@ def test_compress_ray_writes_what_compress_writes_in_process(
     assert f"cache: {tmp_path / 'scores.sqlite3'}, opened by each actor on its own node" in err
     assert " hits, 0 misses (page scores of every document × criterion)" in err
     assert "fitted on" not in err  # --backend lexical is what the policy was fitted on
-    assert on_ray["summary"]["rows"] == 3 * len(CRITERIA)
     assert on_ray["summary"]["cache"]["misses"] == 0
     assert on_ray["summary"]["cache"]["hits"] == sum(
-        len(d["matrix"]["pages"]) - len(d["report"]["empty_pages"]) for d in here["documents"]
+        len(d["document"]["pages"]) - len(d["report"]["empty_pages"]) for d in here["results"]
     ) * len(CRITERIA)
-    for got, want in zip(on_ray["documents"], here["documents"], strict=True):
-        assert got["document"] == want["document"]
-        assert got["policy"] == want["policy"]
+    ray = on_ray["summary"]["timings"]["ray"]
+    assert (ray["actors"], ray["gpus_per_actor"]) == (2, 0)
+    for got, want in zip(on_ray["results"], here["results"], strict=True):
+        # The scores came from the cache on Ray, from the model here: only the usage and
+        # the cache counts differ.
+        for data in (got, want):
+            for key in ("usage", "cache_hits", "cache_misses"):
+                data["report"].pop(key)
+        assert {**got, "timings": None} == {**want, "timings": None}
         assert (got["policy"]["threshold"], got["policy"]["top_k"]) == (0.5, None)
-        for a, b in zip(got["criteria"], want["criteria"], strict=True):
-            assert (a["criterion"], a["pages"]) == (b["id"], b["pages"])
-            assert a["threshold"] == b["threshold"] == {"C1": 0.5, "C2": 0.8}[b["id"]]
-            assert a["scores"] == pytest.approx(b["scores"])
-            assert a["context"] == b["context"]
-            assert a["cache_misses"] == 0
+        thresholds = [c["criterion"]["threshold"] for c in got["results"]]
+        assert thresholds == [0.5, 0.8]
+
+
+def test_ray_and_one_process_write_the_same_bytes_but_for_timings(
+    ray_instance: Any, tmp_path: Path
+) -> None:
+    from tests.cli_run import call
+
+    pages = (ROOT / "cookbook" / "prior_auth" / "packet.txt").read_text(encoding="utf-8")
+    pages_list = pages.split("\f")
+    (tmp_path / "first.txt").write_text("\f".join(pages_list[:20]), encoding="utf-8")
+    (tmp_path / "second.txt").write_text("\f".join(pages_list[20:]), encoding="utf-8")
+    criteria = ROOT / "cookbook" / "prior_auth" / "criteria.yaml"
+    common = [
+        str(tmp_path / "first.txt"), str(tmp_path / "second.txt"), "-c", str(criteria),
+        "--backend", "lexical", "--no-cache", "--dedupe",
+    ]  # fmt: skip
+    code, _, err = call("compress", *common, "-o", str(tmp_path / "here"))
+    assert code == 0, err
+    code, _, err = call("compress", *common, "--ray", "-o", str(tmp_path / "ray"))
+    assert code == 0, err
+
+    names = sorted(p.name for p in (tmp_path / "here").glob("*.json"))
+    assert names == ["first.json", "second.json", "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "ray").glob("*.json")) == names
+    for name in names:
+        here = (tmp_path / "here" / name).read_text(encoding="utf-8")
+        ray = (tmp_path / "ray" / name).read_text(encoding="utf-8")
+        # Timings are every file's last field: all before them is the same, byte for byte.
+        head = here.split('\n  "timings": ')[0]
+        assert ray.split('\n  "timings": ')[0] == head
+        assert set(json.loads(here)) == set(json.loads(ray))
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["timings"]["ray"]["actors"] == 1
+    result = GateResult.model_validate_json((tmp_path / "ray" / "first.json").read_text())
+    assert result.document.source == str(tmp_path / "first.txt")
+    assert result.backend is not None
+    assert result.backend.name == "lexical"
 
 
 def test_bad_arguments_fail_before_anything_runs(ray_instance: Any) -> None:
@@ -326,3 +369,199 @@ def test_an_actor_that_cannot_open_the_cache_is_a_clear_error(
     message = str(caught.value)
     assert message.startswith("a Ray actor could not start: ConfigurationError: cannot use ")
     assert f"{cache} as a score cache" in message
+
+
+@pytest.mark.parametrize("actors", [2, 4])
+def test_limits_hold_for_the_whole_job_not_per_actor(ray_instance: Any, actors: int) -> None:
+    """Every actor's scorer is told 480 requests/min and at most 2 in flight.
+
+    The server admits 20 requests in any 2 s (600/min) and answers 429 above
+    that. Paced per actor, 2 actors would send up to 2 × 480/min (30 in 2 s)
+    and 4 twice that; paced for the job, they stay at 480/min (16 in 2 s).
+    """
+    server = FakeRerankServer(requests_per_minute=600, window_s=2.0, latency_s=0.01)
+    try:
+        factory = functools.partial(
+            RerankServerScorer,
+            f"{server.url}/v1/rerank",
+            max_batch_size=2,
+            max_concurrency=2,
+            requests_per_minute=480,
+        )
+        docs = documents(8)
+        run = run_on_ray(
+            docs,
+            CRITERIA,
+            scorer=factory,
+            policy=POLICY,
+            actors=actors,
+            documents_per_batch=1,
+            num_cpus=2 / actors,
+        )
+        assert server.rate_limited == 0
+        assert server.max_in_flight <= 2  # max_concurrency held for the job, too
+        assert run.peak_in_flight <= 2
+        assert run.requests == server.served == len(server.requests)
+        assert run.actors_built == actors
+        for row in run.rows:
+            doc = docs[row.index]
+            criterion = next(c for c in CRITERIA if c.id == row.criterion)
+            query = (
+                f"<query>{criterion.text}</query>\n<instruction>{criterion.instruction}"
+                "</instruction>"
+                if criterion.instruction
+                else criterion.text
+            )
+            want = [reference_probability(query, p.text) for p in doc.pages if p.text]
+            assert list(row.page_scores[:-1]) == pytest.approx(want)
+    finally:
+        server.close()
+
+
+class LoggedScorer(LocalScorer):
+    """A LocalScorer that notes each build (each model load) in a file."""
+
+    def __init__(self, model: str, builds: str) -> None:
+        with Path(builds).open("a") as log:
+            log.write(f"{os.getpid()}\n")
+        super().__init__(model)
+
+
+def test_a_fully_cached_rerun_loads_no_model(
+    ray_instance: Any, model_dir: Path, tmp_path: Path
+) -> None:
+    docs = documents(4)
+    builds, cache = tmp_path / "builds", tmp_path / "scores.sqlite3"
+    factory = functools.partial(LoggedScorer, str(model_dir), str(builds))
+    common: dict[str, Any] = {
+        "scorer": factory, "policy": POLICY, "actors": 2, "documents_per_batch": 1,
+        "cache": cache,
+    }  # fmt: skip
+
+    first = run_on_ray(docs, CRITERIA, **common)
+    assert 1 <= first.actors_built <= 2
+    assert len(builds.read_text().split()) == first.actors_built
+    assert all(r.cache_hits == 0 for r in first.rows)
+
+    again = run_on_ray(docs, CRITERIA, **common)
+    assert again.actors_built == 0
+    assert len(builds.read_text().split()) == first.actors_built  # no model was loaded
+    assert all(r.cache_misses == 0 for r in again.rows)
+    assert_same_rows(list(again.rows), single_process_rows(model_dir, docs))
+
+    # One new document: only an actor that meets a miss builds its scorer.
+    more = [*docs, *documents(5)[4:]]
+    third = run_on_ray(more, CRITERIA, **common)
+    assert third.actors_built == 1
+    assert [r.cache_misses == 0 for r in third.rows] == [r.index < 4 for r in third.rows]
+
+
+def test_an_actor_whose_scorer_is_not_the_one_described_starts_its_batch_again(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    docs = documents(2)
+    batch = {
+        "index": [0, 1],
+        "document": [d.source for d in docs],
+        "pages": [[p.text for p in d.pages] for d in docs],
+    }
+    cache = str(tmp_path / "scores.sqlite3")
+    factory = functools.partial(LocalScorer, str(model_dir))
+    first = rows_from(_GateWorker(factory, CRITERIA, POLICY, None, False, cache=cache)(batch))
+    # The file now says what this factory builds; make it say something else.
+    with sqlite3.connect(cache) as db:
+        (description,) = db.execute("SELECT description FROM scorer_descriptions").fetchone()
+        other = description.replace('"backend\\": \\"local', '"backend\\": \\"other')
+        assert other != description
+        db.execute("UPDATE scorer_descriptions SET description = ?", (other,))
+    worker = _GateWorker(factory, CRITERIA, POLICY, None, False, cache=cache)
+    assert worker.built is None  # lazy, trusting the description
+    again = rows_from(worker(batch))
+    assert worker.built is not None
+    assert [(r.pages, r.cache_misses) for r in again] == [(r.pages, 0) for r in first]
+    with sqlite3.connect(cache) as db:
+        (restored,) = db.execute("SELECT description FROM scorer_descriptions").fetchone()
+    assert restored == description
+
+
+def test_compress_ray_writes_each_document_as_it_finishes_and_a_killed_driver_resumes(
+    ray_instance: Any, tmp_path: Path
+) -> None:
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.cli_run import call
+    from zerank_core.cli._progress import PROGRESS_FILE
+
+    docs = documents(4)
+    for i, doc in enumerate(docs):
+        (tmp_path / f"packet-{i}.json").write_text(
+            json.dumps([p.text for p in doc.pages]), encoding="utf-8"
+        )
+    criteria = tmp_path / "criteria.txt"
+    criteria.write_text("\n".join(c.text for c in CRITERIA), encoding="utf-8")
+    results, cache = tmp_path / "results", tmp_path / "scores.sqlite3"
+    # One actor, one document and one request at a time: two requests per document.
+    # The server answers five, then holds the next until the driver is killed.
+    server = FakeRerankServer(block_after=5)
+    address = ray_instance.get_runtime_context().gcs_address
+    common = [
+        *(str(tmp_path / f"packet-{i}.json") for i in range(4)), "-c", str(criteria),
+        "--server-url", f"{server.url}/v1/rerank", "--cache", str(cache), "--ray", address,
+        "--documents-per-batch", "1", "--max-concurrency", "1", "-o", str(results),
+    ]  # fmt: skip
+    try:
+        env = {
+            **os.environ,
+            "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        }
+        driver = subprocess.Popen(
+            [sys.executable, "-m", "zerank_core.cli", "compress", *common],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            # Killed once the request is held and a first document's file is written
+            # (the driver receives each document's rows shortly after its batch ends).
+            progress = results / PROGRESS_FILE
+            deadline = time.monotonic() + 300
+            while driver.poll() is None and not (server.blocked and progress.exists()):
+                assert time.monotonic() < deadline, "the driver never reached the held request"
+                time.sleep(0.05)
+            assert driver.poll() is None
+            driver.send_signal(signal.SIGKILL)
+        finally:
+            driver.wait()
+        written = sorted(p.name for p in results.iterdir())
+        assert not [name for name in written if name.endswith(".partial")]
+        done = [name for name in written if name.endswith(".json") and name != "summary.json"]
+        assert "summary.json" not in written
+        # Two documents were complete on the actor, the third was in flight.
+        assert 1 <= len(done) <= 2
+        for name in done:
+            assert json.loads((results / name).read_text(encoding="utf-8"))["results"]
+        assert len(progress.read_text(encoding="utf-8").splitlines()) == len(done)
+
+        server.block_after = None  # the killed driver's request stays held until close
+        server.reset_stats()
+        code, _, err = call("compress", *common)
+        assert code == 0, err
+        assert f"resume: {len(done)} of 4 documents already done in {results}/" in err
+        # What the killed run had scored came from the cache: only the rest was sent.
+        assert server.served == 3
+        summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
+        assert summary["resumed"] == len(done)
+        assert summary["cache"]["hits"] > 0
+        assert len(summary["files"]) == 4
+
+        # Everything done: a rerun starts no actor and loads nothing.
+        code, _, err = call("compress", *common)
+        assert code == 0, err
+        assert "resume: 4 of 4 documents already done" in err
+        assert "backend built by 0 of 1 actor(s)" in err
+    finally:
+        server.close()

@@ -103,3 +103,47 @@ def test_an_http_error_without_a_message_gets_one(error: httpx.HTTPError, reason
     assert typed is not None
     assert reason in str(typed)
     assert str(typed).startswith("batch 3 (7 texts): the request")
+
+
+# --------------------------------------------------------------------------- documents
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("empty.pdf", b"", "is empty (0 bytes): there is nothing to read"),
+        ("empty.txt", b"", "is empty (0 bytes): there is nothing to read"),
+        ("blank.txt", b"  \n\f \n", "all empty: whitespace only"),
+        (
+            "latin.txt",
+            "Résumé: café crème, dûment signé\n".encode("latin-1"),
+            "is not UTF-8 text (invalid continuation byte at byte 1); it reads as "
+            "Windows-1252 / Latin-1 text: convert it with iconv -f cp1252 -t utf-8",
+        ),
+        (
+            "letter.docx",
+            b"\x14\x06 a small binary file without NUL bytes",
+            "is a Word document (.docx), which is not supported: the formats read are .pdf, "
+            "UTF-8 text",
+        ),
+        ("letter.txt", b"PK\x03\x04\x14\x06rest", "is a ZIP container (.docx, .xlsx"),
+        ("blob.txt", bytes(range(1, 9)) * 20, "holds control characters that text does not"),
+    ],
+)
+def test_a_document_that_cannot_be_read_says_why(
+    tmp_path: Path, name: str, content: bytes, message: str
+) -> None:
+    document = tmp_path / name
+    document.write_bytes(content)
+    criteria = tmp_path / "criteria.txt"
+    criteria.write_text("renewal deadline\n", encoding="utf-8")
+    out, err = io.StringIO(), io.StringIO()
+    code = main(
+        ["compress", str(document), "-c", str(criteria), "--no-cache"], stdout=out, stderr=err
+    )
+    assert code == 2
+    line = err.getvalue().strip().splitlines()[-1]
+    assert line.startswith("zerank: error: ")
+    assert message in line
+    assert "OCR" not in line
+    assert out.getvalue() == ""

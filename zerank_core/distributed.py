@@ -31,17 +31,23 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import json
 import math
 import os
 import pickle
 import re
+import sqlite3
+import sys
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from zerank_core.cache import CachedScorer
+from zerank_core.cache import CachedScorer, ScoreStore
 from zerank_core.criteria import Criterion
 from zerank_core.dedupe import DuplicateDetector
 from zerank_core.errors import (
@@ -53,15 +59,36 @@ from zerank_core.errors import (
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
 from zerank_core.loaders import Document, Page
 from zerank_core.multi import gate_documents
-from zerank_core.results import GateResult
-from zerank_core.scorers.base import Scorer
+from zerank_core.results import BackendInfo, GateResult, dump_result
+from zerank_core.scorers.auto import BackendChoice
+from zerank_core.scorers.base import (
+    BatchCallback,
+    BatchedScorer,
+    Scale,
+    Scorer,
+    Usage,
+    ascore_many,
+    score_many,
+)
+from zerank_core.scorers.engine import Engine
 from zerank_core.select import SelectionPolicy
 
-__all__ = ["GateRow", "documents_dataset", "gate_dataset", "gate_on_ray", "rows_of"]
+__all__ = [
+    "GateRow",
+    "RayRun",
+    "documents_dataset",
+    "gate_dataset",
+    "gate_on_ray",
+    "rows_of",
+    "run_on_ray",
+    "start_limiter",
+]
 
 #: A picklable callable that builds the scorer inside each actor, e.g.
-#: ``functools.partial(LocalScorer, "/models/zerank-2")``.
-ScorerFactory = Callable[[], Scorer]
+#: ``functools.partial(LocalScorer, "/models/zerank-2")``; one that returns a
+#: :class:`~zerank_core.scorers.auto.BackendChoice` also names the backend in
+#: each document's result (``GateResult.backend``).
+ScorerFactory = Callable[[], "Scorer | BackendChoice"]
 
 #: A picklable callable that builds the duplicate detector inside each actor
 #: from the actor's scorer, e.g. ``functools.partial(ModelDetector, threshold=0.8)``.
@@ -80,7 +107,10 @@ class GateRow:
     and ``cache_misses`` count this row's scored pages whose score the cache
     held and those sent to the model (a page shared by several documents of
     one batch is scored once but counts as a miss in each); ``None`` without
-    a cache.
+    a cache. ``result`` is, on a document's first row only, the document's
+    whole :class:`~zerank_core.results.GateResult` as the one serialiser
+    writes it (:func:`~zerank_core.results.dump_result`): what the command
+    line writes, the same as in one process.
     """
 
     index: int
@@ -95,6 +125,7 @@ class GateRow:
     context: str | None = None
     cache_hits: int | None = None
     cache_misses: int | None = None
+    result: str | None = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> GateRow:
@@ -113,6 +144,7 @@ class GateRow:
             context=None if _missing(context) else str(context),
             cache_hits=_count(record.get("cache_hits")),
             cache_misses=_count(record.get("cache_misses")),
+            result=None if _missing(record.get("result")) else str(record["result"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +161,7 @@ class GateRow:
             "context": self.context,
             "cache_hits": self.cache_hits,
             "cache_misses": self.cache_misses,
+            "result": self.result,
         }
 
 
@@ -255,8 +288,164 @@ class _RowCache(CachedScorer):
         return planned
 
 
+class _StaleDescription(Exception):
+    """The scorer built on this node is not the one the cache's description named."""
+
+
+class _LazyScorer:
+    """A scorer that builds the real one at its first call: the first cache miss.
+
+    It declares the model, scale and cache identity that an earlier build of
+    the same factory recorded in the cache file (:class:`_Descriptions`), so
+    a :class:`CachedScorer` over it answers every hit without a model. The
+    build checks that the real scorer has that identity; if not (the node's
+    settings changed), :class:`_StaleDescription` makes the actor start the
+    batch again on the real scorer.
+    """
+
+    def __init__(self, build: Callable[[], Scorer], description: Mapping[str, Any]) -> None:
+        self._build = build
+        self._lock = threading.Lock()
+        self._scorer: Scorer | None = None
+        self.model = str(description["model"])
+        self.scale = Scale(description["scale"])
+        self.cache_identity = str(description["identity"])
+        self.pairwise = bool(description["pairwise"])
+
+    @property
+    def usage(self) -> Usage | None:
+        return Usage() if self._scorer is None else self._scorer.usage
+
+    def built(self) -> Scorer:
+        with self._lock:
+            if self._scorer is None:
+                self._scorer = self._build()
+                if _identity(self._scorer) != self.cache_identity:
+                    raise _StaleDescription
+            return self._scorer
+
+    def score(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        return self.built().score(query, texts, instruction=instruction)
+
+    async def ascore(
+        self, query: str, texts: Sequence[str], *, instruction: str | None = None
+    ) -> list[float]:
+        return await self.built().ascore(query, texts, instruction=instruction)
+
+    def score_many(
+        self, items: Sequence[Any], *, on_batch: BatchCallback | None = None
+    ) -> list[list[float]]:
+        return score_many(self.built(), items, on_batch=on_batch)
+
+    async def ascore_many(
+        self, items: Sequence[Any], *, on_batch: BatchCallback | None = None
+    ) -> list[list[float]]:
+        return await ascore_many(self.built(), items, on_batch=on_batch)
+
+
+def _identity(scorer: Scorer) -> str:
+    """What :class:`CachedScorer` keys ``scorer``'s scores by."""
+    identity = getattr(scorer, "cache_identity", None)
+    if isinstance(identity, str) and identity:
+        return identity
+    return json.dumps({"model": scorer.model})
+
+
+#: Environment variables that choose or configure a backend: part of a factory's key.
+_BACKEND_ENVIRONMENT = ("ZERANK_", "ZEROENTROPY_", "CUDA_VISIBLE_DEVICES", "HF_")
+
+
+def _factory_key(factory: ScorerFactory, num_gpus: float) -> str | None:
+    """A digest of what decides which scorer ``factory`` builds on this node.
+
+    The factory's pickle (its class and arguments), the backend's environment
+    variables (secrets enter the digest, never the file) and whether the actor
+    has a GPU. ``None`` when the factory does not pickle by value (a lambda):
+    then the actor builds its scorer at once.
+    """
+    try:
+        pickled = pickle.dumps(factory)
+    except (pickle.PicklingError, AttributeError, TypeError):
+        return None
+    digest = hashlib.sha256(pickled)
+    for name in sorted(os.environ):
+        if name.startswith(_BACKEND_ENVIRONMENT):
+            digest.update(f"\0{name}={os.environ[name]}".encode())
+    digest.update(f"\0gpus={num_gpus > 0}".encode())
+    return digest.hexdigest()
+
+
+class _Descriptions:
+    """What each scorer factory built, recorded in the score cache's file.
+
+    One row per factory key (:func:`_factory_key`): the model, scale, cache
+    identity and pairwise flag of the scorer it built, which is everything a
+    :class:`CachedScorer` needs before the first miss. No text, no secret.
+    """
+
+    _TABLE = "scorer_descriptions"
+
+    def __init__(self, path: str) -> None:
+        # The score store sets the file up (WAL, its table) and says clearly
+        # when the path cannot hold a cache.
+        ScoreStore(path).close()
+        self._db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                self._db.execute(
+                    f"CREATE TABLE IF NOT EXISTS {self._TABLE} "
+                    "(factory TEXT PRIMARY KEY, description TEXT NOT NULL)"
+                )
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
+
+    def recall(self, key: str) -> dict[str, Any] | None:
+        row = self._db.execute(
+            f"SELECT description FROM {self._TABLE} WHERE factory = ?", (key,)
+        ).fetchone()
+        return None if row is None else dict(json.loads(row[0]))
+
+    def remember(self, key: str, cached: CachedScorer) -> None:
+        description = {
+            "model": cached.model,
+            "scale": cached.scale.value,
+            "identity": cached.identity,
+            "pairwise": cached.pairwise,
+        }
+        self._db.execute(
+            f"INSERT OR REPLACE INTO {self._TABLE} (factory, description) VALUES (?, ?)",
+            (key, json.dumps(description, sort_keys=True)),
+        )
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def _engine_of(scorer: Any) -> Engine | None:
+    """The engine of ``scorer`` or of the scorer it wraps (calibration, cache); None: local."""
+    for _ in range(8):
+        if isinstance(scorer, BatchedScorer):
+            return scorer.engine
+        scorer = getattr(scorer, "scorer", None)
+        if scorer is None:
+            return None
+    return None
+
+
 class _GateWorker:
-    """A Ray Data actor: builds its scorer once, then gates batches of documents."""
+    """A Ray Data actor: gates batches of documents, building its scorer at the first miss.
+
+    With a score cache whose file describes what this factory built before,
+    the scorer is built only when a page is not in the cache, so a fully
+    cached rerun loads no model. A remote scorer's limits are taken over by
+    the job's :class:`~zerank_core.limits.JobLimiter` (when given).
+    """
 
     def __init__(
         self,
@@ -267,27 +456,103 @@ class _GateWorker:
         include_context: bool,
         cache: str | None = None,
         duplicate_detector: DetectorFactory | None = None,
+        limiter: Any = None,
+        num_gpus: float = 0.0,
     ) -> None:
-        built = scorer()
-        self.cache = _RowCache(built, cache) if cache is not None else None
-        scoring = self.cache if self.cache is not None else built
-        self.gate = PageGate(
-            scoring,
-            policy,
-            instruction=instruction,
-            progress=False,
-            duplicate_detector=(
-                duplicate_detector(scoring) if duplicate_detector is not None else None
-            ),
-        )
+        self.factory = scorer
+        self.policy = policy
+        self.instruction = instruction
+        self.detector_factory = duplicate_detector
         self.criteria = criteria
         self.include_context = include_context
+        self.limiter = limiter
+        self.holder, restarted = _holder()
+        if limiter is not None and restarted:
+            # A restarted actor hands back the places its previous life held
+            # before asking for any (awaited: the limiter may run calls out of order).
+            _ray_get(limiter.forget.remote(self.holder))
+        self.built: Scorer | None = None
+        self.backend: BackendInfo | None = None
+        self.cache: _RowCache | None = None
+        self.cache_path = cache
+        self.descriptions: _Descriptions | None = None
+        self.factory_key: str | None = None
+        if cache is None:
+            self._assemble(self._build())
+            return
+        self.descriptions = _Descriptions(cache)
+        self.factory_key = _factory_key(scorer, num_gpus)
+        description = (
+            self.descriptions.recall(self.factory_key) if self.factory_key is not None else None
+        )
+        if description is None:
+            self._assemble(self._build())
+        else:
+            self._assemble(_LazyScorer(self._build, description))
+
+    def _build(self) -> Scorer:
+        started = time.perf_counter()
+        built = self.factory()
+        if isinstance(built, BackendChoice):
+            self.backend = BackendInfo(name=built.name, description=built.reason)
+            built = built.scorer
+        seconds = time.perf_counter() - started
+        engine = _engine_of(built)
+        if engine is not None and self.limiter is not None:
+            from zerank_core.limits import SharedPacer, SharedSlots, declared_limits
+
+            declared = declared_limits(engine.limits, engine.slots.limit)
+            engine.share(
+                slots=SharedSlots(self.limiter, self.holder, declared),
+                pacer=SharedPacer(self.limiter, engine.limits, declared),
+            )
+        if self.limiter is not None:
+            # Not awaited: a first start never waits for the limiter actor to be up.
+            self.limiter.note_built.remote(self.holder, seconds, _torch_threads())
+        self.built = built
+        return built
+
+    def _assemble(self, scorer: Scorer) -> None:
+        """The cache wrapper and the gate over ``scorer`` (built or lazy)."""
+        if self.cache is not None:
+            self.cache.close()
+        if self.cache_path is not None:
+            self.cache = _RowCache(scorer, self.cache_path)
+            if (
+                self.descriptions is not None
+                and self.factory_key is not None
+                and not isinstance(scorer, _LazyScorer)
+            ):
+                self.descriptions.remember(self.factory_key, self.cache)
+        scoring = self.cache if self.cache is not None else scorer
+        self.gate = PageGate(
+            scoring,
+            self.policy,
+            instruction=self.instruction,
+            progress=False,
+            duplicate_detector=(
+                self.detector_factory(scoring) if self.detector_factory is not None else None
+            ),
+        )
 
     def __call__(self, batch: Mapping[str, Any]) -> dict[str, list[Any]]:
         documents = [
             Document(str(source), tuple(Page(n + 1, str(text)) for n, text in enumerate(pages)))
             for source, pages in zip(batch["document"], batch["pages"], strict=True)
         ]
+        started = time.time()
+        try:
+            columns = self._gate(batch, documents)
+        except _StaleDescription:
+            assert self.built is not None
+            self._assemble(self.built)
+            columns = self._gate(batch, documents)
+        if self.limiter is not None:
+            # Not awaited: only the job's report reads it.
+            self.limiter.note_batch.remote(self.holder, started, time.time())
+        return columns
+
+    def _gate(self, batch: Mapping[str, Any], documents: list[Document]) -> dict[str, list[Any]]:
         if self.cache is not None:
             self.cache.sent.clear()
         try:
@@ -296,10 +561,14 @@ class _GateWorker:
             _carry(exc)
             raise
         columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
-        for index, result in zip(batch["index"], job.results, strict=True):
+        for index, result, document in zip(batch["index"], job.results, documents, strict=True):
             rows = rows_of(result, index=int(index), include_context=self.include_context)
             if self.cache is not None:
-                rows = [self._counted(self.cache, row, result.document) for row in rows]
+                rows = [self._counted(self.cache, row, document) for row in rows]
+            if self.backend is not None:
+                result = result.model_copy(update={"backend": self.backend})
+            whole = dump_result(result, include_text=self.include_context)
+            rows[0] = replace(rows[0], result=whole)
             for row in rows:
                 for name, value in row.to_dict().items():
                     columns[name].append(list(value) if isinstance(value, tuple) else value)
@@ -315,6 +584,34 @@ class _GateWorker:
         texts = [p.text for p in document.pages if not p.is_empty]
         misses = sum(text in sent for text in texts)
         return replace(row, cache_hits=len(texts) - misses, cache_misses=misses)
+
+
+def _holder() -> tuple[str, bool]:
+    """This actor's Ray id (kept across restarts) and whether Ray restarted it.
+
+    Outside an actor (the class called directly): this process's id.
+    """
+    try:
+        import ray
+
+        context = ray.get_runtime_context()
+        actor = context.get_actor_id()
+        restarted = bool(actor) and bool(context.was_current_actor_reconstructed)
+    except Exception:  # not in Ray at all
+        actor, restarted = None, False
+    return actor or f"process-{os.getpid()}", restarted
+
+
+def _torch_threads() -> int | None:
+    """The threads torch computes with in this process (None: torch not loaded)."""
+    torch = sys.modules.get("torch")
+    return None if torch is None else int(torch.get_num_threads())
+
+
+def _ray_get(ref: Any) -> Any:
+    import ray
+
+    return ray.get(ref)
 
 
 _COLUMNS = tuple(GateRow.__dataclass_fields__)
@@ -341,6 +638,25 @@ def documents_dataset(documents: Iterable[Document]) -> Any:
     return ray.data.from_items(rows)
 
 
+def start_limiter() -> Any:
+    """A new :class:`~zerank_core.limits.JobLimiter` actor for one job (needs Ray initialised).
+
+    Named ``zerank-limiter-<id>``, on no CPU of its own, restarted by Ray
+    like any actor; it lives as long as the driver unless killed.
+    """
+    ray = _import_ray()
+    from zerank_core.limits import JobLimiter
+
+    remote = ray.remote(JobLimiter).options(
+        name=f"zerank-limiter-{uuid.uuid4().hex[:12]}",
+        num_cpus=0,
+        max_restarts=-1,
+        max_task_retries=-1,
+        max_concurrency=10_000,
+    )
+    return remote.remote()
+
+
 def gate_dataset(
     dataset: Any,
     criteria: Sequence[Criterion],
@@ -355,6 +671,7 @@ def gate_dataset(
     include_context: bool = False,
     cache: str | os.PathLike[str] | None = None,
     duplicate_detector: DetectorFactory | None = None,
+    limiter: Any = None,
 ) -> Any:
     """Rows of (document, criterion) results from a dataset of documents, lazily.
 
@@ -404,6 +721,8 @@ def gate_dataset(
         raise ConfigurationError(
             f"dataset must be a ray.data.Dataset, got {type(dataset).__name__}"
         )
+    if limiter is None:
+        limiter = start_limiter()
     return dataset.map_batches(
         _GateWorker,
         fn_constructor_kwargs={
@@ -414,12 +733,46 @@ def gate_dataset(
             "include_context": include_context,
             "cache": cache_path,
             "duplicate_detector": duplicate_detector,
+            "limiter": limiter,
+            "num_gpus": num_gpus,
         },
         batch_size=documents_per_batch,
         compute=ActorPoolStrategy(size=actors),
         num_gpus=num_gpus or None,
         num_cpus=num_cpus,
     )
+
+
+@dataclass(frozen=True)
+class RayRun:
+    """What a job on Ray returned: every row in input order, and how the job went.
+
+    ``actors_built`` counts the actors that built their scorer (loaded a
+    model); a fully cached rerun builds none; ``build_seconds`` is the
+    longest build and ``threads`` the torch thread counts of those actors.
+    ``gating_seconds`` runs from the first batch's start to the last one's
+    end on the actors (the job without start-up), ``busy_seconds`` adds up
+    the batches' own times. ``requests`` and ``peak_in_flight`` are the
+    requests the job limiter admitted for remote scorers and the most it had
+    in flight at once (0 for in-process models). ``seconds`` is the whole
+    call, start-up included.
+    """
+
+    rows: tuple[GateRow, ...]
+    actors: int
+    actors_built: int
+    requests: int
+    peak_in_flight: int
+    seconds: float
+    build_seconds: float = 0.0
+    threads: tuple[int, ...] = ()
+    batches: int = 0
+    busy_seconds: float = 0.0
+    gating_seconds: float = 0.0
+
+
+#: Called with a document's index and its rows (one per criterion) as soon as all are in.
+DocumentCallback = Callable[[int, list[GateRow]], None]
 
 
 def gate_on_ray(
@@ -440,40 +793,103 @@ def gate_on_ray(
 ) -> list[GateRow]:
     """Gate ``documents`` on Ray and return every (document, criterion) row, in input order.
 
+    :func:`run_on_ray` without its report; see there.
+    """
+    return list(
+        run_on_ray(
+            documents,
+            criteria,
+            scorer=scorer,
+            address=address,
+            policy=policy,
+            instruction=instruction,
+            actors=actors,
+            documents_per_batch=documents_per_batch,
+            num_gpus=num_gpus,
+            num_cpus=num_cpus,
+            include_context=include_context,
+            cache=cache,
+            duplicate_detector=duplicate_detector,
+        ).rows
+    )
+
+
+def run_on_ray(
+    documents: Sequence[Document],
+    criteria: Sequence[Criterion],
+    *,
+    scorer: ScorerFactory,
+    address: str | None = None,
+    policy: SelectionPolicy = DEFAULT_PAGE_POLICY,
+    instruction: str | None = None,
+    actors: int = 1,
+    documents_per_batch: int = 8,
+    num_gpus: float = 0.0,
+    num_cpus: float = 1.0,
+    include_context: bool = False,
+    cache: str | os.PathLike[str] | None = None,
+    duplicate_detector: DetectorFactory | None = None,
+    on_document: DocumentCallback | None = None,
+) -> RayRun:
+    """Gate ``documents`` on Ray: every (document, criterion) row in input order, and a report.
+
     Connects to the cluster at ``address`` (``"auto"``, ``ray://head:10001``;
     ``None``: Ray's default, ``RAY_ADDRESS`` or a new local instance) unless
     Ray is already initialised, then runs :func:`gate_dataset` (``cache`` and
-    ``duplicate_detector`` as there). Checks that every document × criterion
-    came back exactly once.
+    ``duplicate_detector`` as there) with a job limiter of its own, so a
+    remote scorer's limits hold for the whole job. ``on_document`` is called
+    in this process with each document's rows as soon as all of them are in
+    (to write results as they finish). Checks that every document ×
+    criterion came back exactly once.
     """
     ray = _import_ray()
     documents = list(documents)
+    criteria = list(criteria)
     if not ray.is_initialized():
         ray.init(address=address, log_to_driver=False)
-    dataset = gate_dataset(
-        documents_dataset(documents),
-        criteria,
-        scorer=scorer,
-        policy=policy,
-        instruction=instruction,
-        actors=actors,
-        documents_per_batch=documents_per_batch,
-        num_gpus=num_gpus,
-        num_cpus=num_cpus,
-        include_context=include_context,
-        cache=cache,
-        duplicate_detector=duplicate_detector,
-    )
+    start = time.perf_counter()
+    limiter = start_limiter()
     try:
-        rows = [GateRow.from_record(r) for r in dataset.iter_rows()]
-    except ray.exceptions.ActorDiedError as exc:
-        raise _creation_error(exc) from exc
-    except Exception as exc:
-        error = package_error(exc)
-        if error is None:
-            raise
-        raise error from None
-    order = {c.id: n for n, c in enumerate(criteria)}
+        dataset = gate_dataset(
+            documents_dataset(documents),
+            criteria,
+            scorer=scorer,
+            policy=policy,
+            instruction=instruction,
+            actors=actors,
+            documents_per_batch=documents_per_batch,
+            num_gpus=num_gpus,
+            num_cpus=num_cpus,
+            include_context=include_context,
+            cache=cache,
+            duplicate_detector=duplicate_detector,
+            limiter=limiter,
+        )
+        order = {c.id: n for n, c in enumerate(criteria)}
+        rows: list[GateRow] = []
+        pending: dict[int, list[GateRow]] = {}
+        try:
+            for record in dataset.iter_rows():
+                row = GateRow.from_record(record)
+                rows.append(row)
+                if on_document is None:
+                    continue
+                have = pending.setdefault(row.index, [])
+                have.append(row)
+                if len(have) == len(criteria):
+                    del pending[row.index]
+                    on_document(row.index, sorted(have, key=lambda r: order[r.criterion]))
+        except ray.exceptions.ActorDiedError as exc:
+            raise _creation_error(exc) from exc
+        except Exception as exc:
+            error = package_error(exc)
+            if error is None:
+                raise
+            raise error from None
+        report = ray.get(limiter.report.remote())
+    finally:
+        ray.kill(limiter)
+    seconds = time.perf_counter() - start
     rows.sort(key=lambda r: (r.index, order[r.criterion]))
     found = [(r.index, r.criterion) for r in rows]
     expected = [(i, c.id) for i in range(len(documents)) for c in criteria]
@@ -485,4 +901,16 @@ def gate_on_ray(
             batch=0,
             batch_size=len(expected),
         )
-    return rows
+    return RayRun(
+        rows=tuple(rows),
+        actors=actors,
+        actors_built=int(report["actors_built"]),
+        requests=int(report["requests"]),
+        peak_in_flight=int(report["peak_in_flight"]),
+        seconds=seconds,
+        build_seconds=float(report["build_seconds"]),
+        threads=tuple(report["threads"]),
+        batches=int(report["batches"]),
+        busy_seconds=float(report["busy_seconds"]),
+        gating_seconds=float(report["gating_seconds"]),
+    )

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from zerank_core.criteria import Criterion
@@ -28,9 +28,12 @@ from zerank_core.errors import (
 from zerank_core.loaders import Document, Page
 from zerank_core.results import (
     CriterionResult,
+    DocumentRecord,
     DuplicatePage,
     GateReport,
     GateResult,
+    PageRecord,
+    Timings,
     why_nothing_passed,
 )
 from zerank_core.scorers.base import (
@@ -49,7 +52,7 @@ if TYPE_CHECKING:
     from zerank_core.cache import CacheStats
     from zerank_core.dedupe import DuplicateDetector
 
-__all__ = ["DEFAULT_PAGE_POLICY", "PageGate"]
+__all__ = ["DEFAULT_PAGE_POLICY", "PageGate", "count_pairs", "progress_bar"]
 
 #: Top-3 pages per criterion with a floor of 0.5, read in page order. With an
 #: uncalibrated scorer (BM25, max-scaled per call) the floor means "at least
@@ -112,19 +115,20 @@ class PageGate:
         texts = [p.text for p in pages]
         items = self._items(pages, criteria)
         before = self._snapshot()
-        with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
+        started = time.perf_counter()
+        with self._bar(len(pages) * len(criteria), document) as bar, _naming_criteria(criteria):
             columns: list[list[float] | None] = list(
                 score_many(
                     self.scorer,
                     items,
-                    on_batch=_progress(bar, len(pages), len(criteria)),
+                    on_batch=count_pairs(bar),
                     max_concurrency=self.max_concurrency,
                 )
             )
         duplicates = None
         if self.policy.dedupe:
             duplicates = self._detector().find(texts, score_columns=_complete(columns, len(texts)))
-        return self._finish(document, pages, criteria, columns, before, duplicates)
+        return self._finish(document, pages, criteria, columns, before, duplicates, started)
 
     async def arun(self, document: Document, criteria: Sequence[Criterion]) -> GateResult:
         """Async :meth:`run`, through the scorer's ``ascore_many`` (or ``ascore``)."""
@@ -132,12 +136,13 @@ class PageGate:
         texts = [p.text for p in pages]
         items = self._items(pages, criteria)
         before = self._snapshot()
-        with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
+        started = time.perf_counter()
+        with self._bar(len(pages) * len(criteria), document) as bar, _naming_criteria(criteria):
             columns: list[list[float] | None] = list(
                 await ascore_many(
                     self.scorer,
                     items,
-                    on_batch=_progress(bar, len(pages), len(criteria)),
+                    on_batch=count_pairs(bar),
                     max_concurrency=self.max_concurrency,
                 )
             )
@@ -146,7 +151,7 @@ class PageGate:
             duplicates = await self._detector().afind(
                 texts, score_columns=_complete(columns, len(texts))
             )
-        return self._finish(document, pages, criteria, columns, before, duplicates)
+        return self._finish(document, pages, criteria, columns, before, duplicates, started)
 
     def _detector(self) -> DuplicateDetector:
         return self.duplicate_detector if self.duplicate_detector is not None else LexicalDetector()
@@ -177,17 +182,23 @@ class PageGate:
             raise ConfigurationError(f"criterion ids must be unique; repeated: {duplicated}")
         pages = [p for p in document.pages if not p.is_empty]
         if not pages:
+            # Only a PDF's empty pages can be a scan that OCR would read.
+            why = (
+                "a scan without a text layer needs OCR"
+                if document.reading is not None and document.reading.reader == "pypdfium2"
+                else "whitespace only"
+            )
             raise DocumentError(
                 f"{document.source} has no page with text "
-                f"({len(document.pages)} pages, all empty: a scan without a text layer needs OCR)"
+                f"({len(document.pages)} pages, all empty: {why})"
             )
         return pages, criteria
 
-    def _bar(self, total: int) -> Any:
-        from tqdm import tqdm
-
-        show = sys.stderr.isatty() if self.progress is None else self.progress
-        return tqdm(total=total, desc="criteria", unit="criterion", disable=not show, leave=False)
+    def _bar(self, total: int, document: Document) -> Any:
+        """Page × criterion pairs scored of those planned, named after the document."""
+        return progress_bar(
+            self.progress, total=total, desc=f"scoring {_name(document.source)}", unit="pair"
+        )
 
     def _snapshot(self) -> tuple[Usage | None, CacheStats | None]:
         stats = self._cache_stats() if self._cache_stats is not None else None
@@ -201,16 +212,15 @@ class PageGate:
         columns: list[list[float] | None],
         before: tuple[Usage | None, CacheStats | None],
         duplicates: Duplicates | None = None,
+        started: float | None = None,
     ) -> GateResult:
         by_number = {p.number: p for p in document.pages}
         lengths = [len(p.text) for p in pages]
         tokens = [estimate_tokens(p.text) for p in pages]
-        matrix: list[tuple[float | None, ...]] = []
         results: list[CriterionResult] = []
         for criterion, column in zip(criteria, columns, strict=True):
             scores = _checked_column(criterion, column, pages)
             by_page = dict(zip((p.number for p in pages), scores, strict=True))
-            matrix.append(tuple(by_page.get(p.number) for p in document.pages))
             policy = self.policy
             if criterion.threshold is not None:
                 policy = replace(policy, threshold=criterion.threshold)
@@ -225,7 +235,7 @@ class PageGate:
                 CriterionResult(
                     criterion=criterion,
                     pages=kept,
-                    scores=MappingProxyType(by_page),
+                    scores=by_page,
                     evidence_pages=_numbers(pages, selection.selected, kept),
                     neighbor_pages=_numbers(pages, selection.neighbors, kept),
                     forced_pages=_numbers(pages, selection.forced, kept),
@@ -233,7 +243,10 @@ class PageGate:
                     chars_kept=sum(len(by_number[n].text) for n in kept),
                     duplicates=tuple(
                         DuplicatePage(
-                            pages[d.index].number, pages[d.of].number, d.similarity, d.method
+                            page=pages[d.index].number,
+                            duplicate_of=pages[d.of].number,
+                            similarity=d.similarity,
+                            method=d.method,
                         )
                         for d in selection.duplicates
                     ),
@@ -244,9 +257,7 @@ class PageGate:
             )
         report = self._report(document, pages, criteria, results, before)
         return GateResult(
-            document=document,
-            criteria=tuple(criteria),
-            matrix=tuple(matrix),
+            document=_record(document, {n for r in results for n in r.pages}),
             results=tuple(results),
             report=report,
             policy=self.policy,
@@ -255,8 +266,16 @@ class PageGate:
             duplicates=()
             if duplicates is None
             else tuple(
-                DuplicatePage(pages[p.second].number, pages[p.first].number, p.similarity, p.method)
+                DuplicatePage(
+                    page=pages[p.second].number,
+                    duplicate_of=pages[p.first].number,
+                    similarity=p.similarity,
+                    method=p.method,
+                )
                 for p in sorted(duplicates.pairs, key=lambda p: (p.second, p.first))
+            ),
+            timings=Timings.of(
+                document.reading, None if started is None else time.perf_counter() - started
             ),
         )
 
@@ -294,22 +313,35 @@ class PageGate:
             chars_kept=sum(r.chars_kept for r in results),
             tokens_full_estimate=sum(page_tokens.values()) * len(criteria),
             tokens_kept_estimate=sum(page_tokens[n] for r in results for n in r.pages),
-            pages_kept=MappingProxyType({r.criterion.id: len(r.pages) for r in results}),
+            pages_kept={r.criterion.id: len(r.pages) for r in results},
             no_evidence=tuple(r.criterion.id for r in results if r.no_evidence),
-            kept_nothing=MappingProxyType(
-                {
-                    r.criterion.id: r.kept_nothing
-                    for r in results
-                    if r.kept_nothing is not None and not r.no_evidence
-                }
-            ),
-            model_requests=usage.requests,
-            model_texts=usage.texts,
-            model_tokens=usage.total_tokens,
+            kept_nothing={
+                r.criterion.id: r.kept_nothing
+                for r in results
+                if r.kept_nothing is not None and not r.no_evidence
+            },
+            usage=usage,
             estimated_cost_usd=cost,
             cache_hits=None if stats is None else stats.hits,
             cache_misses=None if stats is None else stats.misses,
         )
+
+
+def _record(document: Document, kept: set[int]) -> DocumentRecord:
+    """The result's view of ``document``: every page's length, the kept pages' text."""
+    return DocumentRecord(
+        source=document.source,
+        pages=tuple(
+            PageRecord(
+                number=p.number,
+                chars=len(p.text),
+                empty=p.is_empty,
+                text=p.text if p.number in kept else None,
+            )
+            for p in document.pages
+        ),
+        reading=document.reading,
+    )
 
 
 @contextmanager
@@ -326,17 +358,26 @@ def _naming_criteria(criteria: list[Criterion]) -> Iterator[None]:
         raise
 
 
-def _progress(bar: Any, pages: int, criteria: int) -> BatchCallback:
-    """Advance the bar by one criterion when all its pages are scored."""
-    remaining = [pages] * criteria
+def progress_bar(show: bool | None, **settings: Any) -> Any:
+    """A tqdm bar on stderr: ``show=None`` means only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    visible = sys.stderr.isatty() if show is None else show
+    return tqdm(disable=not visible, leave=False, dynamic_ncols=True, **settings)
+
+
+def _name(source: str) -> str:
+    name = source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or source
+    return name if len(name) <= 40 else name[:39] + "…"
+
+
+def count_pairs(bar: Any) -> BatchCallback:
+    """Advance the bar by the pairs of each scored batch."""
     lock = threading.Lock()
 
     def advance(item: int, indices: Sequence[int], scores: Sequence[float]) -> None:
         with lock:
-            remaining[item] -= len(indices)
-            done = remaining[item] <= 0
-        if done:
-            bar.update(1)
+            bar.update(len(indices))
 
     return advance
 

@@ -24,10 +24,51 @@ from typing import Any
 
 from zerank_core.errors import ConfigurationError, DocumentError
 from zerank_core.ocr import OcrEngine, default_ocr_engine, ocr_available
+from zerank_core.results import Reading
 
 __all__ = ["Document", "Page", "Reading", "load_document", "split_pages"]
 
 TEXT_SUFFIXES = frozenset({".txt", ".text", ".md"})
+
+#: What the loader reads, for messages about what it does not.
+SUPPORTED_FORMATS = (
+    ".pdf, UTF-8 text (.txt, .md; pages split by form feeds), .json (a list of pages) "
+    "and a folder of .txt/.md files"
+)
+
+#: Formats users try that are no text: refused by name, not read as noise.
+UNSUPPORTED_SUFFIXES = {
+    ".docx": "a Word document",
+    ".doc": "a Word document",
+    ".odt": "an OpenDocument text",
+    ".rtf": "a Rich Text document",
+    ".xlsx": "an Excel workbook",
+    ".xls": "an Excel workbook",
+    ".pptx": "a PowerPoint deck",
+    ".ppt": "a PowerPoint deck",
+    ".epub": "an e-book",
+    ".zip": "a ZIP archive",
+    ".png": "an image",
+    ".jpg": "an image",
+    ".jpeg": "an image",
+    ".gif": "an image",
+    ".tif": "an image",
+    ".tiff": "an image",
+}
+
+# Leading bytes of binary formats that may come under any name.
+_MAGIC = (
+    (b"PK\x03\x04", "a ZIP container (.docx, .xlsx, .pptx, .odt, .epub or .zip)"),
+    (b"\xd0\xcf\x11\xe0", "an OLE document (.doc, .xls or .ppt)"),
+    (b"%PDF-", "a PDF (name it .pdf)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"GIF8", "a GIF image"),
+    (b"{\\rtf", "a Rich Text document"),
+)
+
+# Control characters no text file holds (tab, newlines, form feed and ESC are text's own).
+_CONTROL = re.compile(r"[\x01-\x08\x0e-\x1a\x1c-\x1f\x7f]")
 # 200 dpi is a fax's fine mode and the usual floor for OCR of body text.
 OCR_DPI = 200
 
@@ -43,35 +84,6 @@ class Page:
     def is_empty(self) -> bool:
         """True when the page has no text (a blank or image-only page)."""
         return not self.text.strip()
-
-
-@dataclass(frozen=True)
-class Reading:
-    """How a document was read.
-
-    ``seconds`` is the whole read (OCR included) and ``ocr_seconds`` the OCR
-    part; ``reader`` names the format's reader (``pypdfium2``, ``text``,
-    ``json``, ``folder``). ``ocr_pages`` lists the pages whose text came from
-    ``ocr_engine``; ``needs_ocr`` the image-only pages left empty because OCR
-    was off or not installed.
-    """
-
-    seconds: float
-    reader: str
-    ocr_engine: str | None = None
-    ocr_pages: tuple[int, ...] = ()
-    ocr_seconds: float = 0.0
-    needs_ocr: tuple[int, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "read_seconds": round(self.seconds, 3),
-            "reader": self.reader,
-            "ocr_engine": self.ocr_engine,
-            "ocr_pages": list(self.ocr_pages),
-            "ocr_seconds": round(self.ocr_seconds, 3),
-            "needs_ocr": list(self.needs_ocr),
-        }
 
 
 @dataclass(frozen=True)
@@ -143,9 +155,17 @@ def load_document(
     if path.is_dir():
         _no_page_chars(page_chars, path, "a folder of pages")
         document = _load_folder(path)
-        reading = Reading(0.0, "folder")
+        reading = Reading(reader="folder")
     elif not path.is_file():
         raise DocumentError(f"{path} does not exist")
+    elif path.suffix.lower() in UNSUPPORTED_SUFFIXES:
+        what = UNSUPPORTED_SUFFIXES[path.suffix.lower()]
+        raise DocumentError(
+            f"{path} is {what} ({path.suffix}), which is not supported: the formats read are "
+            f"{SUPPORTED_FORMATS}; convert it first (to PDF or text)"
+        )
+    elif _size(path) == 0:
+        raise DocumentError(f"{path} is empty (0 bytes): there is nothing to read")
     elif path.suffix.lower() == ".pdf":
         _no_page_chars(page_chars, path, "a PDF")
         document, reading = _load_pdf(path, ocr)
@@ -154,12 +174,12 @@ def load_document(
         if path.suffix.lower() == ".json":
             _no_page_chars(page_chars, path, "a JSON list of pages")
             document = _load_json(path, text)
-            reading = Reading(0.0, "json")
+            reading = Reading(reader="json")
         else:
             document = _load_text(path, text, page_chars)
-            reading = Reading(0.0, "text")
+            reading = Reading(reader="text")
     seconds = time.perf_counter() - started
-    return dataclasses.replace(document, reading=dataclasses.replace(reading, seconds=seconds))
+    return dataclasses.replace(document, reading=reading.model_copy(update={"seconds": seconds}))
 
 
 def split_pages(text: str, page_chars: int) -> list[str]:
@@ -230,17 +250,53 @@ def _load_text(path: Path, text: str, page_chars: int | None) -> Document:
     return Document.from_texts(pages, str(path))
 
 
-def _read_text(path: Path) -> str:
+def _size(path: Path) -> int:
     try:
-        text = path.read_text(encoding="utf-8")
-        if "\x00" in text:
-            # Valid UTF-8, but a binary file: scoring it would give plausible noise.
-            raise DocumentError(f"{path} holds NUL bytes: it is a binary file, not text")
-        return text
-    except UnicodeDecodeError as exc:
-        raise DocumentError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+        return path.stat().st_size
     except OSError as exc:
         raise DocumentError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+def _read_text(path: Path) -> str:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise DocumentError(f"cannot read {path}: {exc.strerror}") from exc
+    for magic, what in _MAGIC:
+        if data.startswith(magic):
+            raise DocumentError(
+                f"{path} is {what}, not text: the formats read are {SUPPORTED_FORMATS}"
+            )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DocumentError(
+            f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}){_encoding_hint(data)}"
+        ) from exc
+    if "\x00" in text:
+        # Valid UTF-8, but a binary file: scoring it would give plausible noise.
+        raise DocumentError(f"{path} holds NUL bytes: it is a binary file, not text")
+    head = text[:4096]
+    if len(_CONTROL.findall(head)) > max(2, len(head) // 100):
+        raise DocumentError(
+            f"{path} holds control characters that text does not: it is a binary file; "
+            f"the formats read are {SUPPORTED_FORMATS}"
+        )
+    return text
+
+
+def _encoding_hint(data: bytes) -> str:
+    """What a file that is not UTF-8 probably is, and how to convert it."""
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "; it is UTF-16 text: convert it with iconv -f utf-16 -t utf-8 FILE > FILE.utf8.txt"
+    try:
+        data.decode("cp1252")
+    except UnicodeDecodeError:
+        return ""
+    return (
+        "; it reads as Windows-1252 / Latin-1 text: convert it with "
+        "iconv -f cp1252 -t utf-8 FILE > FILE.utf8.txt"
+    )
 
 
 def _natural_key(name: str) -> list[tuple[int, int | str]]:
@@ -339,7 +395,6 @@ def _load_pdf(path: Path, ocr: bool | OcrEngine | None) -> tuple[Document, Readi
     finally:
         pdf.close()
     reading = Reading(
-        seconds=0.0,
         reader="pypdfium2",
         ocr_engine=engine.name if ocr_pages and engine is not None else None,
         ocr_pages=tuple(ocr_pages),

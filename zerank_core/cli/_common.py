@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import shutil
 import sys
 import tempfile
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 from zerank_core.cache import CachedScorer, ScoreStore, default_cache_path
 from zerank_core.errors import ConfigurationError
+from zerank_core.limits import LIMIT_VARIABLES
 from zerank_core.redaction import redact
 from zerank_core.scorers.auto import (
     BACKENDS,
@@ -96,6 +98,30 @@ def positive_arg(value: str) -> int:
     return number
 
 
+def rate_arg(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {value!r}") from None
+    if not (math.isfinite(number) and number > 0):
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {value}")
+    return number
+
+
+#: The limit flags and the keyword each sets (see zerank_core.limits).
+LIMIT_FLAGS = {
+    "requests_per_minute": "--requests-per-minute",
+    "bytes_per_minute": "--bytes-per-minute",
+    "tokens_per_minute": "--tokens-per-minute",
+    "max_concurrency": "--max-concurrency",
+}
+
+
+def limits_of(args: argparse.Namespace) -> dict[str, float | int]:
+    """The limits the flags set (the environment's are read where the backend is built)."""
+    return {k: v for k in LIMIT_FLAGS if (v := getattr(args, k, None)) is not None}
+
+
 def price_arg(value: str) -> float:
     try:
         number = float(value)
@@ -139,6 +165,23 @@ def add_backend_options(parser: argparse.ArgumentParser) -> None:
         "('logit' for MiniLM and bge rerankers): its scores are uncalibrated until "
         "zerank calibrate --calibrator fits a calibrator",
     )
+    limits = parser.add_argument_group(
+        "limits (a hosted or server backend; on Ray they hold for the whole job)"
+    )
+    for key, flag in LIMIT_FLAGS.items():
+        variable = LIMIT_VARIABLES[key]
+        what, otherwise = {
+            "requests_per_minute": ("requests per minute", "no limit"),
+            "bytes_per_minute": ("request bytes per minute (150 + query + text each)", "no limit"),
+            "tokens_per_minute": ("tokens per minute (estimated: bytes / 4)", "no limit"),
+            "max_concurrency": ("requests in flight at once", "16"),
+        }[key]
+        limits.add_argument(
+            flag,
+            type=positive_arg if key == "max_concurrency" else rate_arg,
+            metavar="N",
+            help=f"at most N {what} (default: ${variable}, else {otherwise})",
+        )
     cache = parser.add_argument_group("score cache")
     cache.add_argument(
         "--cache",
@@ -171,6 +214,7 @@ CLI_VOCABULARY = Vocabulary(
         "api_key": None,
         "base_url": None,
         "scorer": None,
+        **LIMIT_FLAGS,
     },
     flags=True,
 )
@@ -183,6 +227,7 @@ def choose_backend(
     model: str | None = None,
     device: str | None = None,
     scale: str | None = None,
+    limits: dict[str, float | int] | None = None,
 ) -> BackendChoice:
     """The scorer the flags and the environment ask for, through :func:`resolve_backend`.
 
@@ -190,6 +235,7 @@ def choose_backend(
     it runs on the BM25 baseline (and says so) instead of failing. Its
     requests carry the User-Agent ``zerank-gate/<version> cli``.
     """
+    given = limits or {}
     return resolve_backend(
         backend=backend,
         model=model,
@@ -197,9 +243,17 @@ def choose_backend(
         server_url=server_url,
         scale=scale,
         framework="cli",
+        max_concurrency=_int_or_none(given.get("max_concurrency")),
+        requests_per_minute=given.get("requests_per_minute"),
+        bytes_per_minute=given.get("bytes_per_minute"),
+        tokens_per_minute=given.get("tokens_per_minute"),
         allow_lexical=True,
         vocabulary=CLI_VOCABULARY,
     )
+
+
+def _int_or_none(value: float | int | None) -> int | None:
+    return None if value is None else int(value)
 
 
 def check_backend(
@@ -209,18 +263,23 @@ def check_backend(
     model: str | None = None,
     device: str | None = None,
     scale: str | None = None,
-) -> None:
+    limits: dict[str, float | int] | None = None,
+) -> tuple[str, str] | None:
     """Build the backend these flags ask for once, and close it: fail before a cluster starts.
 
     Open weights are not loaded here (they are on the actors' nodes, maybe
     not on this one); every other backend checks its settings and
-    credentials as it is built, without a request.
+    credentials as it is built, without a request. Returns the backend's
+    name and description (``None`` for open weights, not built here).
     """
     planned = planned_backend(backend=backend, model=model, device=device, server_url=server_url)
     if planned == "local":
-        return
-    choice = choose_backend(backend, server_url=server_url, model=model, device=device, scale=scale)
+        return None
+    choice = choose_backend(
+        backend, server_url=server_url, model=model, device=device, scale=scale, limits=limits
+    )
     close_scorer(choice.scorer, None)
+    return choice.name, redact(choice.reason)
 
 
 def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer | None]:
@@ -230,6 +289,7 @@ def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedSc
         model=args.model,
         device=args.device,
         scale=args.scale,
+        limits=limits_of(args),
     )
     reason = redact(choice.reason)
     args.backend_used = {"name": choice.name, "description": reason}

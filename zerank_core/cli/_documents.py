@@ -9,13 +9,14 @@ file per page, as for a single document; a folder with both is refused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import glob
-import io
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,23 +25,46 @@ from zerank_core.cli._common import (
     cache_line,
     check_backend,
     count_arg,
+    limits_of,
     make_scorer,
     positive_arg,
-    write_json,
 )
 from zerank_core.cli._policy import apply_policy_file
-from zerank_core.cli._reading import read_document, reading_dict
+from zerank_core.cli._progress import ResultFolder, file_names, job_digest
+from zerank_core.cli._reading import print_reading, read_document
+from zerank_core.cli._summary import print_job
 from zerank_core.criteria import Criterion, load_criteria
 from zerank_core.dedupe import DuplicateDetector, LexicalDetector, ModelDetector
 from zerank_core.errors import ConfigurationError
-from zerank_core.gate import PageGate
+from zerank_core.gate import PageGate, progress_bar
 from zerank_core.loaders import TEXT_SUFFIXES, Document
-from zerank_core.multi import gate_documents
+from zerank_core.multi import gate_documents, summarize
 from zerank_core.redaction import redact_url
-from zerank_core.scorers.base import Scorer
+from zerank_core.report import write_report
+from zerank_core.results import (
+    BackendInfo,
+    CacheInfo,
+    GateResult,
+    MultiResult,
+    PolicySource,
+    RayInfo,
+    Timings,
+    dump_result,
+    write_result,
+)
+from zerank_core.scorers.auto import BackendChoice
+from zerank_core.scorers.base import Scale, Scorer, Usage
 from zerank_core.select import SelectionPolicy
 
-__all__ = ["add_many_options", "duplicate_detector", "resolve_documents", "run_many"]
+__all__ = [
+    "add_many_options",
+    "duplicate_detector",
+    "emit_result",
+    "policy_source",
+    "resolve_documents",
+    "result_names",
+    "run_many",
+]
 
 _GLOB_CHARACTERS = re.compile(r"[*?\[]")
 
@@ -78,7 +102,15 @@ def add_many_options(parser: argparse.ArgumentParser) -> None:
         type=positive_arg,
         default=8,
         metavar="N",
-        help="with --ray: documents sent to an actor at a time (default %(default)s)",
+        help="documents gated together, sharing the model's batches (on Ray: sent to an "
+        "actor at a time); with -o DIR their files are written when they are done "
+        "(default %(default)s)",
+    )
+    group.add_argument(
+        "--restart",
+        action="store_true",
+        help="with -o DIR: redo every document (by default a rerun skips the documents "
+        "already done there for the same criteria, policy and backend, and says so)",
     )
 
 
@@ -123,11 +155,16 @@ def run_many(
     *,
     make_gate: Callable[[Scorer, SelectionPolicy], PageGate],
 ) -> int:
-    """Gate several documents with one model and write one result per document."""
+    """Gate several documents with one model and write one result per document.
+
+    With ``-o DIR`` each document's file is written as soon as it is done,
+    and a rerun into the same folder skips the documents already done for the
+    same criteria, policy and backend (see :mod:`zerank_core.cli._progress`).
+    """
     if args.heatmap is not None:
         raise ConfigurationError("--heatmap draws one document; leave it out with several")
     folder = _output_folder(args.output)
-    documents = [read_document(path, args) for path in paths]
+    documents = _read_all(paths, args, err)
     criteria = load_criteria(args.criteria)
     print(f"documents: {len(documents)}, {sum(len(d.pages) for d in documents)} pages", file=err)
     if args.ray is not None:
@@ -136,54 +173,150 @@ def run_many(
 
     scorer, cached = make_scorer(args, err)
     policy, criteria = apply_policy_file(args, policy, criteria, err)
+    include_context = not args.no_context
+    backend = BackendInfo(**args.backend_used)
+    source = policy_source(args)
+    results = _results_folder(
+        folder, documents, criteria, policy, args.backend_used, include_context, args, err
+    )
+    todo = [i for i in range(len(documents)) if results is None or i not in results.done]
+    gate = make_gate(scorer, policy)
+    chunk = args.documents_per_batch
+    parts: list[MultiResult] = []
+    start = time.perf_counter()
     try:
-        job = gate_documents(make_gate(scorer, policy), documents, criteria)
+        # Documents of one part share the scorer's batches; each part's files are
+        # written when it is done, so a killed run loses at most the part in flight.
+        for first in range(0, len(todo), chunk):
+            indices = todo[first : first + chunk]
+            part = gate_documents(gate, [documents[i] for i in indices], criteria)
+            done_part = tuple(
+                r.model_copy(update={"backend": backend, "policy_source": source})
+                for r in part.results
+            )
+            parts.append(part.model_copy(update={"results": done_part}))
+            if results is not None:
+                for index, result in zip(indices, done_part, strict=True):
+                    results.write(index, result)
+                    _html(args, folder, results.names[index], result)
     finally:
         if cached is not None:
             cached.close()
+    seconds = time.perf_counter() - start
     stats = cached.stats if cached is not None else None
-    width = max(8, *(len(d.source) for d in documents[:50]))
-    print(f"\n{'document':<{width}}  {'pages':>5} {'kept chars':>16}  no evidence", file=err)
-    for result in job.results:
-        report = result.report
-        print(
-            f"{result.document.source:<{width}}  {report.pages:>5} "
-            f"{report.chars_kept:>7,}/{report.chars_full:<8,}  "
-            f"{', '.join(report.no_evidence) or '—'}",
-            file=err,
-        )
-    summary = job.summary
-    tokens = f"{summary.model_tokens:,} tokens" if summary.model_tokens is not None else ""
-    print(
-        f"\nkept {summary.chars_kept:,} of {summary.chars_full:,} characters; "
-        f"{summary.no_evidence} document × criterion pairs without evidence",
-        file=err,
-    )
-    print(
-        f"model calls: {summary.model_requests} requests, {summary.model_texts} page scores "
-        f"({summary.unique_texts} distinct pages){', ' + tokens if tokens else ''}; "
-        f"{summary.seconds:.1f} s, {summary.documents_per_second:.2f} documents/s",
-        file=err,
-    )
+    done = [r for part in parts for r in part.results]
+    summary = summarize(
+        done,
+        [documents[i] for i in todo],
+        usage=_total(part.summary.usage for part in parts),
+        seconds=seconds,
+        shared=all(part.summary.shared_batches for part in parts),
+        backend=backend,
+        cache=None
+        if cached is None or stats is None
+        else CacheInfo(path=str(cached.path), hits=stats.hits, misses=stats.misses),
+    ).model_copy(update={"resumed": len(documents) - len(todo)})
+    job = MultiResult(results=tuple(done), summary=summary)
+    print_job(job, err)
     print(
         cache_line(cached, stats.hits if stats else None, stats.misses if stats else None),
         file=err,
     )
-    include_context = not args.no_context
-    files = []
-    for result in job.results:
-        data = result.to_dict(include_context=include_context)
-        data["backend"] = args.backend_used
-        data["report"]["reading"] = reading_dict(result.document)
-        files.append(data)
-    head = {"backend": args.backend_used, "summary": summary.to_dict()}
-    head["summary"]["cache"] = (
-        None
-        if cached is None or stats is None
-        else {"path": str(cached.path), "hits": stats.hits, "misses": stats.misses}
-    )
-    _write(files, head, folder, [d.source for d in documents], args.output, out, err)
+    _finish(job, results, folder, args, out, err)
     return 0
+
+
+def _total(usages: Iterable[Usage]) -> Usage:
+    """The sum of several parts' usage (tokens ``None`` when no part reported any)."""
+    usages = list(usages)
+    tokens = [u.total_tokens for u in usages if u.total_tokens is not None]
+    return Usage(
+        requests=sum(u.requests for u in usages),
+        texts=sum(u.texts for u in usages),
+        total_bytes=sum(u.total_bytes for u in usages),
+        total_tokens=sum(tokens) if tokens else None,
+        retries=sum(u.retries for u in usages),
+        rate_limited=sum(u.rate_limited for u in usages),
+    )
+
+
+def _html(args: argparse.Namespace, folder: Path | None, name: str, result: GateResult) -> None:
+    """With ``--html``: the document's evidence report beside its JSON (or in --html's folder)."""
+    if args.html is None:
+        return
+    target = Path(args.html) if args.html else (folder or Path("."))
+    shown = result if not args.no_context else result.without_text()
+    write_report(target / Path(name).with_suffix(".html"), shown)
+
+
+def _finish(
+    job: MultiResult,
+    results: ResultFolder | None,
+    folder: Path | None,
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+) -> None:
+    """``summary.json`` in the folder, or every result on stdout; the HTML reports."""
+    if results is not None and folder is not None:
+        results.finish(job.summary)
+        print(f"results: {folder}/ — {len(results.names)} documents and summary.json", file=err)
+        if args.html is not None:
+            print(f"reports: {args.html or folder}/ — HTML beside each result", file=err)
+        return
+    names = result_names([r.document.source for r in job.results])
+    for name, result in zip(names, job.results, strict=True):
+        _html(args, None, name, result)
+    if args.html is not None:
+        print(f"reports: {args.html or '.'}/ — {len(names)} HTML files", file=err)
+    emit_result(job, args.output, out, err, include_text=not args.no_context)
+
+
+def _read_all(paths: list[Path], args: argparse.Namespace, err: TextIO) -> list[Document]:
+    """Read every document, saying for each what reading took (a bar on a terminal)."""
+    documents = []
+    pages = 0
+    started = time.perf_counter()
+    with progress_bar(args.progress, total=len(paths), desc="reading", unit="document") as bar:
+        for path in paths:
+            bar.set_postfix_str(path.name, refresh=False)
+            document = read_document(path, args)
+            pages += len(document.pages)
+            seconds = time.perf_counter() - started
+            if seconds > 0:
+                bar.set_postfix_str(f"{path.name}, {pages / seconds:.0f} pages/s")
+            bar.update(1)
+            documents.append(document)
+    for document in documents:
+        print_reading(document, args, err)
+    return documents
+
+
+def _results_folder(
+    folder: Path | None,
+    documents: list[Document],
+    criteria: list[Criterion],
+    policy: SelectionPolicy,
+    backend: Any,
+    include_context: bool,
+    args: argparse.Namespace,
+    err: TextIO,
+) -> ResultFolder | None:
+    """The ``-o`` folder, and a line on the documents a rerun skips (None: no folder)."""
+    if folder is None:
+        return None
+    job = job_digest(criteria, policy, backend, include_context=include_context)
+    results = ResultFolder(folder, [d.source for d in documents], job, include_text=include_context)
+    if args.restart:
+        results.done.clear()
+    elif results.done:
+        print(
+            f"resume: {len(results.done)} of {len(documents)} documents already done in "
+            f"{folder}/ for these criteria, policy and backend; skipping them "
+            "(--restart redoes every document)",
+            file=err,
+        )
+    return results
 
 
 def _run_ray(
@@ -195,7 +328,7 @@ def _run_ray(
     out: TextIO,
     err: TextIO,
 ) -> int:
-    from zerank_core.distributed import gate_on_ray
+    from zerank_core.distributed import GateRow, run_on_ray
 
     backend = {
         "backend": args.backend,
@@ -204,9 +337,49 @@ def _run_ray(
         "device": args.device,
         "scale": args.scale,
         "calibrator": _policy_calibrator(args),
+        "limits": limits_of(args),
     }
     # Settings and credentials are checked here, before Ray starts (seconds).
-    check_backend(**backend)
+    checked = check_backend(**{k: v for k, v in backend.items() if k != "calibrator"})
+    named = None if checked is None else BackendInfo(name=checked[0], description=checked[1])
+    # The job's digest names the backend the flags asked for; a URL loses its credentials.
+    asked = {**backend, "server_url": redact_url(args.server_url) if args.server_url else None}
+    include_context = not args.no_context
+    source = policy_source(args)
+    results = _results_folder(
+        folder,
+        documents,
+        criteria,
+        policy,
+        {k: v for k, v in asked.items() if k != "limits"},
+        include_context,
+        args,
+        err,
+    )
+    todo = [i for i in range(len(documents)) if results is None or i not in results.done]
+    finished: dict[int, GateResult] = {}
+
+    def document_result(index: int, rows: Sequence[GateRow]) -> GateResult:
+        """The document's result as the actor wrote it, with what only this process knows."""
+        whole = next(r.result for r in rows if r.result is not None)
+        result = GateResult.model_validate_json(whole)
+        reading = documents[index].reading
+        update: dict[str, Any] = {
+            "document": result.document.model_copy(update={"reading": reading}),
+            "timings": Timings.of(reading, result.timings.gate_seconds),
+            "policy_source": source,
+        }
+        if named is not None or result.backend is None:
+            update["backend"] = named
+        return result.model_copy(update=update)
+
+    def write(position: int, rows: list[GateRow]) -> None:
+        index = todo[position]
+        finished[index] = document_result(index, rows)
+        if results is not None:
+            results.write(index, finished[index])
+            _html(args, folder, results.names[index], finished[index])
+
     cache = _ray_cache(args)
     print(
         f"ray: {args.actors} actor(s), {args.gpus_per_actor} GPU(s) each; each builds the "
@@ -222,70 +395,90 @@ def _run_ray(
         detector = functools.partial(
             duplicate_detector, method=args.dedupe_with, threshold=args.dedupe_threshold
         )
+    if backend["limits"]:
+        print(f"limits for the whole job: {_limits_text(backend['limits'])}", file=err)
     start = time.perf_counter()
-    rows = gate_on_ray(
-        documents,
-        criteria,
-        scorer=functools.partial(_actor_scorer, **backend),
-        address=args.ray or None,
-        policy=policy,
-        instruction=args.instruction,
-        actors=args.actors,
-        documents_per_batch=args.documents_per_batch,
-        num_gpus=args.gpus_per_actor,
-        include_context=not args.no_context,
-        cache=cache,
-        duplicate_detector=detector,
-    )
+    rows: list[GateRow] = []
+    report: dict[str, Any] = {"actors_built": 0, "requests": 0, "peak_in_flight": 0}
+    if todo:
+        run = run_on_ray(
+            [documents[i] for i in todo],
+            criteria,
+            scorer=functools.partial(_actor_scorer, **backend),
+            address=args.ray or None,
+            policy=policy,
+            instruction=args.instruction,
+            actors=args.actors,
+            documents_per_batch=args.documents_per_batch,
+            num_gpus=args.gpus_per_actor,
+            include_context=include_context,
+            cache=cache,
+            duplicate_detector=detector,
+            on_document=write,
+        )
+        rows = [replace(r, index=todo[r.index]) for r in run.rows]
+        report = {
+            "actors_built": run.actors_built,
+            "requests": run.requests,
+            "peak_in_flight": run.peak_in_flight,
+        }
     seconds = time.perf_counter() - start
-    selection = policy.to_dict()
-    files: list[dict[str, Any]] = [
-        {"document": d.source, "pages": len(d.pages), "policy": selection, "criteria": []}
-        for d in documents
-    ]
-    thresholds = {c.id: c.threshold for c in criteria}
+    by_document: dict[int, list[GateRow]] = {}
     for row in rows:
-        entry = row.to_dict()
-        for key in ("index", "document"):
-            del entry[key]
-        if entry["context"] is None:
-            del entry["context"]
-        # The criterion's own threshold (a policy file's, if any); None: the policy's.
-        entry["threshold"] = thresholds[row.criterion]
-        files[row.index]["criteria"].append(entry)
-    no_evidence = sum(r.no_evidence for r in rows)
+        by_document.setdefault(row.index, []).append(row)
+    for index, have in by_document.items():
+        if index not in finished:
+            finished[index] = document_result(index, have)
+    done = [finished[i] for i in todo]
     print(
-        f"{len(rows)} document × criterion rows, {no_evidence} without evidence; "
-        f"{seconds:.1f} s, {len(documents) / seconds:.2f} documents/s",
+        f"backend built by {report['actors_built']} of {args.actors} actor(s) "
+        "(an actor builds it, and loads its model, at its first cache miss)"
+        + (
+            f"; {report['requests']} requests, at most {report['peak_in_flight']} in flight"
+            if report["requests"]
+            else ""
+        ),
         file=err,
     )
     cached = None
     if cache is not None:
-        cached = {
-            "path": str(cache),
-            "hits": sum(r.cache_hits or 0 for r in rows),
-            "misses": sum(r.cache_misses or 0 for r in rows),
-        }
+        cached = CacheInfo(
+            path=str(cache),
+            hits=sum(r.cache_hits or 0 for r in rows),
+            misses=sum(r.cache_misses or 0 for r in rows),
+        )
+    usage = _total(r.report.usage for r in done)
+    summary = summarize(
+        done,
+        [documents[i] for i in todo],
+        usage=usage,
+        seconds=seconds,
+        shared=bool(done) and done[0].scale is not Scale.UNCALIBRATED,
+        ray=RayInfo(
+            address=args.ray or None,
+            actors=args.actors,
+            gpus_per_actor=args.gpus_per_actor,
+            actors_built=report["actors_built"],
+            requests=report["requests"],
+            peak_in_flight=report["peak_in_flight"],
+        ),
+        backend=named if named is not None else (done[0].backend if done else None),
+        cache=cached,
+    ).model_copy(update={"resumed": len(documents) - len(todo)})
+    job = MultiResult(results=tuple(done), summary=summary)
+    print_job(job, err)
+    if cached is not None:
         print(
-            f"cache: {cache} — {cached['hits']} hits, {cached['misses']} misses "
+            f"cache: {cache} — {cached.hits} hits, {cached.misses} misses "
             "(page scores of every document × criterion)",
             file=err,
         )
-    summary = {
-        "documents": len(documents),
-        "criteria": len(criteria),
-        "rows": len(rows),
-        "no_evidence": no_evidence,
-        "seconds": round(seconds, 3),
-        "documents_per_second": round(len(documents) / seconds, 3),
-        "ray": {"address": args.ray or None, "actors": args.actors, "gpus": args.gpus_per_actor},
-        "cache": cached,
-    }
-    # The output names the backend the flags asked for; a URL loses its credentials.
-    asked = {**backend, "server_url": redact_url(args.server_url) if args.server_url else None}
-    head = {"backend": asked, "summary": summary}
-    _write(files, head, folder, [d.source for d in documents], args.output, out, err)
+    _finish(job, results, folder, args, out, err)
     return 0
+
+
+def _limits_text(limits: dict[str, float | int]) -> str:
+    return ", ".join(f"{key.replace('_', ' ')} {value:g}" for key, value in limits.items())
 
 
 def _ray_cache(args: argparse.Namespace) -> Path | None:
@@ -314,22 +507,24 @@ def duplicate_detector(
     return LexicalDetector() if threshold is None else LexicalDetector(threshold=threshold)
 
 
-def _actor_scorer(**backend: Any) -> Scorer:
-    """The backend the command line asked for, built inside a Ray actor."""
+def _actor_scorer(**backend: Any) -> BackendChoice:
+    """The backend the command line asked for, built inside a Ray actor (and named)."""
     from zerank_core.cli._common import choose_backend
 
-    scorer = choose_backend(
+    choice = choose_backend(
         backend["backend"],
         server_url=backend["server_url"],
         model=backend["model"],
         device=backend["device"],
         scale=backend.get("scale"),
-    ).scorer
+        limits=backend.get("limits"),
+    )
     if backend.get("calibrator") is None:
-        return scorer
+        return choice
     from zerank_core.calibrate import CalibratedScorer, calibrator_from_dict
 
-    return CalibratedScorer(scorer, calibrator_from_dict(backend["calibrator"]))
+    calibrated = CalibratedScorer(choice.scorer, calibrator_from_dict(backend["calibrator"]))
+    return dataclasses.replace(choice, scorer=calibrated)
 
 
 def _policy_calibrator(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -354,31 +549,39 @@ def _output_folder(output: str | None) -> Path | None:
     return folder
 
 
-def _write(
-    files: list[dict[str, Any]],
-    head: dict[str, Any],
-    folder: Path | None,
-    sources: list[str],
+def policy_source(args: argparse.Namespace) -> PolicySource | None:
+    """What the result records of the ``--policy`` file (``None`` without one)."""
+    if args.policy is None:
+        return None
+    from zerank_core.calibrate import ThresholdPolicy
+
+    fitted = ThresholdPolicy.load(args.policy)
+    return PolicySource(
+        path=str(args.policy),
+        method=fitted.fit.method,
+        target=fitted.target,
+        fitted_on=fitted.backend.get("name"),
+    )
+
+
+def emit_result(
+    result: GateResult | MultiResult,
     output: str | None,
     out: TextIO,
     err: TextIO,
+    *,
+    include_text: bool = True,
 ) -> None:
-    if folder is None:
-        write_json({**head, "documents": files}, output, out, err)
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    used = {"summary.json"}
-    names = []
-    for source in sources:
-        stem = Path(source).stem or "document"
-        name, number = f"{stem}.json", 1
-        while name in used:
-            number += 1
-            name = f"{stem}-{number}.json"
-        used.add(name)
-        names.append(name)
-    for name, data in zip(names, files, strict=True):
-        write_json(data, str(folder / name), out, io.StringIO())
-    head["summary"]["files"] = dict(zip(sources, names, strict=True))
-    write_json(head, str(folder / "summary.json"), out, io.StringIO())
-    print(f"results: {folder}/ — {len(names)} documents and summary.json", file=err)
+    """Write ``result`` through the one serialiser: to ``output``, or to ``out`` when piped."""
+    if output and output != "-":
+        write_result(output, result, include_text=include_text)
+        print(f"results: {output}", file=err)
+    elif output == "-" or not out.isatty():
+        out.write(dump_result(result, include_text=include_text))
+    else:
+        print("results: add -o FILE.json (or pipe stdout) for the full JSON", file=err)
+
+
+def result_names(sources: Sequence[str]) -> list[str]:
+    """One file name per document in an output folder (``summary.json`` is taken)."""
+    return file_names(sources)

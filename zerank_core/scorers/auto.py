@@ -36,7 +36,11 @@ backend, and go to the backend chosen where they mean something: all of them
 to the hosted API and to a rerank server; ``max_batch_size`` to open weights
 in-process; none to BM25, which sends no request. A setting that does not
 apply is accepted and has no effect, so one configuration works whichever
-backend the environment picks. ``framework`` tags every request's
+backend the environment picks. The limits among them (``max_concurrency``
+and the per-minute budgets) left unset are read from the environment
+(``ZERANK_MAX_CONCURRENCY``, ``ZERANK_REQUESTS_PER_MINUTE``,
+``ZERANK_BYTES_PER_MINUTE``, ``ZERANK_TOKENS_PER_MINUTE``; see
+:mod:`zerank_core.limits`). ``framework`` tags every request's
 User-Agent (``zerank-gate/<version> langchain``).
 
 ``scale`` declares what a model's numbers are: for a rerank server, what it
@@ -63,6 +67,7 @@ from pydantic import SecretStr
 
 from zerank_core._version import user_agent
 from zerank_core.errors import ConfigurationError, MissingDependencyError
+from zerank_core.limits import limits_from_env
 from zerank_core.redaction import redact
 from zerank_core.scorers.base import Scale, Scorer, check_count, check_timeout
 from zerank_core.scorers.engine import RateLimits
@@ -286,13 +291,15 @@ def resolve_backend(
             raise ConfigurationError(f"{say(setting)} must be a non-empty string, got {value!r}")
     key = _secret(api_key, say("api_key"))
     declared = _scale(scale, say("scale"))
+    # Limits left unset here come from the environment (ZERANK_REQUESTS_PER_MINUTE ...).
+    limits = limits_from_env(env)
     throughput = Throughput(
         timeout=timeout,
         max_retries=max_retries,
-        max_concurrency=max_concurrency,
-        requests_per_minute=requests_per_minute,
-        bytes_per_minute=bytes_per_minute,
-        tokens_per_minute=tokens_per_minute,
+        max_concurrency=_or(max_concurrency, limits.get("max_concurrency")),
+        requests_per_minute=_or(requests_per_minute, limits.get("requests_per_minute")),
+        bytes_per_minute=_or(bytes_per_minute, limits.get("bytes_per_minute")),
+        tokens_per_minute=_or(tokens_per_minute, limits.get("tokens_per_minute")),
         max_batch_size=max_batch_size,
     )
     agent = user_agent(framework)
@@ -358,6 +365,10 @@ def resolve_backend(
     from zerank_core.scorers.lexical import BM25Scorer
 
     return BackendChoice("lexical", BM25Scorer(), "BM25 lexical baseline (offline, uncalibrated)")
+
+
+def _or(given: Any, from_env: Any) -> Any:
+    return given if given is not None else from_env
 
 
 def backend_name(name: str, source: str = "backend") -> str:

@@ -260,6 +260,15 @@ class BatchedScorer(ABC):
         return self._engine.slots.limit
 
     @property
+    def engine(self) -> Engine:
+        """The engine every request goes through (slots, pacing, retries).
+
+        :meth:`Engine.share` makes its limits hold beyond this scorer, as the
+        Ray job limiter does for every actor of a job.
+        """
+        return self._engine
+
+    @property
     def max_retries(self) -> int:
         """How many times a request that failed transiently is sent again."""
         return self._engine.max_retries

@@ -31,7 +31,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Protocol, TypeVar
 
 import tenacity
 
@@ -55,10 +55,12 @@ __all__ = [
     "DEFAULT_DEADLINE_S",
     "REQUEST_OVERHEAD_TEXTS",
     "Batch",
+    "ConcurrencyLimit",
     "Engine",
     "Failure",
     "Pacer",
     "RateLimits",
+    "RequestPacer",
     "Slots",
     "estimate_tokens",
     "parse_retry_after",
@@ -277,6 +279,39 @@ class Pacer:
             self._paused_until = max(self._paused_until, self._clock() + seconds)
 
 
+class ConcurrencyLimit(Protocol):
+    """What an engine asks before each request for a place in flight (:class:`Slots`).
+
+    Another implementation can share the places between processes, as the
+    Ray job limiter (:mod:`zerank_core.limits`) does across actors.
+    """
+
+    @property
+    def limit(self) -> int: ...
+
+    @property
+    def free(self) -> int: ...
+
+    def acquire(self) -> None: ...
+
+    async def aacquire(self) -> None: ...
+
+    def release(self) -> None: ...
+
+
+class RequestPacer(Protocol):
+    """What an engine asks before each request for its turn in the budgets (:class:`Pacer`)."""
+
+    @property
+    def limits(self) -> RateLimits: ...
+
+    def reserve(self, *, bytes_: int = 0, tokens: int = 0) -> float: ...
+
+    def charge_tokens(self, tokens: int) -> None: ...
+
+    def pause(self, seconds: float) -> None: ...
+
+
 # --------------------------------------------------------------------------- failures
 
 
@@ -316,8 +351,8 @@ class Engine:
             isinstance(deadline, int | float) and not isinstance(deadline, bool) and deadline >= 0
         ):
             raise ConfigurationError(f"deadline must be a number of seconds >= 0, got {deadline!r}")
-        self.slots = Slots(max_concurrency)
-        self.pacer = Pacer(limits)
+        self.slots: ConcurrencyLimit = Slots(max_concurrency)
+        self.pacer: RequestPacer = Pacer(limits)
         self.max_retries = max_retries
         self.deadline = deadline
         self._classify = classify
@@ -330,6 +365,19 @@ class Engine:
     @property
     def limits(self) -> RateLimits:
         return self.pacer.limits
+
+    def share(
+        self, *, slots: ConcurrencyLimit | None = None, pacer: RequestPacer | None = None
+    ) -> None:
+        """Take places in flight and pacing from ``slots`` and ``pacer`` from now on.
+
+        For limits that hold beyond this engine (every actor of a Ray job);
+        call it before the first request. Either left ``None`` stays as it is.
+        """
+        if slots is not None:
+            self.slots = slots
+        if pacer is not None:
+            self.pacer = pacer
 
     @contextmanager
     def job(self) -> Iterator[int]:
