@@ -103,8 +103,6 @@ class _Model(BaseModel):
             exclude=set(self._not_compared)
         )
 
-    __hash__ = None  # type: ignore[assignment]
-
     @model_validator(mode="before")
     @classmethod
     def _drop_computed(cls, data: Any) -> Any:
