@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from zerank_core.cli._common import (
+    ResumableScorer,
     add_backend_options,
     add_output_option,
     cache_line,
@@ -300,6 +301,9 @@ def _dedupe_policy(args: argparse.Namespace, policy: SelectionPolicy) -> Selecti
 def _detector(args: argparse.Namespace, scorer: Scorer) -> DuplicateDetector | None:
     if not args.dedupe and args.dedupe_with is None:
         return None
+    if isinstance(scorer, ResumableScorer):
+        # The detector's few model calls need no resume file; its messages name the backend.
+        scorer = scorer.scorer
     return duplicate_detector(scorer, method=args.dedupe_with, threshold=args.dedupe_threshold)
 
 
