@@ -285,7 +285,7 @@ def compress(bert: str, packet: tuple[Path, Path], out: Path, *extra: str) -> tu
 
 
 def matrix(result: Any) -> list[float]:
-    return [float(v) for row in result["matrix"]["scores"] for v in row]
+    return [float(v) for item in result["results"] for v in item["scores"].values()]
 
 
 def test_zerank_compress_runs_it_flagged_uncalibrated(
@@ -385,9 +385,11 @@ def test_ray_actors_build_the_policy_calibrator_around_their_backend() -> None:
     from zerank_core.cli._documents import _actor_scorer
 
     calibrator = {"method": "platt", "coef": 2.0, "intercept": -1.0}
-    scorer = _actor_scorer(
+    choice = _actor_scorer(
         backend=None, server_url=None, model="bm25", device=None, calibrator=calibrator
     )
+    assert choice.name == "lexical"  # the actor names its backend in every result
+    scorer = choice.scorer
     texts = ["apple banana", "plain water", "apple"]
 
     assert isinstance(scorer, CalibratedScorer)
