@@ -338,6 +338,18 @@ def test_ray_and_one_process_write_the_same_bytes_but_for_timings(
         assert set(json.loads(here)) == set(json.loads(ray))
     summary = json.loads((tmp_path / "ray" / "summary.json").read_text(encoding="utf-8"))
     assert summary["timings"]["ray"]["actors"] == 1
+    # What --ray writes validates against the committed schemas, as the rest does.
+    import jsonschema
+
+    from zerank_core.results import SCHEMA_DIR
+
+    def schema(name: str) -> Any:
+        return json.loads((SCHEMA_DIR / name).read_text(encoding="utf-8"))
+
+    jsonschema.validate(summary, schema("job-summary.schema.json"))
+    for name in ("first.json", "second.json"):
+        data = json.loads((tmp_path / "ray" / name).read_text(encoding="utf-8"))
+        jsonschema.validate(data, schema("gate-result.schema.json"))
     result = GateResult.model_validate_json((tmp_path / "ray" / "first.json").read_text())
     assert result.document.source == str(tmp_path / "first.txt")
     assert result.backend is not None

@@ -75,13 +75,16 @@ def gate_documents(
     texts = list(dict.fromkeys(p.text for d in documents for p in d.pages if not p.is_empty))
     results: list[GateResult] = []
     table = _score_job(gate, texts, criteria, len(documents)) if shared else None
+    # Stage 2 (passages) depends on what stage 1 kept: the replay sends those
+    # texts to the real scorer, one document at a time.
+    fallback = gate.scorer if gate.passages is not None else None
     with progress_bar(
         gate.progress, total=len(documents), desc="documents", unit="document"
     ) as finished:
         for document in documents:
             finished.set_postfix_str(document.source.rsplit("/", 1)[-1], refresh=False)
             if table is not None:
-                replay = _Replay(gate.scorer, table)
+                replay = _Replay(gate.scorer, table, fallback)
                 one = dataclasses.replace(gate, scorer=replay, progress=False)
                 results.append(one.run(document, criteria))
             else:
@@ -187,11 +190,18 @@ class _Replay:
 
     It declares the real scorer's ``model`` and ``scale``; its ``usage``
     counts the page scores it handed out (no requests, no tokens: those are
-    the job's).
+    the job's). With a ``fallback`` scorer, a call holding a text the job did
+    not score (a passage of two-stage gating) goes to it whole.
     """
 
-    def __init__(self, scorer: Scorer, table: Mapping[_Key, Mapping[str, float]]) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        table: Mapping[_Key, Mapping[str, float]],
+        fallback: Scorer | None = None,
+    ) -> None:
         self._table = table
+        self._fallback = fallback
         self.scale = Scale(getattr(scorer, "scale", Scale.PROBABILITY))
         self.model: str = scorer.model
         self._texts = 0
@@ -205,6 +215,11 @@ class _Replay:
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
         column = self._table.get((query, instruction))
+        if self._fallback is not None and (column is None or any(t not in column for t in texts)):
+            scores = self._fallback.score(query, texts, instruction=instruction)
+            with self._lock:
+                self._texts += len(texts)
+            return scores
         if column is None:
             raise InvalidResponseError(
                 f"no scores were computed for criterion {query!r}", batch=0, batch_size=len(texts)
@@ -228,4 +243,10 @@ class _Replay:
     async def ascore(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
+        column = self._table.get((query, instruction))
+        if self._fallback is not None and (column is None or any(t not in column for t in texts)):
+            scores = await self._fallback.ascore(query, texts, instruction=instruction)
+            with self._lock:
+                self._texts += len(texts)
+            return scores
         return self.score(query, texts, instruction=instruction)

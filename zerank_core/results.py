@@ -38,6 +38,7 @@ from pydantic import (
 )
 
 from zerank_core.criteria import Criterion
+from zerank_core.passages import PassagePolicy
 from zerank_core.scorers.base import Scale, Usage
 from zerank_core.select import SelectionPolicy
 
@@ -377,7 +378,9 @@ class GateResult(_Model):
     criteria's order; ``matrix`` (derived) is the pages × criteria score
     table. ``scale`` and ``model`` are the scorer's. ``duplicates`` are the
     duplicate page pairs found when the policy has ``dedupe`` (each later
-    page against the earlier one).
+    page against the earlier one). ``passage_policy`` is set when the gate
+    trimmed kept pages to their evidence passages (two-stage gating): each
+    result's ``passages`` and ``context`` then hold those passages.
     """
 
     _not_compared: ClassVar[frozenset[str]] = frozenset({"timings"})
@@ -392,6 +395,7 @@ class GateResult(_Model):
     report: GateReport
     results: tuple[CriterionResult, ...]
     duplicates: tuple[DuplicatePage, ...] = ()
+    passage_policy: PassagePolicy | None = None
     timings: Timings = Field(default_factory=Timings)
 
     @property

@@ -119,6 +119,25 @@ def _duplicate_lines(result: GateResult, err: TextIO) -> None:
         print(f"dropped as duplicates of a kept page: {'; '.join(dropped)}", file=err)
 
 
+def _passage_lines(result: GateResult, err: TextIO) -> None:
+    policy = result.passage_policy
+    if policy is None:
+        return
+    parts = [f"≤ {policy.passage_chars} chars each"]
+    if policy.top_k is not None:
+        parts.append(f"top {policy.top_k} a page")
+    if policy.threshold is not None:
+        parts.append(f"floor {policy.threshold:.4g}")
+    if policy.max_chars is not None:
+        parts.append(f"≤ {policy.max_chars:,} chars a criterion")
+    if policy.min_keep:
+        parts.append(f"at least {policy.min_keep} a kept page")
+    kept = "; ".join(
+        f"{item.criterion.id} {len(item.passages)}" for item in result.results if item.pages
+    )
+    print(f"evidence passages ({', '.join(parts)}): {kept or 'no page kept'}", file=err)
+
+
 def _evidence_lines(report: GateReport, scale: Scale, err: TextIO, *, quiet: bool = False) -> None:
     reasons: dict[str, list[str]] = {}
     for criterion_id, reason in report.kept_nothing.items():
@@ -149,6 +168,7 @@ def print_result(result: GateResult, err: TextIO) -> None:
     print(file=err)
     _table(result, err)
     _duplicate_lines(result, err)
+    _passage_lines(result, err)
     print(file=err)
     print(
         kept_line(report.chars_kept, report.chars_total, report.criteria)
@@ -164,7 +184,8 @@ def print_result(result: GateResult, err: TextIO) -> None:
     )
     cost = f", ~${report.estimated_cost_usd:.4f}" if report.estimated_cost_usd is not None else ""
     print(
-        f"model calls: {report.model_requests} requests, {report.model_texts} page scores, "
+        f"model calls: {report.model_requests} requests, {report.model_texts} "
+        f"{'page and passage' if result.passage_policy is not None else 'page'} scores, "
         f"{tokens}{cost}",
         file=err,
     )
@@ -191,6 +212,7 @@ def print_job(job: MultiResult, err: TextIO) -> None:
             print(line, file=err)
         print("  " + kept_line(report.chars_kept, report.chars_total, report.criteria), file=err)
         _duplicate_lines(result, err)
+        _passage_lines(result, err)
         _evidence_lines(report, result.scale, err, quiet=True)
     summary = job.summary
     chars_total = sum(r.report.chars_total for r in job.results)

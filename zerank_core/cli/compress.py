@@ -42,6 +42,7 @@ from zerank_core.criteria import load_criteria
 from zerank_core.dedupe import DuplicateDetector
 from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
+from zerank_core.passages import DEFAULT_PASSAGE_POLICY, PassagePolicy
 from zerank_core.plots import plot_heatmap
 from zerank_core.report import write_report
 from zerank_core.results import BackendInfo
@@ -159,6 +160,7 @@ def add_parser(commands: Any) -> None:
         help="similarity that makes two pages duplicates (default: 0.7 word-shingle "
         "Jaccard for lexical, 0.8 probability for model)",
     )
+    _add_passage_options(parser)
     parser.add_argument(
         "--instruction", help="instruction appended to every criterion that has none"
     )
@@ -208,6 +210,83 @@ def add_parser(commands: Any) -> None:
     add_backend_options(parser)
 
 
+_PASSAGE_OPTIONS = {
+    "passage_threshold": "threshold",
+    "passage_top_k": "top_k",
+    "passage_max_chars": "max_chars",
+    "passage_min_keep": "min_keep",
+    "passage_chars": "passage_chars",
+}
+
+
+def _add_passage_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "evidence passages",
+        "with --passages, each criterion's kept pages are cut into sentences or short "
+        "windows, those are scored against the criterion (only passages of kept pages), and "
+        "the context becomes the passages that pass, in document order under [page N] markers",
+    )
+    default = DEFAULT_PASSAGE_POLICY
+    group.add_argument(
+        "--passages",
+        action="store_true",
+        help="trim each criterion's kept pages to their evidence passages",
+    )
+    # SUPPRESS: an option given without --passages is an error, not silently ignored.
+    group.add_argument(
+        "--passage-threshold",
+        type=threshold_arg,
+        default=argparse.SUPPRESS,
+        metavar="T",
+        help=f"keep passages scoring >= T ('none' for no floor; default {default.threshold})",
+    )
+    group.add_argument(
+        "--passage-top-k",
+        type=optional_count_arg,
+        default=argparse.SUPPRESS,
+        metavar="K",
+        help=f"keep at most K passages per kept page ('all' for no limit; default {default.top_k})",
+    )
+    group.add_argument(
+        "--passage-max-chars",
+        type=count_arg,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="character budget for a criterion's passages, best first",
+    )
+    group.add_argument(
+        "--passage-min-keep",
+        type=count_arg,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help=f"each kept page yields at least its N best passages (default {default.min_keep})",
+    )
+    group.add_argument(
+        "--passage-chars",
+        type=positive_arg,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help=f"longest passage in characters (default {default.passage_chars})",
+    )
+
+
+def passage_policy(args: argparse.Namespace) -> PassagePolicy | None:
+    """The passage policy ``--passages`` and the ``--passage-*`` options describe."""
+    given = {name: field for name, field in _PASSAGE_OPTIONS.items() if hasattr(args, name)}
+    if not getattr(args, "passages", False):
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ConfigurationError(f"{flags} needs --passages")
+        return None
+    if getattr(args, "ray", None) is not None:
+        raise ConfigurationError(
+            "--passages is not available with --ray yet: run without --ray, or gate pages only"
+        )
+    return replace(
+        DEFAULT_PASSAGE_POLICY, **{field: getattr(args, name) for name, field in given.items()}
+    )
+
+
 def _dedupe_policy(args: argparse.Namespace, policy: SelectionPolicy) -> SelectionPolicy:
     if args.dedupe_with is not None:
         policy = replace(policy, dedupe=True)
@@ -237,11 +316,13 @@ def _gate(args: argparse.Namespace, scorer: Scorer, policy: SelectionPolicy) -> 
         progress=args.progress,
         price_per_million_tokens=args.price_per_million_tokens,
         duplicate_detector=_detector(args, scorer),
+        passages=passage_policy(args),
     )
 
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     policy = _dedupe_policy(args, SelectionPolicy.from_attributes(args))
+    passage_policy(args)  # refuses bad passage options before anything is read or scored
     if args.heatmap is not None and importlib.util.find_spec("matplotlib") is None:
         # Fail before scoring, not after the whole run.
         raise MissingDependencyError("matplotlib", "eval")
