@@ -397,3 +397,15 @@ def test_ray_actors_build_the_policy_calibrator_around_their_backend() -> None:
     assert scorer.score("apple banana", texts) == pytest.approx(
         [sigmoid(2.0 * s - 1.0) for s in raw]
     )
+
+
+def test_the_html_report_says_the_scores_are_uncalibrated(
+    bert: str, packet: tuple[Path, Path], tmp_path: Path
+) -> None:
+    report = tmp_path / "report.html"
+
+    compress(bert, packet, tmp_path / "out.json", "--html", str(report))
+
+    html = report.read_text(encoding="utf-8")
+    assert "is not a zerank model): they order pages" in html
+    assert "BM25 lexical baseline" not in html

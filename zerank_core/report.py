@@ -124,11 +124,17 @@ def _context(result: GateResult) -> dict[str, Any]:
         ],
     }
     warnings = []
-    if result.scale is Scale.UNCALIBRATED:
+    if result.scale is Scale.UNCALIBRATED and result.model in (None, "bm25"):
         warnings.append(
             "Scores are uncalibrated (BM25 lexical baseline): 1.0 is the best page for each "
             "criterion, not a probability, and a lack of evidence is flagged only when a "
             "criterion's words appear on no page."
+        )
+    elif result.scale is Scale.UNCALIBRATED:
+        warnings.append(
+            f"Scores are uncalibrated ({result.model} is not a zerank model): they order "
+            "pages, but are not probabilities, so a threshold on them means nothing until "
+            "zerank calibrate --calibrator fits a calibrator that --policy applies."
         )
     source = result.policy_source
     backend = result.backend.name if result.backend is not None else None
