@@ -21,6 +21,7 @@ from pydantic import ConfigDict, Field
 from langchain_zerank._scorer import ScorerSettings
 from zerank_core.components import check_top_n
 from zerank_core.dedupe import Duplicates, afind_duplicates, find_duplicates
+from zerank_core.errors import ConfigurationError
 from zerank_core.passages import (
     DEFAULT_PASSAGE_CHARS,
     DEFAULT_PASSAGE_POLICY,
@@ -319,11 +320,19 @@ class ZeroEntropyRerank(ZeRankCompressor):
     def __init__(self, **data: Any) -> None:
         client = data.get("client")
         if client is not None and data.get("scorer") is None:
+            from zerank_core.scorers.auto import THROUGHPUT_SETTINGS
             from zerank_core.scorers.zeroentropy import ZeroEntropyScorer
 
-            # The client carries its own key and base URL: it is this component's scorer.
+            if data.get("timeout") is not None:
+                raise ConfigurationError(
+                    "ZeroEntropyRerank: timeout applies to the clients this package builds; "
+                    "set it on the client passed in (ZeroEntropy(timeout=...))"
+                )
+            # The client carries its own key and base URL: it is this component's
+            # scorer, and the engine settings given go to that scorer.
+            engine = {k: data.pop(k) for k in THROUGHPUT_SETTINGS if data.get(k) is not None}
             model = data.pop("model", None) or "zerank-1-small"
-            data["scorer"] = ZeroEntropyScorer(model=model, client=client)
+            data["scorer"] = ZeroEntropyScorer(model=model, client=client, **engine)
             data["model"] = None
         super().__init__(**data)
 

@@ -12,3 +12,6 @@ needs_sklearn = pytest.mark.skipif(
 needs_matplotlib = pytest.mark.skipif(
     find_spec("matplotlib") is None, reason="needs matplotlib: pip install 'zerank-gate[eval]'"
 )
+needs_datasketch = pytest.mark.skipif(
+    find_spec("datasketch") is None, reason="needs datasketch: pip install 'zerank-gate[dedupe]'"
+)

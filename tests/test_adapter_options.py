@@ -254,3 +254,22 @@ def test_the_command_line_names_itself(fake_server: FakeRerankServer, tmp_path: 
 
     assert code == 0, err
     assert {agent(r) for r in fake_server.requests} == {f"zerank-gate/{__version__} cli"}
+
+
+def test_zero_entropy_rerank_with_a_client_takes_the_engine_settings(
+    fake_server: FakeRerankServer,
+) -> None:
+    from zeroentropy import ZeroEntropy
+
+    from langchain_zerank import ZeroEntropyRerank
+
+    client = ZeroEntropy(api_key=KEY, base_url=f"{fake_server.url}/v1", max_retries=0)
+    reranker = ZeroEntropyRerank(client=client, max_batch_size=2, max_retries=0, top_n=10)
+
+    reranker.compress_documents([Document(t) for t in TEXTS[:5]], QUERY)
+
+    sizes = [len(r.body["documents"]) for r in fake_server.requests]
+    assert sum(sizes) == 5
+    assert max(sizes) <= 2
+    with pytest.raises(ConfigurationError, match="set it on the client passed in"):
+        ZeroEntropyRerank(client=client, timeout=5)

@@ -285,7 +285,7 @@ def compress(bert: str, packet: tuple[Path, Path], out: Path, *extra: str) -> tu
 
 
 def matrix(result: Any) -> list[float]:
-    return [float(v) for row in result["matrix"]["scores"] for v in row]
+    return [float(v) for item in result["results"] for v in item["scores"].values()]
 
 
 def test_zerank_compress_runs_it_flagged_uncalibrated(
@@ -347,3 +347,65 @@ def test_zerank_calibrate_fits_a_calibrator_that_compress_applies(
     assert "its scores are uncalibrated" not in err
     expected = policy.calibrator.predict_proba(matrix(raw))[:, 1]
     assert matrix(calibrated) == pytest.approx(list(expected), abs=1e-4)
+
+
+def test_zerank_evaluate_applies_the_calibrator_of_its_policy(
+    bert: str, labelled_set: Path, tmp_path: Path
+) -> None:
+    backend = ("--model", bert, "--scale", "logit", "--no-cache")
+    policy_path = tmp_path / "policy.json"
+    code, _, err = call(
+        "calibrate",
+        str(labelled_set),
+        *backend,
+        "--calibrator",
+        "platt",
+        "--method",
+        "empirical",
+        "--target",
+        "0.8",
+        "-o",
+        str(policy_path),
+    )
+    assert code == 0, err
+
+    code, out, err = call(
+        "evaluate", str(labelled_set), *backend, "--policy", str(policy_path), "-o", "-"
+    )
+
+    assert code == 0, err
+    assert "calibration: platt calibrator" in err
+    fitted = json.loads(policy_path.read_text(encoding="utf-8"))["on_fitting_set"]
+    evaluated = json.loads(out)["policy"]
+    assert evaluated["mean_recall"] == pytest.approx(fitted["mean_recall"])
+    assert evaluated["chars_kept"] == pytest.approx(fitted["chars_kept"])
+
+
+def test_ray_actors_build_the_policy_calibrator_around_their_backend() -> None:
+    from zerank_core.cli._documents import _actor_scorer
+
+    calibrator = {"method": "platt", "coef": 2.0, "intercept": -1.0}
+    choice = _actor_scorer(
+        backend=None, server_url=None, model="bm25", device=None, calibrator=calibrator
+    )
+    assert choice.name == "lexical"  # the actor names its backend in every result
+    scorer = choice.scorer
+    texts = ["apple banana", "plain water", "apple"]
+
+    assert isinstance(scorer, CalibratedScorer)
+    raw = scorer.scorer.score("apple banana", texts)
+    assert scorer.score("apple banana", texts) == pytest.approx(
+        [sigmoid(2.0 * s - 1.0) for s in raw]
+    )
+
+
+def test_the_html_report_says_the_scores_are_uncalibrated(
+    bert: str, packet: tuple[Path, Path], tmp_path: Path
+) -> None:
+    report = tmp_path / "report.html"
+
+    compress(bert, packet, tmp_path / "out.json", "--html", str(report))
+
+    html = report.read_text(encoding="utf-8")
+    assert "is not a zerank model): they order pages" in html
+    assert "BM25 lexical baseline" not in html

@@ -253,13 +253,12 @@ def test_calibrate_then_compress_with_the_policy_on_the_packet(tmp_path: Path) -
     result = json.loads(out)
     assert result["policy"]["threshold"] == threshold
     assert result["policy"]["top_k"] is None
-    pages = result["matrix"]["pages"]
-    for row, criterion in zip(result["matrix"]["scores"], result["criteria"], strict=True):
+    for item in result["results"]:
         # Every scored page at or above the fitted threshold is kept, and nothing else,
         # whatever the criteria file's own floor (TB has 0.6).
-        expected = [p for p, s in zip(pages, row, strict=True) if s is not None and s >= threshold]
-        assert criterion["pages"] == expected, criterion["id"]
-        assert criterion["threshold"] == threshold
+        expected = [int(p) for p, s in item["scores"].items() if s >= threshold]
+        assert item["pages"] == expected, item["criterion"]["id"]
+        assert item["criterion"]["threshold"] == threshold
 
 
 def test_compress_applies_per_criterion_thresholds_and_warns_across_backends(
@@ -277,11 +276,11 @@ def test_compress_applies_per_criterion_thresholds_and_warns_across_backends(
     assert code == 0, err
     assert "own thresholds for TB" in err
     assert "fitted on hosted scores and this run uses lexical" in err
-    by_id = {c["id"]: c for c in json.loads(out)["criteria"]}
-    assert by_id["TB"]["threshold"] == 0.95
-    assert all(s >= 0.95 for s in by_id["TB"]["scores"])
-    assert by_id["DX"]["threshold"] == 0.2
-    assert all(s >= 0.2 for s in by_id["DX"]["scores"])
+    by_id = {c["criterion"]["id"]: c for c in json.loads(out)["results"]}
+    assert by_id["TB"]["criterion"]["threshold"] == 0.95
+    assert all(by_id["TB"]["scores"][str(p)] >= 0.95 for p in by_id["TB"]["pages"])
+    assert by_id["DX"]["criterion"]["threshold"] == 0.2
+    assert all(by_id["DX"]["scores"][str(p)] >= 0.2 for p in by_id["DX"]["pages"])
 
 
 def test_a_bad_policy_file_is_a_clear_error(tmp_path: Path) -> None:

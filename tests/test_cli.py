@@ -53,9 +53,9 @@ def run_zerank(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]
 
 def without_cache_fields(data: dict[str, Any]) -> dict[str, Any]:
     report = dict(data["report"])
-    for key in ("cache_hits", "cache_misses", "model_requests", "model_texts", "reading"):
+    for key in ("cache_hits", "cache_misses", "usage"):
         report.pop(key)
-    return {**data, "report": report}
+    return {**data, "report": report, "timings": None}
 
 
 def test_compress_bundled_packet_end_to_end_offline(tmp_path: Path) -> None:
@@ -70,11 +70,11 @@ def test_compress_bundled_packet_end_to_end_offline(tmp_path: Path) -> None:
     assert data["report"]["pages"] == 41
     assert data["report"]["empty_pages"] == [24]
     assert data["report"]["cache_misses"] == 40 * 10
-    ids = [c["id"] for c in data["criteria"]]
-    assert ids == data["matrix"]["criteria"]
+    ids = [c["criterion"]["id"] for c in data["results"]]
+    assert ids == list(data["report"]["pages_kept"])
     assert "PRESCRIBER" in first.stderr
     assert "kept " in first.stderr
-    for criterion in data["criteria"]:
+    for criterion in data["results"]:
         assert criterion["pages"] == sorted(criterion["pages"])
         assert 1 <= len(criterion["pages"]) <= 3
         assert criterion["context"].startswith(f"[page {criterion['pages'][0]}]")
@@ -83,7 +83,7 @@ def test_compress_bundled_packet_end_to_end_offline(tmp_path: Path) -> None:
     assert second.returncode == 0, second.stderr
     again = json.loads(second.stdout)
     assert (again["report"]["cache_hits"], again["report"]["cache_misses"]) == (400, 0)
-    assert again["report"]["model_requests"] == 0
+    assert again["report"]["usage"]["requests"] == 0
     assert "400 hits, 0 misses" in second.stderr
     assert without_cache_fields(again) == without_cache_fields(data)
 
@@ -125,13 +125,15 @@ def test_compress_against_a_server_with_heatmap_and_output_file(
     assert data["scale"] == "probability"
     assert data["policy"]["top_k"] == 2
     assert data["policy"]["neighbors"] == 1
-    assert data["report"]["model_requests"] == len(fake_server.requests) > 0
-    assert data["report"]["model_tokens"] > 0
+    usage = data["report"]["usage"]
+    assert usage["requests"] == len(fake_server.requests) > 0
+    assert usage["total_tokens"] > 0
     assert data["report"]["estimated_cost_usd"] == pytest.approx(
-        data["report"]["model_tokens"] * 25 / 1_000_000
+        usage["total_tokens"] * 25 / 1_000_000
     )
-    assert all("context" not in c for c in data["criteria"])
-    for criterion in data["criteria"]:
+    assert all(c["context"] is None for c in data["results"])
+    assert all(p["text"] is None for p in data["document"]["pages"])
+    for criterion in data["results"]:
         assert set(criterion["evidence_pages"]) <= set(criterion["pages"])
         assert len(criterion["evidence_pages"]) <= 2
 
@@ -155,7 +157,7 @@ def test_criterion_without_evidence_is_reported(
     assert code == 0, err
     data = json.loads(out)
     assert data["report"]["no_evidence"] == ["C2"]
-    assert data["criteria"][1]["pages"] == []
+    assert data["results"][1]["pages"] == []
     assert "no evidence (no page above the floor): C2" in err
 
 
@@ -328,10 +330,10 @@ def test_local_backend_with_a_tiny_model(tmp_path: Path) -> None:
     data = json.loads(out)
     assert data["scale"] == "probability"
     assert data["report"]["empty_pages"] == [3]
-    assert [len(c["pages"]) for c in data["criteria"]] == [1, 1]
-    row = data["matrix"]["scores"][0]
-    assert row[2] is None
-    assert all(0.0 < v < 1.0 for v in row if v is not None)
+    assert [len(c["pages"]) for c in data["results"]] == [1, 1]
+    row = data["results"][0]["scores"]
+    assert "3" not in row
+    assert all(0.0 < v < 1.0 for v in row.values())
 
 
 def test_credentials_in_a_server_url_are_never_printed(

@@ -70,18 +70,15 @@ def test_a_folder_of_pdfs_gives_one_result_per_document(
     assert "documents: 3, 7 pages" in err
     assert f"results: {results}/ — 3 documents and summary.json" in err
     summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
-    assert summary["summary"]["documents"] == 3
-    assert summary["summary"]["files"] == {
-        str(folder / f"{name}.pdf"): f"{name}.json" for name in PACKETS
-    }
+    assert summary["documents"] == 3
+    assert summary["files"] == {str(folder / f"{name}.pdf"): f"{name}.json" for name in PACKETS}
     assert summary["backend"]["name"] == "server"
     for name, single in singles.items():
         data = json.loads((results / f"{name}.json").read_text(encoding="utf-8"))
         assert data["document"] == single["document"]
-        assert data["matrix"] == single["matrix"]
-        for got, want in zip(data["criteria"], single["criteria"], strict=True):
-            assert (got["id"], got["pages"], got["scores"]) == (
-                want["id"],
+        for got, want in zip(data["results"], single["results"], strict=True):
+            assert (got["criterion"], got["pages"], got["scores"]) == (
+                want["criterion"],
                 want["pages"],
                 want["scores"],
             )
@@ -89,7 +86,9 @@ def test_a_folder_of_pdfs_gives_one_result_per_document(
     sent = [set(r.body["documents"]) for r in fake_server.requests]
     alpha, beta = PACKETS["alpha"][0], PACKETS["beta"][0]
     assert any(alpha in texts and beta in texts for texts in sent)
-    assert len(fake_server.requests) < sum(s["report"]["model_requests"] for s in singles.values())
+    assert len(fake_server.requests) < sum(
+        s["report"]["usage"]["requests"] for s in singles.values()
+    )
 
 
 def test_globs_and_several_paths_are_several_documents(
@@ -102,7 +101,7 @@ def test_globs_and_several_paths_are_several_documents(
     )
     assert code == 0, err
     data = json.loads(out)
-    assert [d["document"] for d in data["documents"]] == [
+    assert [d["document"]["source"] for d in data["results"]] == [
         str(folder / "alpha.pdf"),
         str(folder / "beta.pdf"),
     ]
@@ -119,7 +118,7 @@ def test_globs_and_several_paths_are_several_documents(
         "-",
     )
     assert code == 0, err
-    assert [d["document"] for d in json.loads(out)["documents"]] == [
+    assert [d["document"]["source"] for d in json.loads(out)["results"]] == [
         str(folder / "gamma.pdf"),
         str(folder / "alpha.pdf"),
     ]
@@ -137,7 +136,7 @@ def test_a_folder_of_text_pages_is_still_one_document(
     code, out, err = call("compress", str(pages), "-c", str(criteria), *server, "-o", "-")
     assert code == 0, err
     data = json.loads(out)
-    assert data["document"] == str(pages)  # a single result, not a list of documents
+    assert data["document"]["source"] == str(pages)  # a single result, not a list
     assert data["report"]["pages"] == 2
 
 
@@ -187,14 +186,12 @@ def test_a_policy_file_applies_its_thresholds_to_every_document(
         data = json.loads((results / f"{name}.json").read_text(encoding="utf-8"))
         # The file's thresholds replace --threshold and --top-k, for every document.
         assert (data["policy"]["threshold"], data["policy"]["top_k"]) == (0.3, None)
-        pages = data["matrix"]["pages"]
-        for criterion, row in zip(data["criteria"], data["matrix"]["scores"], strict=True):
+        for result in data["results"]:
+            criterion = result["criterion"]
             threshold = {"C1": 0.3, "C2": 0.6}[criterion["id"]]
             assert criterion["threshold"] == threshold
-            expected = [
-                p for p, s in zip(pages, row, strict=True) if s is not None and s >= threshold
-            ]
-            assert criterion["pages"] == expected, (name, criterion["id"])
+            expected = [int(p) for p, s in result["scores"].items() if s >= threshold]
+            assert result["pages"] == expected, (name, criterion["id"])
             kept += len(expected)
     assert kept > 0
 
@@ -210,7 +207,7 @@ def test_a_policy_file_applies_its_thresholds_to_every_document(
     assert "12 hits, 0 misses" in err
     data = json.loads(out)
     assert data["summary"]["cache"]["misses"] == 0
-    assert all(d["policy"]["threshold"] == 0.3 for d in data["documents"])
+    assert all(d["policy"]["threshold"] == 0.3 for d in data["results"])
 
 
 def test_on_ray_a_policy_fitted_on_another_backend_is_flagged_before_the_actors_start(

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.extras import needs_datasketch
 from tests.fake_servers import FakeRerankServer
 from tests.tiny_zerank import sample_text
 from zerank_core.cli import main
@@ -25,6 +26,7 @@ from zerank_core.dedupe import (
 from zerank_core.errors import ConfigurationError, InvalidResponseError, MissingDependencyError
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
 from zerank_core.loaders import Document, load_document
+from zerank_core.results import dump_result
 from zerank_core.scorers import BM25Scorer, RerankServerScorer, Scale
 from zerank_core.select import SelectionPolicy
 
@@ -46,30 +48,35 @@ Sedimentation rate 34 high; C-reactive protein 1.6 high. Comment: mild anemia of
 chronic inflammation; liver enzymes normal on methotrexate."""
 
 
+@needs_datasketch
 def test_exact_duplicates_ignore_case_spacing_and_punctuation() -> None:
     texts = [LAB, OTHER_LAB, LAB.upper().replace("\n", "  \n ").replace(";", ",")]
     found = LexicalDetector().find(texts)
     assert found.pairs == (DuplicatePair(0, 2, 1.0, "exact"),)
 
 
+@needs_datasketch
 def test_a_page_resent_under_a_fax_header_is_a_near_duplicate() -> None:
     found = LexicalDetector().find([LAB, OTHER_LAB, FAXED_LAB])
     assert [(p.first, p.second, p.method) for p in found.pairs] == [(0, 2, "lexical")]
     assert 0.7 <= found.pairs[0].similarity < 1.0
 
 
+@needs_datasketch
 def test_pages_sharing_a_template_are_not_duplicates() -> None:
     assert LexicalDetector().find([LAB, OTHER_LAB]).pairs == ()
     # ... not even for a low threshold
     assert LexicalDetector(threshold=0.3).find([LAB, OTHER_LAB]).pairs == ()
 
 
+@needs_datasketch
 def test_threshold_decides_near_duplicates() -> None:
     similarity = LexicalDetector().find([LAB, FAXED_LAB]).pairs[0].similarity
     assert LexicalDetector(threshold=similarity).find([LAB, FAXED_LAB]).pairs
     assert not LexicalDetector(threshold=min(1.0, similarity + 0.01)).find([LAB, FAXED_LAB]).pairs
 
 
+@needs_datasketch
 def test_bundled_packet_duplicates_are_the_resent_pages_only() -> None:
     document = load_document(PACKET)
     pages = [p for p in document.pages if not p.is_empty]
@@ -80,6 +87,7 @@ def test_bundled_packet_duplicates_are_the_resent_pages_only() -> None:
     assert all(p.method == "lexical" and p.similarity > 0.8 for p in pairs.values())
 
 
+@needs_datasketch
 def test_exact_groups_and_near_pairs_expand_to_every_member() -> None:
     texts = [LAB, LAB, FAXED_LAB, FAXED_LAB, OTHER_LAB]
     found = LexicalDetector().find(texts)
@@ -95,6 +103,7 @@ def test_exact_groups_and_near_pairs_expand_to_every_member() -> None:
     assert set(found.by_item) == {0, 1, 2, 3}
 
 
+@needs_datasketch
 def test_empty_and_short_texts() -> None:
     assert LexicalDetector().find([]).pairs == ()
     assert LexicalDetector().find(["", "  "]).pairs == (DuplicatePair(0, 1, 1.0, "exact"),)
@@ -102,6 +111,7 @@ def test_empty_and_short_texts() -> None:
     assert [(p.first, p.second) for p in found.pairs] == [(0, 1)]
 
 
+@needs_datasketch
 def test_planted_near_duplicates_are_found_among_many_texts() -> None:
     rng = random.Random(3)
     originals = [sample_text(rng, 120) for _ in range(300)]
@@ -117,6 +127,7 @@ def test_planted_near_duplicates_are_found_among_many_texts() -> None:
     assert found == planted
 
 
+@needs_datasketch
 async def test_async_find_matches_sync() -> None:
     texts = [LAB, OTHER_LAB, FAXED_LAB, LAB]
     detector = LexicalDetector()
@@ -166,6 +177,7 @@ def test_relation_is_validated(pairs: tuple[DuplicatePair, ...], needle: str) ->
     assert needle in str(info.value)
 
 
+@needs_datasketch
 def test_find_duplicates_is_off_without_dedupe_and_checks_the_detector() -> None:
     assert find_duplicates(False, None, [LAB, LAB], [0.5, 0.5]) is None
     relation = find_duplicates(True, None, [LAB, LAB], [0.5, 0.5])
@@ -187,6 +199,7 @@ def server_detector(server: FakeRerankServer, **options: object) -> ModelDetecto
     return ModelDetector(scorer, instruction=None, **options)  # type: ignore[arg-type]
 
 
+@needs_datasketch
 def test_model_detector_asks_only_candidate_pairs(fake_server: FakeRerankServer) -> None:
     texts = [LAB, OTHER_LAB, FAXED_LAB, SHUFFLED, LAB]
     found = server_detector(fake_server).find(texts)
@@ -203,6 +216,7 @@ def test_model_detector_asks_only_candidate_pairs(fake_server: FakeRerankServer)
     assert asked == [(LAB, [FAXED_LAB])]
 
 
+@needs_datasketch
 def test_model_detector_appends_its_instruction(fake_server: FakeRerankServer) -> None:
     scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank")
     ModelDetector(scorer).find([LAB, FAXED_LAB])
@@ -211,6 +225,7 @@ def test_model_detector_appends_its_instruction(fake_server: FakeRerankServer) -
     assert "same content" in request.body["query"]
 
 
+@needs_datasketch
 def test_model_detector_also_asks_items_close_in_score(fake_server: FakeRerankServer) -> None:
     texts = [LAB, OTHER_LAB, SHUFFLED]
     plain = server_detector(fake_server).find(texts)
@@ -223,6 +238,7 @@ def test_model_detector_also_asks_items_close_in_score(fake_server: FakeRerankSe
         assert OTHER_LAB not in request.body["query"]
 
 
+@needs_datasketch
 async def test_model_detector_async_matches_sync(fake_server: FakeRerankServer) -> None:
     texts = [LAB, OTHER_LAB, FAXED_LAB, SHUFFLED, LAB]
     columns = [[0.9, 0.1, 0.85, 0.89, 0.9]]
@@ -232,6 +248,7 @@ async def test_model_detector_async_matches_sync(fake_server: FakeRerankServer) 
     )
 
 
+@needs_datasketch
 def test_model_detector_threshold_rejects_weak_pairs(fake_server: FakeRerankServer) -> None:
     texts = [LAB, OTHER_LAB]
     # OTHER_LAB shares its header with LAB: asked when close in score, rejected by the model
@@ -240,6 +257,7 @@ def test_model_detector_threshold_rejects_weak_pairs(fake_server: FakeRerankServ
     assert len(fake_server.requests) == 1
 
 
+@needs_datasketch
 def test_model_detector_never_asks_about_blank_texts(fake_server: FakeRerankServer) -> None:
     found = server_detector(fake_server).find(
         [LAB, "  ", "", FAXED_LAB], score_columns=[[0.5, 0.5, 0.5, 0.5]]
@@ -258,6 +276,7 @@ def test_model_detector_refuses_uncalibrated_scorers() -> None:
         ModelDetector(BM25Scorer())
 
 
+@needs_datasketch
 def test_model_detector_rejects_a_bad_score_from_the_scorer() -> None:
     class Broken:
         model = "broken"
@@ -306,6 +325,7 @@ def gate_results(dedupe: bool) -> dict[str, tuple[int, ...]]:
     return {r.criterion.id: r.pages for r in result.results}
 
 
+@needs_datasketch
 def test_gate_keeps_one_page_of_each_resent_page() -> None:
     before, after = gate_results(False), gate_results(True)
     # top 3: the re-sent 09/18 note (41) and QuantiFERON report (40) took slots ...
@@ -320,6 +340,7 @@ def test_gate_keeps_one_page_of_each_resent_page() -> None:
     assert {c: after[c] for c in unchanged} == {c: before[c] for c in unchanged}
 
 
+@needs_datasketch
 async def test_gate_reports_duplicates_in_results_and_json() -> None:
     document, criteria = load_document(PACKET), load_criteria(CRITERIA)
     gate = PageGate(BM25Scorer(), replace(DEFAULT_PAGE_POLICY, dedupe=True))
@@ -331,14 +352,14 @@ async def test_gate_reports_duplicates_in_results_and_json() -> None:
     assert by_id["DX"].duplicates == ()
     assert [(d.page, d.duplicate_of) for d in result.duplicates] == [(39, 1), (40, 18), (41, 15)]
 
-    data = result.to_dict(include_context=False)
+    data = json.loads(dump_result(result, include_text=False))
     assert data["policy"]["dedupe"] is True
     assert [(d["page"], d["duplicate_of"]) for d in data["duplicates"]] == [
         (39, 1),
         (40, 18),
         (41, 15),
     ]
-    tb = next(c for c in data["criteria"] if c["id"] == "TB")
+    tb = next(c for c in data["results"] if c["criterion"]["id"] == "TB")
     assert tb["duplicates"] == [
         {
             "page": 40,
@@ -347,9 +368,9 @@ async def test_gate_reports_duplicates_in_results_and_json() -> None:
             "method": "lexical",
         }
     ]
-    json.dumps(data)
 
 
+@needs_datasketch
 def test_gate_uses_the_detector_it_is_given(fake_server: FakeRerankServer) -> None:
     scorer = RerankServerScorer(f"{fake_server.url}/v1/rerank")
     document = Document.from_texts([LAB, OTHER_LAB, FAXED_LAB, SHUFFLED])
@@ -367,6 +388,7 @@ def test_gate_uses_the_detector_it_is_given(fake_server: FakeRerankServer) -> No
     }
 
 
+@needs_datasketch
 def test_cli_compress_dedupe_summary_and_json() -> None:
     out, err = io.StringIO(), io.StringIO()
     code = main(
@@ -384,9 +406,10 @@ def test_cli_compress_dedupe_summary_and_json() -> None:
     )
     data = json.loads(out.getvalue())
     assert data["policy"]["dedupe"] is True
-    assert {c["id"]: c["pages"] for c in data["criteria"]}["MTX"] == [4, 11, 15]
+    assert {c["criterion"]["id"]: c["pages"] for c in data["results"]}["MTX"] == [4, 11, 15]
 
 
+@needs_datasketch
 def test_cli_compress_dedupe_threshold_and_model_errors() -> None:
     out, err = io.StringIO(), io.StringIO()
     args = ["compress", str(PACKET), "--criteria", str(CRITERIA), "--no-cache", "-o", "-"]

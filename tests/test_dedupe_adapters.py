@@ -22,6 +22,7 @@ from llama_index.core.schema import MetadataMode, QueryBundle, TextNode
 
 from langchain_zerank import ZeRankCompressor
 from llamaindex_zerank import ZeRankPostprocessor
+from tests.extras import needs_datasketch
 from tests.fake_servers import FakeRerankServer
 from tests.test_dedupe import FAXED_LAB, LAB, OTHER_LAB
 from zerank_core.dedupe import ModelDetector
@@ -87,6 +88,7 @@ def test_langchain_top_k_keeps_copies_without_dedupe(fake_server: FakeRerankServ
     assert all("duplicates" not in d.metadata for d in kept)
 
 
+@needs_datasketch
 async def test_langchain_dedupe_gives_the_slots_to_distinct_evidence(
     fake_server: FakeRerankServer,
 ) -> None:
@@ -109,6 +111,7 @@ async def test_langchain_dedupe_gives_the_slots_to_distinct_evidence(
     assert documents == before
 
 
+@needs_datasketch
 def test_langchain_dedupe_with_a_budget_and_min_keep(fake_server: FakeRerankServer) -> None:
     documents = make_documents()
     budget = len(LAB) + len(FAXED_LAB) + 50
@@ -131,6 +134,7 @@ def test_langchain_dedupe_with_a_budget_and_min_keep(fake_server: FakeRerankServ
     assert [d.id for d in fail_open.compress_documents(documents, QUERY)] == ["lab", "pa-form"]
 
 
+@needs_datasketch
 def test_langchain_model_detector(fake_server: FakeRerankServer) -> None:
     scorer = scorer_for(fake_server)
     compressor = ZeRankCompressor(
@@ -176,6 +180,7 @@ def test_llamaindex_query_engine_without_dedupe_reads_the_copies(
     assert ids == ["lab", "lab-again", "lab-faxed"]
 
 
+@needs_datasketch
 async def test_llamaindex_query_engine_with_dedupe(fake_server: FakeRerankServer) -> None:
     nodes = make_nodes()
     before = [n.model_copy(deep=True) for n in nodes]
@@ -203,6 +208,7 @@ async def test_llamaindex_query_engine_with_dedupe(fake_server: FakeRerankServer
     assert [n.model_dump() for n in nodes] == [n.model_dump() for n in before]
 
 
+@needs_datasketch
 def test_llamaindex_dedupe_judges_text_not_metadata(fake_server: FakeRerankServer) -> None:
     # Scored with each node's own file name in the text (MetadataMode.EMBED),
     # the copies still count as copies: duplicates are judged on the text alone.

@@ -6,6 +6,7 @@ One Ray instance serves the whole module: starting one is the slow part.
 from __future__ import annotations
 
 import functools
+import json
 import os
 import random
 from collections.abc import Iterator, Sequence
@@ -35,6 +36,7 @@ from zerank_core.errors import ConfigurationError
 from zerank_core.gate import PageGate
 from zerank_core.loaders import Document
 from zerank_core.multi import gate_documents
+from zerank_core.results import GateResult
 from zerank_core.scorers.lexical import BM25Scorer
 from zerank_core.scorers.local import LocalScorer
 from zerank_core.scorers.server import RerankServerScorer
@@ -287,21 +289,71 @@ def test_compress_ray_writes_what_compress_writes_in_process(
     assert f"cache: {tmp_path / 'scores.sqlite3'}, opened by each actor on its own node" in err
     assert " hits, 0 misses (page scores of every document × criterion)" in err
     assert "fitted on" not in err  # --backend lexical is what the policy was fitted on
-    assert on_ray["summary"]["rows"] == 3 * len(CRITERIA)
     assert on_ray["summary"]["cache"]["misses"] == 0
     assert on_ray["summary"]["cache"]["hits"] == sum(
-        len(d["matrix"]["pages"]) - len(d["report"]["empty_pages"]) for d in here["documents"]
+        len(d["document"]["pages"]) - len(d["report"]["empty_pages"]) for d in here["results"]
     ) * len(CRITERIA)
-    for got, want in zip(on_ray["documents"], here["documents"], strict=True):
-        assert got["document"] == want["document"]
-        assert got["policy"] == want["policy"]
+    ray = on_ray["summary"]["timings"]["ray"]
+    assert (ray["actors"], ray["gpus_per_actor"]) == (2, 0)
+    for got, want in zip(on_ray["results"], here["results"], strict=True):
+        # The scores came from the cache on Ray, from the model here: only the usage and
+        # the cache counts differ.
+        for data in (got, want):
+            for key in ("usage", "cache_hits", "cache_misses"):
+                data["report"].pop(key)
+        assert {**got, "timings": None} == {**want, "timings": None}
         assert (got["policy"]["threshold"], got["policy"]["top_k"]) == (0.5, None)
-        for a, b in zip(got["criteria"], want["criteria"], strict=True):
-            assert (a["criterion"], a["pages"]) == (b["id"], b["pages"])
-            assert a["threshold"] == b["threshold"] == {"C1": 0.5, "C2": 0.8}[b["id"]]
-            assert a["scores"] == pytest.approx(b["scores"])
-            assert a["context"] == b["context"]
-            assert a["cache_misses"] == 0
+        thresholds = [c["criterion"]["threshold"] for c in got["results"]]
+        assert thresholds == [0.5, 0.8]
+
+
+def test_ray_and_one_process_write_the_same_bytes_but_for_timings(
+    ray_instance: Any, tmp_path: Path
+) -> None:
+    from tests.cli_run import call
+
+    pages = (ROOT / "cookbook" / "prior_auth" / "packet.txt").read_text(encoding="utf-8")
+    pages_list = pages.split("\f")
+    (tmp_path / "first.txt").write_text("\f".join(pages_list[:20]), encoding="utf-8")
+    (tmp_path / "second.txt").write_text("\f".join(pages_list[20:]), encoding="utf-8")
+    criteria = ROOT / "cookbook" / "prior_auth" / "criteria.yaml"
+    common = [
+        str(tmp_path / "first.txt"), str(tmp_path / "second.txt"), "-c", str(criteria),
+        "--backend", "lexical", "--no-cache", "--dedupe",
+    ]  # fmt: skip
+    code, _, err = call("compress", *common, "-o", str(tmp_path / "here"))
+    assert code == 0, err
+    code, _, err = call("compress", *common, "--ray", "-o", str(tmp_path / "ray"))
+    assert code == 0, err
+
+    names = sorted(p.name for p in (tmp_path / "here").glob("*.json"))
+    assert names == ["first.json", "second.json", "summary.json"]
+    assert sorted(p.name for p in (tmp_path / "ray").glob("*.json")) == names
+    for name in names:
+        here = (tmp_path / "here" / name).read_text(encoding="utf-8")
+        ray = (tmp_path / "ray" / name).read_text(encoding="utf-8")
+        # Timings are every file's last field: all before them is the same, byte for byte.
+        head = here.split('\n  "timings": ')[0]
+        assert ray.split('\n  "timings": ')[0] == head
+        assert set(json.loads(here)) == set(json.loads(ray))
+    summary = json.loads((tmp_path / "ray" / "summary.json").read_text(encoding="utf-8"))
+    assert summary["timings"]["ray"]["actors"] == 1
+    # What --ray writes validates against the committed schemas, as the rest does.
+    import jsonschema
+
+    from zerank_core.results import SCHEMA_DIR
+
+    def schema(name: str) -> Any:
+        return json.loads((SCHEMA_DIR / name).read_text(encoding="utf-8"))
+
+    jsonschema.validate(summary, schema("job-summary.schema.json"))
+    for name in ("first.json", "second.json"):
+        data = json.loads((tmp_path / "ray" / name).read_text(encoding="utf-8"))
+        jsonschema.validate(data, schema("gate-result.schema.json"))
+    result = GateResult.model_validate_json((tmp_path / "ray" / "first.json").read_text())
+    assert result.document.source == str(tmp_path / "first.txt")
+    assert result.backend is not None
+    assert result.backend.name == "lexical"
 
 
 def test_bad_arguments_fail_before_anything_runs(ray_instance: Any) -> None:
@@ -504,7 +556,7 @@ def test_compress_ray_writes_each_document_as_it_finishes_and_a_killed_driver_re
         # Two documents were complete on the actor, the third was in flight.
         assert 1 <= len(done) <= 2
         for name in done:
-            assert json.loads((results / name).read_text(encoding="utf-8"))["criteria"]
+            assert json.loads((results / name).read_text(encoding="utf-8"))["results"]
         assert len(progress.read_text(encoding="utf-8").splitlines()) == len(done)
 
         server.block_after = None  # the killed driver's request stays held until close
@@ -517,11 +569,11 @@ def test_compress_ray_writes_each_document_as_it_finishes_and_a_killed_driver_re
         # What the killed run had scored came from the cache: only the rest was sent.
         assert server.served == 3
         summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
-        assert summary["summary"]["resumed"] == len(done)
+        assert summary["resumed"] == len(done)
         # The killed driver's held request still counts at the server: ask the limiter.
-        assert summary["summary"]["ray"]["peak_in_flight"] == 1
-        assert summary["summary"]["cache"]["hits"] > 0
-        assert len(summary["summary"]["files"]) == 4
+        assert summary["timings"]["ray"]["peak_in_flight"] == 1
+        assert summary["cache"]["hits"] > 0
+        assert len(summary["files"]) == 4
 
         # Everything done: a rerun starts no actor and loads nothing.
         code, _, err = call("compress", *common)

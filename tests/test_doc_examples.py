@@ -165,3 +165,19 @@ def test_docstring_markup_becomes_markdown_in_the_reference() -> None:
         "Example:\n    ```python\n    x = 1\n    ```\n\n"
         "```pycon\n>>> y = 2\n```"
     )
+
+
+def test_the_readme_is_short_and_leads_with_the_frameworks() -> None:
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
+    blocks = find_blocks(ROOT / "README.md")
+    ci_command = (ROOT / ".ci" / "run").read_text(encoding="utf-8").strip().splitlines()[-1]
+
+    assert len(lines) <= 250
+    assert lines[3].startswith("pip install . && zerank compress ")
+    assert lines[4] == ci_command
+    langchain = min(b.line for b in blocks if "langchain_zerank" in b.code)
+    llamaindex = min(b.line for b in blocks if "llamaindex_zerank" in b.code)
+    assert langchain < 100
+    assert llamaindex < 150
+    for block in blocks:
+        assert len(block.code.strip().splitlines()) <= 20, block.where

@@ -33,6 +33,7 @@ from zerank_core.documents import (
     plot_heatmap,
 )
 from zerank_core.errors import ConfigurationError
+from zerank_core.results import dump_result
 from zerank_core.scorers.base import Scale, Usage, UsageMeter, query_with_instruction
 from zerank_core.scorers.lexical import BM25Scorer
 from zerank_core.scorers.server import RerankServerScorer
@@ -315,9 +316,9 @@ def test_criterion_with_no_evidence_is_reported_not_silently_empty() -> None:
     hbv = result.results[2]
     assert hbv.no_evidence
     assert hbv.context == ""
-    data = result.to_dict()
+    data = json.loads(dump_result(result))
     assert data["report"]["no_evidence"] == ["HBV"]
-    assert data["criteria"][2]["no_evidence"] is True
+    assert data["results"][2]["no_evidence"] is True
 
 
 def test_min_keep_pages_do_not_hide_missing_evidence() -> None:
@@ -489,4 +490,6 @@ def test_progress_bar_only_when_asked_or_on_a_terminal(capsys: pytest.CaptureFix
     PageGate(KeywordScorer()).run(document, CRITERIA)
     assert capsys.readouterr().err == ""  # stderr is not a terminal under pytest
     PageGate(KeywordScorer(), progress=True).run(document, CRITERIA)
-    assert "criteria" in capsys.readouterr().err
+    bar = capsys.readouterr().err
+    assert "scoring <texts>" in bar
+    assert "0/15" in bar  # 5 pages × 3 criteria planned

@@ -235,9 +235,10 @@ def test_cli_scores_a_scanned_page_and_names_it_in_the_report(tmp_path: Path) ->
     assert code == 0, err
     assert "OCR (rapidocr) on pages 1" in err
     data = json.loads(out)
-    assert data["report"]["reading"]["ocr_pages"] == [1]
+    assert data["document"]["reading"]["ocr_pages"] == [1]
+    assert data["timings"]["ocr_seconds"] > 0
     assert data["report"]["empty_pages"] == []
-    hbv = next(c for c in data["criteria"] if c["id"] == "HBV")
+    hbv = next(c for c in data["results"] if c["criterion"]["id"] == "HBV")
     assert hbv["pages"] == [1]
 
 
@@ -250,10 +251,11 @@ def test_cli_without_ocr_says_how_many_pages_need_it_and_how_to_add_it(
     assert code == 0, err
     assert "page 1 has no text layer, only images, and need OCR" in err
     assert "pip install 'zerank-gate[ocr]'" in err
-    reading = json.loads(out)["report"]["reading"]
+    data = json.loads(out)
+    reading = data["document"]["reading"]
     assert reading["needs_ocr"] == [1]
     assert reading["reader"] == "pypdfium2"
-    assert reading["read_seconds"] >= 0
+    assert data["timings"]["read_seconds"] >= 0
 
 
 def test_cli_reports_the_reading_time(tmp_path: Path) -> None:
@@ -262,7 +264,7 @@ def test_cli_reports_the_reading_time(tmp_path: Path) -> None:
     assert code == 0, err
     assert f"read: {path} — 2 pages in " in err
     assert "(pypdfium2)" in err
-    assert json.loads(out)["report"]["reading"]["read_seconds"] >= 0
+    assert json.loads(out)["timings"]["read_seconds"] >= 0
 
 
 # --- page splitting ------------------------------------------------------------

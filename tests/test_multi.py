@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Sequence
 
@@ -13,6 +14,7 @@ from zerank_core.errors import ConfigurationError, DocumentError, InvalidRespons
 from zerank_core.gate import PageGate
 from zerank_core.loaders import Document
 from zerank_core.multi import gate_documents
+from zerank_core.results import dump_result
 from zerank_core.scorers.base import Scale
 from zerank_core.scorers.lexical import BM25Scorer
 from zerank_core.select import SelectionPolicy
@@ -84,9 +86,9 @@ def test_many_documents_give_what_one_run_per_document_gives(local_scorer: objec
     for result, doc in zip(job.results, docs, strict=True):
         assert result.report.model_texts == 3 * (len(doc.pages) - 1)
         assert result.report.model_requests == 0
-    data = job.to_dict(include_context=False)
-    assert [d["document"] for d in data["documents"]] == [d.source for d in docs]
-    assert data["summary"]["documents_per_second"] > 0
+    data = json.loads(dump_result(job, include_text=False))
+    assert [d["document"]["source"] for d in data["results"]] == [d.source for d in docs]
+    assert data["summary"]["timings"]["documents_per_second"] > 0
 
 
 def test_uncalibrated_scores_are_computed_per_document() -> None:

@@ -65,7 +65,7 @@ def test_fixing_the_server_scale_is_a_cache_miss_not_the_old_scores(
     monkeypatch.setenv("ZERANK_SERVER_SCALE", "sigmoid")
     code, out, err = call(*args)
     assert code == 0, err
-    wrong = json.loads(out)["matrix"]["scores"][0]
+    wrong = list(json.loads(out)["results"][0]["scores"].values())
     true = [reference_probability(QUERY, p) for p in pages]
     assert wrong == pytest.approx([to_probability(p, Scale.SIGMOID) for p in true], abs=1e-6)
 
@@ -73,7 +73,7 @@ def test_fixing_the_server_scale_is_a_cache_miss_not_the_old_scores(
     code, out, err = call(*args)
     assert code == 0, err
     assert "0 hits, 3 misses" in err
-    assert json.loads(out)["matrix"]["scores"][0] == pytest.approx(true, abs=1e-6)
+    assert list(json.loads(out)["results"][0]["scores"].values()) == pytest.approx(true, abs=1e-6)
 
 
 def test_identity_covers_every_setting_that_changes_a_score() -> None:
@@ -547,12 +547,12 @@ def test_a_policy_that_keeps_nothing_is_not_reported_as_no_evidence(
     assert line in err
     assert "no evidence (no page above the floor)" not in err
     data = json.loads(out)
-    assert max(data["matrix"]["scores"][0]) > 0.9
+    assert max(data["results"][0]["scores"].values()) > 0.9
     reason = line.split(": ")[1]
     assert data["report"]["no_evidence"] == []
     assert data["report"]["kept_nothing"] == {"notice": reason}
-    assert data["criteria"][0]["no_evidence"] is False
-    assert data["criteria"][0]["kept_nothing"] == reason
+    assert data["results"][0]["no_evidence"] is False
+    assert data["results"][0]["kept_nothing"] == reason
 
 
 def test_a_floor_above_every_score_is_still_no_evidence(
@@ -575,7 +575,7 @@ def test_a_floor_above_every_score_is_still_no_evidence(
     assert "no evidence (no page above the floor): notice" in err
     assert "kept nothing:" not in err
     data = json.loads(out)
-    assert data["criteria"][0]["kept_nothing"] == "no page above the floor"
+    assert data["results"][0]["kept_nothing"] == "no page above the floor"
     assert data["report"]["kept_nothing"] == {}
 
 

@@ -13,6 +13,10 @@ from pathlib import Path
 from tests.cli_run import call
 from tests.fake_servers import FakeRerankServer
 from zerank_core.cli._progress import PROGRESS_FILE, ResultFolder, write_atomic
+from zerank_core.criteria import Criterion
+from zerank_core.gate import PageGate
+from zerank_core.loaders import Document
+from zerank_core.scorers.lexical import BM25Scorer
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKETS = {
@@ -86,7 +90,7 @@ def test_a_driver_killed_mid_run_leaves_whole_files_and_a_rerun_finishes_the_res
         ]
         for name in ("alpha", "beta"):
             data = json.loads((results / f"{name}.json").read_text(encoding="utf-8"))
-            assert data["document"].endswith(f"{name}.json")
+            assert data["document"]["source"].endswith(f"{name}.json")
         lines = (results / PROGRESS_FILE).read_text(encoding="utf-8").splitlines()
         assert [json.loads(line)["file"] for line in lines] == ["alpha.json", "beta.json"]
 
@@ -99,8 +103,8 @@ def test_a_driver_killed_mid_run_leaves_whole_files_and_a_rerun_finishes_the_res
         assert server.served == 3, err
         assert f"cache: {cache} — 3 hits, 9 misses" in err
         summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
-        assert summary["summary"]["resumed"] == 2
-        assert sorted(summary["summary"]["files"].values()) == [
+        assert summary["resumed"] == 2
+        assert sorted(summary["files"].values()) == [
             "alpha.json",
             "beta.json",
             "delta.json",
@@ -114,7 +118,7 @@ def test_a_driver_killed_mid_run_leaves_whole_files_and_a_rerun_finishes_the_res
         for name in PACKETS:
             got = json.loads((results / f"{name}.json").read_text(encoding="utf-8"))
             want = json.loads((whole / f"{name}.json").read_text(encoding="utf-8"))
-            for key in ("document", "policy", "criteria", "matrix", "duplicates"):
+            for key in ("document", "policy", "results", "duplicates"):
                 assert got[key] == want[key]
 
         # Another policy is another job: nothing is skipped.
@@ -137,7 +141,8 @@ def test_a_changed_file_or_a_cut_line_is_not_taken_as_done(tmp_path: Path) -> No
     folder = ResultFolder(tmp_path, sources, "job-1")
     assert folder.done == set()
     for index in range(3):
-        folder.write(index, {"document": sources[index]})
+        document = Document.from_texts(["alpha beta", "gamma"], source=sources[index])
+        folder.write(index, PageGate(BM25Scorer()).run(document, [Criterion("A", "alpha")]))
     (tmp_path / "b.json").write_text("{}", encoding="utf-8")  # changed since
     with (tmp_path / PROGRESS_FILE).open("a", encoding="utf-8") as log:
         log.write('{"file": "c.json", "doc')  # cut short by a crash

@@ -15,6 +15,7 @@ from zerank_core._version import __version__ as __version__
 from zerank_core.classify import Classification, LabelClassifier
 from zerank_core.errors import (
     BackendError,
+    BatchesFailedError,
     ConfigurationError,
     DocumentError,
     InvalidResponseError,
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BackendChoice",
     "BackendError",
+    "BatchesFailedError",
     "CachedScorer",
     "CalibratedScorer",
     "Classification",

@@ -73,7 +73,8 @@ from zerank_core.errors import (
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
 from zerank_core.loaders import Document, Page
 from zerank_core.multi import gate_documents
-from zerank_core.results import GateResult
+from zerank_core.results import BackendInfo, GateResult, dump_result
+from zerank_core.scorers.auto import BackendChoice
 from zerank_core.scorers.base import (
     BatchCallback,
     BatchedScorer,
@@ -98,8 +99,10 @@ __all__ = [
 ]
 
 #: A picklable callable that builds the scorer inside each actor, e.g.
-#: ``functools.partial(LocalScorer, "/models/zerank-2")``.
-ScorerFactory = Callable[[], Scorer]
+#: ``functools.partial(LocalScorer, "/models/zerank-2")``; one that returns a
+#: :class:`~zerank_core.scorers.auto.BackendChoice` also names the backend in
+#: each document's result (``GateResult.backend``).
+ScorerFactory = Callable[[], "Scorer | BackendChoice"]
 
 #: A picklable callable that builds the duplicate detector inside each actor
 #: from the actor's scorer, e.g. ``functools.partial(ModelDetector, threshold=0.8)``.
@@ -118,7 +121,10 @@ class GateRow:
     and ``cache_misses`` count this row's scored pages whose score the cache
     held and those sent to the model (a page shared by several documents of
     one batch is scored once but counts as a miss in each); ``None`` without
-    a cache.
+    a cache. ``result`` is, on a document's first row only, the document's
+    whole :class:`~zerank_core.results.GateResult` as the one serialiser
+    writes it (:func:`~zerank_core.results.dump_result`): what the command
+    line writes, the same as in one process.
     """
 
     index: int
@@ -133,6 +139,7 @@ class GateRow:
     context: str | None = None
     cache_hits: int | None = None
     cache_misses: int | None = None
+    result: str | None = None
 
     @classmethod
     def from_record(cls, record: Mapping[str, Any]) -> GateRow:
@@ -151,6 +158,7 @@ class GateRow:
             context=None if _missing(context) else str(context),
             cache_hits=_count(record.get("cache_hits")),
             cache_misses=_count(record.get("cache_misses")),
+            result=None if _missing(record.get("result")) else str(record["result"]),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,6 +175,7 @@ class GateRow:
             "context": self.context,
             "cache_hits": self.cache_hits,
             "cache_misses": self.cache_misses,
+            "result": self.result,
         }
 
 
@@ -477,6 +486,7 @@ class _GateWorker:
             # before asking for any (awaited: the limiter may run calls out of order).
             _ray_get(limiter.forget.remote(self.holder))
         self.built: Scorer | None = None
+        self.backend: BackendInfo | None = None
         self.cache: _RowCache | None = None
         self.cache_path = cache
         self.descriptions: _Descriptions | None = None
@@ -497,6 +507,9 @@ class _GateWorker:
     def _build(self) -> Scorer:
         started = time.perf_counter()
         built = self.factory()
+        if isinstance(built, BackendChoice):
+            self.backend = BackendInfo(name=built.name, description=built.reason)
+            built = built.scorer
         seconds = time.perf_counter() - started
         engine = _engine_of(built)
         if engine is not None and self.limiter is not None:
@@ -562,10 +575,14 @@ class _GateWorker:
             _carry(exc)
             raise
         columns: dict[str, list[Any]] = {name: [] for name in _COLUMNS}
-        for index, result in zip(batch["index"], job.results, strict=True):
+        for index, result, document in zip(batch["index"], job.results, documents, strict=True):
             rows = rows_of(result, index=int(index), include_context=self.include_context)
             if self.cache is not None:
-                rows = [self._counted(self.cache, row, result.document) for row in rows]
+                rows = [self._counted(self.cache, row, document) for row in rows]
+            if self.backend is not None:
+                result = result.model_copy(update={"backend": self.backend})
+            whole = dump_result(result, include_text=self.include_context)
+            rows[0] = replace(rows[0], result=whole)
             for row in rows:
                 for name, value in row.to_dict().items():
                     columns[name].append(list(value) if isinstance(value, tuple) else value)

@@ -1,10 +1,13 @@
-"""Score pages × criteria and keep each criterion's evidence pages.
+"""Score pages × criteria and keep each criterion's evidence pages (and passages).
 
 :class:`PageGate` scores every non-empty page against every criterion as one
 job (:func:`~zerank_core.scorers.base.score_many`: a remote scorer plans the
 requests of all criteria together and keeps its slots busy), keeps each
 criterion's evidence pages with a :class:`~zerank_core.select.SelectionPolicy`
-and reports what that saved.
+and reports what that saved. With a :class:`~zerank_core.passages.PassagePolicy`
+a second stage cuts only the kept pages into passages, scores them against
+the same criteria as a second job of the same scorer, and keeps each page's
+evidence passages.
 """
 
 from __future__ import annotations
@@ -12,10 +15,10 @@ from __future__ import annotations
 import math
 import sys
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from zerank_core.criteria import Criterion
@@ -26,11 +29,16 @@ from zerank_core.errors import (
     ZeRankError,
 )
 from zerank_core.loaders import Document, Page
+from zerank_core.passages import PassagePolicy, choose_passages
 from zerank_core.results import (
     CriterionResult,
+    DocumentRecord,
     DuplicatePage,
     GateReport,
     GateResult,
+    PageRecord,
+    Passage,
+    Timings,
     why_nothing_passed,
 )
 from zerank_core.scorers.base import (
@@ -43,13 +51,13 @@ from zerank_core.scorers.base import (
     require_scorer,
     score_many,
 )
-from zerank_core.select import SelectionPolicy, estimate_tokens
+from zerank_core.select import Selection, SelectionPolicy, estimate_tokens
 
 if TYPE_CHECKING:
     from zerank_core.cache import CacheStats
     from zerank_core.dedupe import DuplicateDetector
 
-__all__ = ["DEFAULT_PAGE_POLICY", "PageGate"]
+__all__ = ["DEFAULT_PAGE_POLICY", "PageGate", "count_pairs", "passage_context", "progress_bar"]
 
 #: Top-3 pages per criterion with a floor of 0.5, read in page order. With an
 #: uncalibrated scorer (BM25, max-scaled per call) the floor means "at least
@@ -74,6 +82,14 @@ class PageGate:
     :class:`~zerank_core.dedupe.LexicalDetector`) finds the duplicate pages
     once per document, after scoring, and each criterion keeps one page of
     each set of duplicates.
+
+    ``passages`` turns on two-stage gating: a
+    :class:`~zerank_core.passages.PassagePolicy` by which each criterion's
+    kept pages are cut into passages, scored against that criterion (a
+    second job for the scorer, with only the passages of kept pages) and
+    trimmed to their evidence passages. Each result then carries
+    ``passages`` and its ``context`` is those passages in document order
+    under ``[page N]`` markers; ``None`` (the default) keeps whole pages.
     """
 
     scorer: Scorer
@@ -83,6 +99,7 @@ class PageGate:
     progress: bool | None = None
     price_per_million_tokens: float | None = None
     duplicate_detector: DuplicateDetector | None = None
+    passages: PassagePolicy | None = None
     _cache_stats: Callable[[], CacheStats] | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -90,6 +107,10 @@ class PageGate:
         if not isinstance(self.policy, SelectionPolicy):
             raise ConfigurationError(
                 f"policy must be a SelectionPolicy, got {type(self.policy).__name__}"
+            )
+        if self.passages is not None and not isinstance(self.passages, PassagePolicy):
+            raise ConfigurationError(
+                f"passages must be a PassagePolicy or None, got {type(self.passages).__name__}"
             )
         if isinstance(self.max_concurrency, bool) or not isinstance(self.max_concurrency, int):
             raise ConfigurationError(
@@ -107,24 +128,43 @@ class PageGate:
             self._cache_stats = lambda: cached.stats
 
     def run(self, document: Document, criteria: Sequence[Criterion]) -> GateResult:
-        """Score and select; the whole pages × criteria job goes to the scorer at once."""
+        """Score and select; the whole pages × criteria job goes to the scorer at once.
+
+        With :attr:`passages`, the passages of every criterion's kept pages
+        then go to the scorer as a second job.
+        """
         pages, criteria = self._check(document, criteria)
         texts = [p.text for p in pages]
         items = self._items(pages, criteria)
         before = self._snapshot()
-        with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
+        started = time.perf_counter()
+        with self._bar(len(pages) * len(criteria), document) as bar, _naming_criteria(criteria):
             columns: list[list[float] | None] = list(
                 score_many(
                     self.scorer,
                     items,
-                    on_batch=_progress(bar, len(pages), len(criteria)),
+                    on_batch=count_pairs(bar),
                     max_concurrency=self.max_concurrency,
                 )
             )
         duplicates = None
         if self.policy.dedupe:
             duplicates = self._detector().find(texts, score_columns=_complete(columns, len(texts)))
-        return self._finish(document, pages, criteria, columns, before, duplicates)
+        picked = self._pick(pages, criteria, columns, duplicates)
+        plan = None
+        if self.passages is not None:
+            plan = _PassagePlan(self.passages, pages, criteria, picked, self._instruction)
+            if plan.items:
+                with self._passage_bar(plan, document) as bar, _naming_criteria(plan.criteria):
+                    plan.scored = list(
+                        score_many(
+                            self.scorer,
+                            plan.items,
+                            on_batch=count_pairs(bar),
+                            max_concurrency=self.max_concurrency,
+                        )
+                    )
+        return self._finish(document, pages, criteria, picked, before, duplicates, plan, started)
 
     async def arun(self, document: Document, criteria: Sequence[Criterion]) -> GateResult:
         """Async :meth:`run`, through the scorer's ``ascore_many`` (or ``ascore``)."""
@@ -132,12 +172,13 @@ class PageGate:
         texts = [p.text for p in pages]
         items = self._items(pages, criteria)
         before = self._snapshot()
-        with self._bar(len(criteria)) as bar, _naming_criteria(criteria):
+        started = time.perf_counter()
+        with self._bar(len(pages) * len(criteria), document) as bar, _naming_criteria(criteria):
             columns: list[list[float] | None] = list(
                 await ascore_many(
                     self.scorer,
                     items,
-                    on_batch=_progress(bar, len(pages), len(criteria)),
+                    on_batch=count_pairs(bar),
                     max_concurrency=self.max_concurrency,
                 )
             )
@@ -146,7 +187,43 @@ class PageGate:
             duplicates = await self._detector().afind(
                 texts, score_columns=_complete(columns, len(texts))
             )
-        return self._finish(document, pages, criteria, columns, before, duplicates)
+        picked = self._pick(pages, criteria, columns, duplicates)
+        plan = None
+        if self.passages is not None:
+            plan = _PassagePlan(self.passages, pages, criteria, picked, self._instruction)
+            if plan.items:
+                with self._passage_bar(plan, document) as bar, _naming_criteria(plan.criteria):
+                    plan.scored = list(
+                        await ascore_many(
+                            self.scorer,
+                            plan.items,
+                            on_batch=count_pairs(bar),
+                            max_concurrency=self.max_concurrency,
+                        )
+                    )
+        return self._finish(document, pages, criteria, picked, before, duplicates, plan, started)
+
+    def _pick(
+        self,
+        pages: list[Page],
+        criteria: list[Criterion],
+        columns: list[list[float] | None],
+        duplicates: Duplicates | None,
+    ) -> list[_Picked]:
+        """Stage 1: each criterion's checked page scores, its policy and the pages it keeps."""
+        lengths = [len(p.text) for p in pages]
+        tokens = [estimate_tokens(p.text) for p in pages]
+        picked = []
+        for criterion, column in zip(criteria, columns, strict=True):
+            scores = _checked_column(criterion, column, pages)
+            policy = self.policy
+            if criterion.threshold is not None:
+                policy = replace(policy, threshold=criterion.threshold)
+            selection = policy.select(
+                scores, lengths=lengths, token_counts=tokens, duplicates=duplicates
+            )
+            picked.append(_Picked(scores, policy, selection))
+        return picked
 
     def _detector(self) -> DuplicateDetector:
         return self.duplicate_detector if self.duplicate_detector is not None else LexicalDetector()
@@ -189,11 +266,20 @@ class PageGate:
             )
         return pages, criteria
 
-    def _bar(self, total: int) -> Any:
-        from tqdm import tqdm
+    def _passage_bar(self, plan: _PassagePlan, document: Document) -> Any:
+        """Passage × criterion pairs scored in stage 2, of those planned."""
+        return progress_bar(
+            self.progress,
+            total=sum(len(item.texts) for item in plan.items),
+            desc=f"passages {_name(document.source)}",
+            unit="pair",
+        )
 
-        show = sys.stderr.isatty() if self.progress is None else self.progress
-        return tqdm(total=total, desc="criteria", unit="criterion", disable=not show, leave=False)
+    def _bar(self, total: int, document: Document) -> Any:
+        """Page × criterion pairs scored of those planned, named after the document."""
+        return progress_bar(
+            self.progress, total=total, desc=f"scoring {_name(document.source)}", unit="pair"
+        )
 
     def _snapshot(self) -> tuple[Usage | None, CacheStats | None]:
         stats = self._cache_stats() if self._cache_stats is not None else None
@@ -204,55 +290,57 @@ class PageGate:
         document: Document,
         pages: list[Page],
         criteria: list[Criterion],
-        columns: list[list[float] | None],
+        picked: list[_Picked],
         before: tuple[Usage | None, CacheStats | None],
         duplicates: Duplicates | None = None,
+        plan: _PassagePlan | None = None,
+        started: float | None = None,
     ) -> GateResult:
         by_number = {p.number: p for p in document.pages}
         lengths = [len(p.text) for p in pages]
         tokens = [estimate_tokens(p.text) for p in pages]
-        matrix: list[tuple[float | None, ...]] = []
         results: list[CriterionResult] = []
-        for criterion, column in zip(criteria, columns, strict=True):
-            scores = _checked_column(criterion, column, pages)
+        for position, (criterion, pick) in enumerate(zip(criteria, picked, strict=True)):
+            scores, policy, selection = pick.scores, pick.policy, pick.selection
             by_page = dict(zip((p.number for p in pages), scores, strict=True))
-            matrix.append(tuple(by_page.get(p.number) for p in document.pages))
-            policy = self.policy
-            if criterion.threshold is not None:
-                policy = replace(policy, threshold=criterion.threshold)
-            selection = policy.select(
-                scores, lengths=lengths, token_counts=tokens, duplicates=duplicates
-            )
             kept = tuple(pages[i].number for i in selection.indices)
-            context = "\n\n".join(
-                f"[page {number}]\n{by_number[number].text.strip()}" for number in kept
-            )
+            evidence = None if plan is None else plan.kept(position)
+            if evidence is None:
+                context = "\n\n".join(
+                    f"[page {number}]\n{by_number[number].text.strip()}" for number in kept
+                )
+                chars_kept = sum(len(by_number[n].text) for n in kept)
+            else:
+                context = passage_context(evidence)
+                chars_kept = sum(p.end - p.start for p in evidence)
             results.append(
                 CriterionResult(
                     criterion=criterion,
                     pages=kept,
-                    scores=MappingProxyType(by_page),
+                    scores=by_page,
                     evidence_pages=_numbers(pages, selection.selected, kept),
                     neighbor_pages=_numbers(pages, selection.neighbors, kept),
                     forced_pages=_numbers(pages, selection.forced, kept),
                     context=context,
-                    chars_kept=sum(len(by_number[n].text) for n in kept),
+                    chars_kept=chars_kept,
                     duplicates=tuple(
                         DuplicatePage(
-                            pages[d.index].number, pages[d.of].number, d.similarity, d.method
+                            page=pages[d.index].number,
+                            duplicate_of=pages[d.of].number,
+                            similarity=d.similarity,
+                            method=d.method,
                         )
                         for d in selection.duplicates
                     ),
                     kept_nothing=None
                     if selection.selected
                     else why_nothing_passed(policy, scores, lengths, tokens),
+                    passages=() if evidence is None else tuple(evidence),
                 )
             )
         report = self._report(document, pages, criteria, results, before)
         return GateResult(
-            document=document,
-            criteria=tuple(criteria),
-            matrix=tuple(matrix),
+            document=_record(document, {n for r in results for n in r.pages}),
             results=tuple(results),
             report=report,
             policy=self.policy,
@@ -261,8 +349,17 @@ class PageGate:
             duplicates=()
             if duplicates is None
             else tuple(
-                DuplicatePage(pages[p.second].number, pages[p.first].number, p.similarity, p.method)
+                DuplicatePage(
+                    page=pages[p.second].number,
+                    duplicate_of=pages[p.first].number,
+                    similarity=p.similarity,
+                    method=p.method,
+                )
                 for p in sorted(duplicates.pairs, key=lambda p: (p.second, p.first))
+            ),
+            passage_policy=self.passages,
+            timings=Timings.of(
+                document.reading, None if started is None else time.perf_counter() - started
             ),
         )
 
@@ -299,23 +396,135 @@ class PageGate:
             chars_full=chars_total * len(criteria),
             chars_kept=sum(r.chars_kept for r in results),
             tokens_full_estimate=sum(page_tokens.values()) * len(criteria),
-            tokens_kept_estimate=sum(page_tokens[n] for r in results for n in r.pages),
-            pages_kept=MappingProxyType({r.criterion.id: len(r.pages) for r in results}),
+            tokens_kept_estimate=sum(page_tokens[n] for r in results for n in r.pages)
+            if self.passages is None
+            else sum(estimate_tokens(q.text) for r in results for q in r.passages),
+            pages_kept={r.criterion.id: len(r.pages) for r in results},
             no_evidence=tuple(r.criterion.id for r in results if r.no_evidence),
-            kept_nothing=MappingProxyType(
-                {
-                    r.criterion.id: r.kept_nothing
-                    for r in results
-                    if r.kept_nothing is not None and not r.no_evidence
-                }
-            ),
-            model_requests=usage.requests,
-            model_texts=usage.texts,
-            model_tokens=usage.total_tokens,
+            kept_nothing={
+                r.criterion.id: r.kept_nothing
+                for r in results
+                if r.kept_nothing is not None and not r.no_evidence
+            },
+            usage=usage,
             estimated_cost_usd=cost,
             cache_hits=None if stats is None else stats.hits,
             cache_misses=None if stats is None else stats.misses,
         )
+
+
+@dataclass(frozen=True)
+class _Picked:
+    """Stage 1 for one criterion: its page scores, the policy applied, the pages kept."""
+
+    scores: list[float]
+    policy: SelectionPolicy
+    selection: Selection
+
+
+class _PassagePlan:
+    """Stage 2: the passages of each criterion's kept pages, as one scorer job.
+
+    A page is cut once, however many criteria kept it. ``items`` holds one
+    :class:`ScoreItem` per criterion that kept a page (``criteria`` names
+    them, for errors); ``scored`` receives the job's columns.
+    """
+
+    def __init__(
+        self,
+        policy: PassagePolicy,
+        pages: list[Page],
+        criteria: list[Criterion],
+        picked: list[_Picked],
+        instruction: Callable[[Criterion], str | None],
+    ) -> None:
+        self.policy = policy
+        self.pages = pages
+        self._cuts: dict[int, list[tuple[int, int]]] = {}
+        self.items: list[ScoreItem] = []
+        self.criteria: list[Criterion] = []
+        self._slots: dict[int, tuple[int, list[int]]] = {}
+        self.scored: list[list[float]] = []
+        for position, (criterion, pick) in enumerate(zip(criteria, picked, strict=True)):
+            kept = sorted(pick.selection.indices)
+            if not kept:
+                continue
+            texts = [pages[i].text[start:end] for i in kept for start, end in self._passages_of(i)]
+            self._slots[position] = (len(self.items), kept)
+            self.items.append(ScoreItem(criterion.text, texts, instruction(criterion)))
+            self.criteria.append(criterion)
+
+    def _passages_of(self, index: int) -> list[tuple[int, int]]:
+        if index not in self._cuts:
+            self._cuts[index] = self.policy.split(self.pages[index].text)
+        return self._cuts[index]
+
+    def kept(self, position: int) -> list[Passage] | None:
+        """The evidence passages of criterion ``position``, in document order.
+
+        ``None`` for a criterion that kept no page (its context stays empty).
+        """
+        slot = self._slots.get(position)
+        if slot is None:
+            return None
+        item, kept = slot
+        criterion = self.criteria[item]
+        names = [
+            f"page {self.pages[i].number} passage {start}-{end}"
+            for i in kept
+            for start, end in self._passages_of(i)
+        ]
+        column = self.scored[item] if item < len(self.scored) else None
+        scores = check_scores(
+            [] if column is None else column,
+            len(names),
+            context=f"criterion {criterion.id!r}",
+            items="passages",
+            names=names,
+        )
+        cuts = [self._passages_of(i) for i in kept]
+        chosen = choose_passages(self.policy, cuts, scores)
+        out = []
+        for i, page_passages in zip(kept, chosen, strict=True):
+            page = self.pages[i]
+            for start, end, score in page_passages:
+                out.append(
+                    Passage(
+                        page=page.number,
+                        start=start,
+                        end=end,
+                        score=score,
+                        text=page.text[start:end],
+                    )
+                )
+        return out
+
+
+def passage_context(passages: Sequence[Passage]) -> str:
+    """Passages in the given order, each page's under one ``[page N]`` marker."""
+    blocks: list[tuple[int, list[str]]] = []
+    for passage in passages:
+        if not blocks or blocks[-1][0] != passage.page:
+            blocks.append((passage.page, []))
+        blocks[-1][1].append(passage.text)
+    return "\n\n".join(f"[page {page}]\n" + "\n".join(texts) for page, texts in blocks)
+
+
+def _record(document: Document, kept: set[int]) -> DocumentRecord:
+    """The result's view of ``document``: every page's length, the kept pages' text."""
+    return DocumentRecord(
+        source=document.source,
+        pages=tuple(
+            PageRecord(
+                number=p.number,
+                chars=len(p.text),
+                empty=p.is_empty,
+                text=p.text if p.number in kept else None,
+            )
+            for p in document.pages
+        ),
+        reading=document.reading,
+    )
 
 
 @contextmanager
@@ -332,17 +541,26 @@ def _naming_criteria(criteria: list[Criterion]) -> Iterator[None]:
         raise
 
 
-def _progress(bar: Any, pages: int, criteria: int) -> BatchCallback:
-    """Advance the bar by one criterion when all its pages are scored."""
-    remaining = [pages] * criteria
+def progress_bar(show: bool | None, **settings: Any) -> Any:
+    """A tqdm bar on stderr: ``show=None`` means only when stderr is a terminal."""
+    from tqdm import tqdm
+
+    visible = sys.stderr.isatty() if show is None else show
+    return tqdm(disable=not visible, leave=False, dynamic_ncols=True, **settings)
+
+
+def _name(source: str) -> str:
+    name = source.replace("\\", "/").rstrip("/").rsplit("/", 1)[-1] or source
+    return name if len(name) <= 40 else name[:39] + "…"
+
+
+def count_pairs(bar: Any) -> BatchCallback:
+    """Advance the bar by the pairs of each scored batch."""
     lock = threading.Lock()
 
     def advance(item: int, indices: Sequence[int], scores: Sequence[float]) -> None:
         with lock:
-            remaining[item] -= len(indices)
-            done = remaining[item] <= 0
-        if done:
-            bar.update(1)
+            bar.update(len(indices))
 
     return advance
 

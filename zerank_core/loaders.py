@@ -24,6 +24,7 @@ from typing import Any
 
 from zerank_core.errors import ConfigurationError, DocumentError
 from zerank_core.ocr import OcrEngine, default_ocr_engine, ocr_available
+from zerank_core.results import Reading
 
 __all__ = ["Document", "Page", "Reading", "load_document", "split_pages"]
 
@@ -83,35 +84,6 @@ class Page:
     def is_empty(self) -> bool:
         """True when the page has no text (a blank or image-only page)."""
         return not self.text.strip()
-
-
-@dataclass(frozen=True)
-class Reading:
-    """How a document was read.
-
-    ``seconds`` is the whole read (OCR included) and ``ocr_seconds`` the OCR
-    part; ``reader`` names the format's reader (``pypdfium2``, ``text``,
-    ``json``, ``folder``). ``ocr_pages`` lists the pages whose text came from
-    ``ocr_engine``; ``needs_ocr`` the image-only pages left empty because OCR
-    was off or not installed.
-    """
-
-    seconds: float
-    reader: str
-    ocr_engine: str | None = None
-    ocr_pages: tuple[int, ...] = ()
-    ocr_seconds: float = 0.0
-    needs_ocr: tuple[int, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "read_seconds": round(self.seconds, 3),
-            "reader": self.reader,
-            "ocr_engine": self.ocr_engine,
-            "ocr_pages": list(self.ocr_pages),
-            "ocr_seconds": round(self.ocr_seconds, 3),
-            "needs_ocr": list(self.needs_ocr),
-        }
 
 
 @dataclass(frozen=True)
@@ -183,7 +155,7 @@ def load_document(
     if path.is_dir():
         _no_page_chars(page_chars, path, "a folder of pages")
         document = _load_folder(path)
-        reading = Reading(0.0, "folder")
+        reading = Reading(reader="folder")
     elif not path.is_file():
         raise DocumentError(f"{path} does not exist")
     elif path.suffix.lower() in UNSUPPORTED_SUFFIXES:
@@ -202,12 +174,12 @@ def load_document(
         if path.suffix.lower() == ".json":
             _no_page_chars(page_chars, path, "a JSON list of pages")
             document = _load_json(path, text)
-            reading = Reading(0.0, "json")
+            reading = Reading(reader="json")
         else:
             document = _load_text(path, text, page_chars)
-            reading = Reading(0.0, "text")
+            reading = Reading(reader="text")
     seconds = time.perf_counter() - started
-    return dataclasses.replace(document, reading=dataclasses.replace(reading, seconds=seconds))
+    return dataclasses.replace(document, reading=reading.model_copy(update={"seconds": seconds}))
 
 
 def split_pages(text: str, page_chars: int) -> list[str]:
@@ -423,7 +395,6 @@ def _load_pdf(path: Path, ocr: bool | OcrEngine | None) -> tuple[Document, Readi
     finally:
         pdf.close()
     reading = Reading(
-        seconds=0.0,
         reader="pypdfium2",
         ocr_engine=engine.name if ocr_pages and engine is not None else None,
         ocr_pages=tuple(ocr_pages),

@@ -12,73 +12,27 @@ scored once.
 from __future__ import annotations
 
 import dataclasses
-import math
 import threading
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from zerank_core.criteria import Criterion
 from zerank_core.errors import ConfigurationError, InvalidResponseError
-from zerank_core.gate import PageGate
+from zerank_core.gate import PageGate, count_pairs, progress_bar
 from zerank_core.loaders import Document
-from zerank_core.results import GateResult
+from zerank_core.results import (
+    BackendInfo,
+    CacheInfo,
+    GateResult,
+    JobSummary,
+    JobTimings,
+    MultiResult,
+    RayInfo,
+)
 from zerank_core.scorers.base import Scale, ScoreItem, Scorer, Usage, score_many
 
-__all__ = ["JobSummary", "MultiResult", "gate_documents"]
-
-
-@dataclass(frozen=True)
-class JobSummary:
-    """What a many-document job did, in total.
-
-    ``model_*`` come from the scorer's usage over the whole job (pages of
-    different documents share requests, so they are not split per document;
-    each document's own report counts only its page scores, in
-    ``model_texts``). ``unique_texts`` is how many distinct page texts were
-    scored per criterion; ``shared_batches`` is False when the scorer's scores
-    depend on the other texts of a call (uncalibrated lexical scores), so each
-    document was scored on its own.
-    """
-
-    documents: int
-    pages: int
-    empty_pages: int
-    criteria: int
-    unique_texts: int
-    chars_full: int
-    chars_kept: int
-    no_evidence: int
-    shared_batches: bool
-    model_requests: int
-    model_texts: int
-    model_tokens: int | None
-    seconds: float
-
-    @property
-    def documents_per_second(self) -> float:
-        return self.documents / self.seconds if self.seconds > 0 else math.inf
-
-    def to_dict(self) -> dict[str, Any]:
-        data = dataclasses.asdict(self)
-        data["documents_per_second"] = round(self.documents_per_second, 3)
-        data["seconds"] = round(self.seconds, 3)
-        return data
-
-
-@dataclass(frozen=True)
-class MultiResult:
-    """One :class:`~zerank_core.results.GateResult` per document, in input order, and the total."""
-
-    results: tuple[GateResult, ...]
-    summary: JobSummary
-
-    def to_dict(self, *, include_context: bool = True) -> dict[str, Any]:
-        return {
-            "summary": self.summary.to_dict(),
-            "documents": [r.to_dict(include_context=include_context) for r in self.results],
-        }
+__all__ = ["JobSummary", "MultiResult", "gate_documents", "summarize"]
 
 
 def gate_documents(
@@ -88,8 +42,8 @@ def gate_documents(
 
     Each document's result is what ``gate.run(document, criteria)`` returns
     (same scores, selection, dedupe and report), except that its report's
-    ``model_requests`` and ``model_tokens`` are left to the job's
-    :class:`JobSummary`. A document without any page text raises
+    usage counts only its page scores: requests and tokens are the job's,
+    in the :class:`~zerank_core.results.JobSummary`. A document without any page text raises
     :class:`~zerank_core.errors.DocumentError`, as :meth:`PageGate.run` does,
     before anything is scored.
     """
@@ -119,34 +73,73 @@ def gate_documents(
     # scoring documents together would change every document's scores.
     shared = scale is not Scale.UNCALIBRATED
     texts = list(dict.fromkeys(p.text for d in documents for p in d.pages if not p.is_empty))
-    if shared:
-        table = _score_job(gate, texts, criteria)
-        results = []
+    results: list[GateResult] = []
+    table = _score_job(gate, texts, criteria, len(documents)) if shared else None
+    # Stage 2 (passages) depends on what stage 1 kept: the replay sends those
+    # texts to the real scorer, one document at a time.
+    fallback = gate.scorer if gate.passages is not None else None
+    with progress_bar(
+        gate.progress, total=len(documents), desc="documents", unit="document"
+    ) as finished:
         for document in documents:
-            replay = _Replay(gate.scorer, table)
-            one = dataclasses.replace(gate, scorer=replay, progress=False)
-            results.append(one.run(document, criteria))
-    else:
-        results = [gate.run(document, criteria) for document in documents]
+            finished.set_postfix_str(document.source.rsplit("/", 1)[-1], refresh=False)
+            if table is not None:
+                replay = _Replay(gate.scorer, table, fallback)
+                one = dataclasses.replace(gate, scorer=replay, progress=False)
+                results.append(one.run(document, criteria))
+            else:
+                results.append(gate.run(document, criteria))
+            finished.update(1)
     seconds = time.perf_counter() - start
     usage = _usage(gate.scorer) - usage_before
+    summary = summarize(results, documents, usage=usage, seconds=seconds, shared=shared)
+    return MultiResult(results=tuple(results), summary=summary)
 
-    summary = JobSummary(
-        documents=len(documents),
+
+def summarize(
+    results: Sequence[GateResult],
+    documents: Sequence[Document],
+    *,
+    usage: Usage,
+    seconds: float,
+    shared: bool,
+    ray: RayInfo | None = None,
+    backend: BackendInfo | None = None,
+    cache: CacheInfo | None = None,
+) -> JobSummary:
+    """The :class:`~zerank_core.results.JobSummary` of a job's per-document results.
+
+    In a process and on Ray alike: totals over ``results``, the distinct page
+    texts of ``documents``, the scorer's ``usage`` over the job, and the
+    job's ``seconds`` (``ray``: where it ran) in its timings.
+    """
+    unique = {p.text for d in documents for p in d.pages if not p.is_empty}
+    return JobSummary(
+        documents=len(results),
         pages=sum(r.report.pages for r in results),
         empty_pages=sum(len(r.report.empty_pages) for r in results),
-        criteria=len(criteria),
-        unique_texts=len(texts),
+        criteria=results[0].report.criteria if results else 0,
+        unique_texts=len(unique),
         chars_full=sum(r.report.chars_full for r in results),
         chars_kept=sum(r.report.chars_kept for r in results),
         no_evidence=sum(len(r.report.no_evidence) for r in results),
         shared_batches=shared,
-        model_requests=usage.requests,
-        model_texts=usage.texts,
-        model_tokens=usage.total_tokens,
-        seconds=seconds,
+        backend=backend,
+        usage=usage,
+        cache=cache,
+        timings=JobTimings(
+            seconds=seconds,
+            documents_per_second=len(results) / seconds if seconds > 0 else None,
+            read_seconds=_read_seconds(documents),
+            ray=ray,
+        ),
     )
-    return MultiResult(tuple(results), summary)
+
+
+def _read_seconds(documents: Sequence[Document]) -> float | None:
+    """The time spent reading the documents, when they were read from files."""
+    readings = [d.reading for d in documents if d.reading is not None]
+    return sum(r.seconds for r in readings) if readings else None
 
 
 def _usage(scorer: Any) -> Usage:
@@ -158,7 +151,7 @@ _Key = tuple[str, str | None]
 
 
 def _score_job(
-    gate: PageGate, texts: list[str], criteria: list[Criterion]
+    gate: PageGate, texts: list[str], criteria: list[Criterion], documents: int
 ) -> dict[_Key, dict[str, float]]:
     """Every text's score for every criterion, keyed by (criterion text, instruction)."""
     keys = list(
@@ -167,11 +160,18 @@ def _score_job(
             for c in criteria
         )
     )
-    columns = score_many(
-        gate.scorer,
-        [ScoreItem(query, texts, instruction) for query, instruction in keys],
-        max_concurrency=gate.max_concurrency,
-    )
+    with progress_bar(
+        gate.progress,
+        total=len(texts) * len(keys),
+        desc=f"scoring {documents} documents",
+        unit="pair",
+    ) as bar:
+        columns = score_many(
+            gate.scorer,
+            [ScoreItem(query, texts, instruction) for query, instruction in keys],
+            on_batch=count_pairs(bar),
+            max_concurrency=gate.max_concurrency,
+        )
     table: dict[_Key, dict[str, float]] = {}
     for key, column in zip(keys, columns, strict=True):
         if len(column) != len(texts):
@@ -190,11 +190,18 @@ class _Replay:
 
     It declares the real scorer's ``model`` and ``scale``; its ``usage``
     counts the page scores it handed out (no requests, no tokens: those are
-    the job's).
+    the job's). With a ``fallback`` scorer, a call holding a text the job did
+    not score (a passage of two-stage gating) goes to it whole.
     """
 
-    def __init__(self, scorer: Scorer, table: Mapping[_Key, Mapping[str, float]]) -> None:
+    def __init__(
+        self,
+        scorer: Scorer,
+        table: Mapping[_Key, Mapping[str, float]],
+        fallback: Scorer | None = None,
+    ) -> None:
         self._table = table
+        self._fallback = fallback
         self.scale = Scale(getattr(scorer, "scale", Scale.PROBABILITY))
         self.model: str = scorer.model
         self._texts = 0
@@ -208,6 +215,11 @@ class _Replay:
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
         column = self._table.get((query, instruction))
+        if self._fallback is not None and (column is None or any(t not in column for t in texts)):
+            scores = self._fallback.score(query, texts, instruction=instruction)
+            with self._lock:
+                self._texts += len(texts)
+            return scores
         if column is None:
             raise InvalidResponseError(
                 f"no scores were computed for criterion {query!r}", batch=0, batch_size=len(texts)
@@ -231,4 +243,10 @@ class _Replay:
     async def ascore(
         self, query: str, texts: Sequence[str], *, instruction: str | None = None
     ) -> list[float]:
+        column = self._table.get((query, instruction))
+        if self._fallback is not None and (column is None or any(t not in column for t in texts)):
+            scores = await self._fallback.ascore(query, texts, instruction=instruction)
+            with self._lock:
+                self._texts += len(texts)
+            return scores
         return self.score(query, texts, instruction=instruction)

@@ -146,10 +146,6 @@ class SelectionPolicy:
         """
         return cls(**{f.name: getattr(source, f.name) for f in fields(cls)})
 
-    def to_dict(self) -> dict[str, object]:
-        """The options by name, as results and reports write them."""
-        return {f.name: getattr(self, f.name) for f in fields(self)}
-
     def select(
         self,
         scores: Sequence[float],

@@ -19,7 +19,7 @@ from typing import TextIO
 import httpx
 
 from zerank_core import __version__
-from zerank_core.cli import cache, calibrate, classify, compress, evaluate
+from zerank_core.cli import cache, calibrate, classify, compress, evaluate, report
 from zerank_core.cli._common import (
     ArgumentParser,
     choose_backend,
@@ -52,6 +52,8 @@ score cache: on by default at $ZERANK_CACHE or ~/.cache/zerank-gate/scores.sqlit
 examples:
   zerank compress packet.pdf --criteria criteria.yaml -o result.json
   zerank compress packet.txt --criteria criteria.yaml --heatmap heatmap.png
+  zerank compress packet.pdf --criteria criteria.yaml --html report.html
+  zerank report result.json -o report.html
   zerank calibrate evidence.yaml --target 0.9 -o policy.json
   zerank compress packet.pdf --criteria criteria.yaml --policy policy.json
   zerank evaluate evidence.yaml --policy policy.json --png recall.png
@@ -106,6 +108,7 @@ COMMANDS = {
     "classify": classify,
     "calibrate": calibrate,
     "evaluate": evaluate,
+    "report": report,
     "cache": cache,
 }
 

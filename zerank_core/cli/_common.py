@@ -264,20 +264,22 @@ def check_backend(
     device: str | None = None,
     scale: str | None = None,
     limits: dict[str, float | int] | None = None,
-) -> None:
+) -> tuple[str, str] | None:
     """Build the backend these flags ask for once, and close it: fail before a cluster starts.
 
     Open weights are not loaded here (they are on the actors' nodes, maybe
     not on this one); every other backend checks its settings and
-    credentials as it is built, without a request.
+    credentials as it is built, without a request. Returns the backend's
+    name and description (``None`` for open weights, not built here).
     """
     planned = planned_backend(backend=backend, model=model, device=device, server_url=server_url)
     if planned == "local":
-        return
+        return None
     choice = choose_backend(
         backend, server_url=server_url, model=model, device=device, scale=scale, limits=limits
     )
     close_scorer(choice.scorer, None)
+    return choice.name, redact(choice.reason)
 
 
 def make_scorer(args: argparse.Namespace, err: TextIO) -> tuple[Scorer, CachedScorer | None]:

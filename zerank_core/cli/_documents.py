@@ -9,12 +9,13 @@ file per page, as for a single document; a folder with both is refused.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import glob
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, TextIO
@@ -27,24 +28,44 @@ from zerank_core.cli._common import (
     limits_of,
     make_scorer,
     positive_arg,
-    write_json,
 )
 from zerank_core.cli._policy import apply_policy_file
-from zerank_core.cli._progress import ResultFolder, job_digest
-from zerank_core.cli._reading import read_document, reading_dict
+from zerank_core.cli._progress import ResultFolder, file_names, job_digest
+from zerank_core.cli._reading import print_reading, read_document
+from zerank_core.cli._summary import print_job
 from zerank_core.criteria import Criterion, load_criteria
 from zerank_core.dedupe import DuplicateDetector, LexicalDetector, ModelDetector
 from zerank_core.errors import ConfigurationError
-from zerank_core.gate import PageGate
+from zerank_core.gate import PageGate, progress_bar
 from zerank_core.limits import limits_from_env
 from zerank_core.loaders import TEXT_SUFFIXES, Document
-from zerank_core.multi import JobSummary, MultiResult, gate_documents
+from zerank_core.multi import gate_documents, summarize
 from zerank_core.redaction import redact_url
-from zerank_core.results import GateResult
-from zerank_core.scorers.base import Scorer
+from zerank_core.report import write_report
+from zerank_core.results import (
+    BackendInfo,
+    CacheInfo,
+    GateResult,
+    MultiResult,
+    PolicySource,
+    RayInfo,
+    Timings,
+    dump_result,
+    write_result,
+)
+from zerank_core.scorers.auto import BackendChoice
+from zerank_core.scorers.base import Scale, Scorer, Usage
 from zerank_core.select import SelectionPolicy
 
-__all__ = ["add_many_options", "duplicate_detector", "resolve_documents", "run_many"]
+__all__ = [
+    "add_many_options",
+    "duplicate_detector",
+    "emit_result",
+    "policy_source",
+    "resolve_documents",
+    "result_names",
+    "run_many",
+]
 
 _GLOB_CHARACTERS = re.compile(r"[*?\[]")
 
@@ -144,7 +165,7 @@ def run_many(
     if args.heatmap is not None:
         raise ConfigurationError("--heatmap draws one document; leave it out with several")
     folder = _output_folder(args.output)
-    documents = [read_document(path, args) for path in paths]
+    documents = _read_all(paths, args, err)
     criteria = load_criteria(args.criteria)
     print(f"documents: {len(documents)}, {sum(len(d.pages) for d in documents)} pages", file=err)
     if args.ray is not None:
@@ -154,6 +175,8 @@ def run_many(
     scorer, cached = make_scorer(args, err)
     policy, criteria = apply_policy_file(args, policy, criteria, err)
     include_context = not args.no_context
+    backend = BackendInfo(**args.backend_used)
+    source = policy_source(args)
     results = _results_folder(
         folder, documents, criteria, policy, args.backend_used, include_context, args, err
     )
@@ -168,85 +191,106 @@ def run_many(
         for first in range(0, len(todo), chunk):
             indices = todo[first : first + chunk]
             part = gate_documents(gate, [documents[i] for i in indices], criteria)
-            parts.append(part)
+            done_part = tuple(
+                r.model_copy(update={"backend": backend, "policy_source": source})
+                for r in part.results
+            )
+            parts.append(part.model_copy(update={"results": done_part}))
             if results is not None:
-                for index, result in zip(indices, part.results, strict=True):
-                    results.write(index, _result_data(result, args.backend_used, include_context))
+                for index, result in zip(indices, done_part, strict=True):
+                    results.write(index, result)
+                    _html(args, folder, results.names[index], result)
     finally:
         if cached is not None:
             cached.close()
     seconds = time.perf_counter() - start
     stats = cached.stats if cached is not None else None
     done = [r for part in parts for r in part.results]
-    if done:
-        width = max(8, *(len(r.document.source) for r in done[:50]))
-        print(f"\n{'document':<{width}}  {'pages':>5} {'kept chars':>16}  no evidence", file=err)
-    for result in done:
-        report = result.report
-        print(
-            f"{result.document.source:<{width}}  {report.pages:>5} "
-            f"{report.chars_kept:>7,}/{report.chars_full:<8,}  "
-            f"{', '.join(report.no_evidence) or '—'}",
-            file=err,
-        )
-    summary = _combined([part.summary for part in parts], seconds)
-    tokens = f"{summary.model_tokens:,} tokens" if summary.model_tokens is not None else ""
-    print(
-        f"\nkept {summary.chars_kept:,} of {summary.chars_full:,} characters; "
-        f"{summary.no_evidence} document × criterion pairs without evidence",
-        file=err,
-    )
-    print(
-        f"model calls: {summary.model_requests} requests, {summary.model_texts} page scores "
-        f"({summary.unique_texts} distinct pages){', ' + tokens if tokens else ''}; "
-        f"{summary.seconds:.1f} s, {summary.documents_per_second:.2f} documents/s",
-        file=err,
-    )
+    summary = summarize(
+        done,
+        [documents[i] for i in todo],
+        usage=_total(part.summary.usage for part in parts),
+        seconds=seconds,
+        shared=all(part.summary.shared_batches for part in parts),
+        backend=backend,
+        cache=None
+        if cached is None or stats is None
+        else CacheInfo(path=str(cached.path), hits=stats.hits, misses=stats.misses),
+    ).model_copy(update={"resumed": len(documents) - len(todo)})
+    job = MultiResult(results=tuple(done), summary=summary)
+    print_job(job, err)
     print(
         cache_line(cached, stats.hits if stats else None, stats.misses if stats else None),
         file=err,
     )
-    head: dict[str, Any] = {"backend": args.backend_used, "summary": summary.to_dict()}
-    head["summary"]["cache"] = (
-        None
-        if cached is None or stats is None
-        else {"path": str(cached.path), "hits": stats.hits, "misses": stats.misses}
-    )
-    head["summary"]["resumed"] = len(documents) - len(todo)
-    if results is not None:
-        results.finish(head)
-        print(f"results: {folder}/ — {len(documents)} documents and summary.json", file=err)
-        return 0
-    files = [_result_data(r, args.backend_used, include_context) for r in done]
-    write_json({**head, "documents": files}, args.output, out, err)
+    _finish(job, results, folder, args, out, err)
     return 0
 
 
-def _result_data(result: GateResult, backend: Any, include_context: bool) -> dict[str, Any]:
-    data = result.to_dict(include_context=include_context)
-    data["backend"] = backend
-    data["report"]["reading"] = reading_dict(result.document)
-    return data
-
-
-def _combined(parts: list[JobSummary], seconds: float) -> JobSummary:
-    """One summary for a job run in parts (distinct pages are counted per part)."""
-    tokens = [p.model_tokens for p in parts if p.model_tokens is not None]
-    return JobSummary(
-        documents=sum(p.documents for p in parts),
-        pages=sum(p.pages for p in parts),
-        empty_pages=sum(p.empty_pages for p in parts),
-        criteria=parts[0].criteria if parts else 0,
-        unique_texts=sum(p.unique_texts for p in parts),
-        chars_full=sum(p.chars_full for p in parts),
-        chars_kept=sum(p.chars_kept for p in parts),
-        no_evidence=sum(p.no_evidence for p in parts),
-        shared_batches=all(p.shared_batches for p in parts),
-        model_requests=sum(p.model_requests for p in parts),
-        model_texts=sum(p.model_texts for p in parts),
-        model_tokens=sum(tokens) if tokens else None,
-        seconds=seconds,
+def _total(usages: Iterable[Usage]) -> Usage:
+    """The sum of several parts' usage (tokens ``None`` when no part reported any)."""
+    usages = list(usages)
+    tokens = [u.total_tokens for u in usages if u.total_tokens is not None]
+    return Usage(
+        requests=sum(u.requests for u in usages),
+        texts=sum(u.texts for u in usages),
+        total_bytes=sum(u.total_bytes for u in usages),
+        total_tokens=sum(tokens) if tokens else None,
+        retries=sum(u.retries for u in usages),
+        rate_limited=sum(u.rate_limited for u in usages),
     )
+
+
+def _html(args: argparse.Namespace, folder: Path | None, name: str, result: GateResult) -> None:
+    """With ``--html``: the document's evidence report beside its JSON (or in --html's folder)."""
+    if args.html is None:
+        return
+    target = Path(args.html) if args.html else (folder or Path("."))
+    shown = result if not args.no_context else result.without_text()
+    write_report(target / Path(name).with_suffix(".html"), shown)
+
+
+def _finish(
+    job: MultiResult,
+    results: ResultFolder | None,
+    folder: Path | None,
+    args: argparse.Namespace,
+    out: TextIO,
+    err: TextIO,
+) -> None:
+    """``summary.json`` in the folder, or every result on stdout; the HTML reports."""
+    if results is not None and folder is not None:
+        results.finish(job.summary)
+        print(f"results: {folder}/ — {len(results.names)} documents and summary.json", file=err)
+        if args.html is not None:
+            print(f"reports: {args.html or folder}/ — HTML beside each result", file=err)
+        return
+    names = result_names([r.document.source for r in job.results])
+    for name, result in zip(names, job.results, strict=True):
+        _html(args, None, name, result)
+    if args.html is not None:
+        print(f"reports: {args.html or '.'}/ — {len(names)} HTML files", file=err)
+    emit_result(job, args.output, out, err, include_text=not args.no_context)
+
+
+def _read_all(paths: list[Path], args: argparse.Namespace, err: TextIO) -> list[Document]:
+    """Read every document, saying for each what reading took (a bar on a terminal)."""
+    documents = []
+    pages = 0
+    started = time.perf_counter()
+    with progress_bar(args.progress, total=len(paths), desc="reading", unit="document") as bar:
+        for path in paths:
+            bar.set_postfix_str(path.name, refresh=False)
+            document = read_document(path, args)
+            pages += len(document.pages)
+            seconds = time.perf_counter() - started
+            if seconds > 0:
+                bar.set_postfix_str(f"{path.name}, {pages / seconds:.0f} pages/s")
+            bar.update(1)
+            documents.append(document)
+    for document in documents:
+        print_reading(document, args, err)
+    return documents
 
 
 def _results_folder(
@@ -263,7 +307,7 @@ def _results_folder(
     if folder is None:
         return None
     job = job_digest(criteria, policy, backend, include_context=include_context)
-    results = ResultFolder(folder, [d.source for d in documents], job)
+    results = ResultFolder(folder, [d.source for d in documents], job, include_text=include_context)
     if args.restart:
         results.done.clear()
     elif results.done:
@@ -299,12 +343,12 @@ def _run_ray(
         "limits": {**limits_from_env(), **limits_of(args)},
     }
     # Settings and credentials are checked here, before Ray starts (seconds).
-    check_backend(**{k: v for k, v in backend.items() if k != "calibrator"})
-    # The output names the backend the flags asked for; a URL loses its credentials.
+    checked = check_backend(**{k: v for k, v in backend.items() if k != "calibrator"})
+    named = None if checked is None else BackendInfo(name=checked[0], description=checked[1])
+    # The job's digest names the backend the flags asked for; a URL loses its credentials.
     asked = {**backend, "server_url": redact_url(args.server_url) if args.server_url else None}
     include_context = not args.no_context
-    selection = policy.to_dict()
-    thresholds = {c.id: c.threshold for c in criteria}
+    source = policy_source(args)
     results = _results_folder(
         folder,
         documents,
@@ -316,29 +360,28 @@ def _run_ray(
         err,
     )
     todo = [i for i in range(len(documents)) if results is None or i not in results.done]
+    finished: dict[int, GateResult] = {}
 
-    def document_data(index: int, rows: Sequence[GateRow]) -> dict[str, Any]:
-        document = documents[index]
-        data: dict[str, Any] = {
-            "document": document.source,
-            "pages": len(document.pages),
-            "policy": selection,
-            "criteria": [],
+    def document_result(index: int, rows: Sequence[GateRow]) -> GateResult:
+        """The document's result as the actor wrote it, with what only this process knows."""
+        whole = next(r.result for r in rows if r.result is not None)
+        result = GateResult.model_validate_json(whole)
+        reading = documents[index].reading
+        update: dict[str, Any] = {
+            "document": result.document.model_copy(update={"reading": reading}),
+            "timings": Timings.of(reading, result.timings.gate_seconds),
+            "policy_source": source,
         }
-        for row in rows:
-            entry = row.to_dict()
-            for key in ("index", "document"):
-                del entry[key]
-            if entry["context"] is None:
-                del entry["context"]
-            # The criterion's own threshold (a policy file's, if any); None: the policy's.
-            entry["threshold"] = thresholds[row.criterion]
-            data["criteria"].append(entry)
-        return data
+        if named is not None or result.backend is None:
+            update["backend"] = named
+        return result.model_copy(update=update)
 
     def write(position: int, rows: list[GateRow]) -> None:
+        index = todo[position]
+        finished[index] = document_result(index, rows)
         if results is not None:
-            results.write(todo[position], document_data(todo[position], rows))
+            results.write(index, finished[index])
+            _html(args, folder, results.names[index], finished[index])
 
     cache = _ray_cache(args)
     print(
@@ -383,13 +426,13 @@ def _run_ray(
             "peak_in_flight": run.peak_in_flight,
         }
     seconds = time.perf_counter() - start
-    no_evidence = sum(r.no_evidence for r in rows)
-    rate = len(todo) / seconds if seconds > 0 else 0.0
-    print(
-        f"{len(rows)} document × criterion rows, {no_evidence} without evidence; "
-        f"{seconds:.1f} s, {rate:.2f} documents/s",
-        file=err,
-    )
+    by_document: dict[int, list[GateRow]] = {}
+    for row in rows:
+        by_document.setdefault(row.index, []).append(row)
+    for index, have in by_document.items():
+        if index not in finished:
+            finished[index] = document_result(index, have)
+    done = [finished[i] for i in todo]
     print(
         f"backend built by {report['actors_built']} of {args.actors} actor(s) "
         "(an actor builds it, and loads its model, at its first cache miss)"
@@ -402,42 +445,38 @@ def _run_ray(
     )
     cached = None
     if cache is not None:
-        cached = {
-            "path": str(cache),
-            "hits": sum(r.cache_hits or 0 for r in rows),
-            "misses": sum(r.cache_misses or 0 for r in rows),
-        }
+        cached = CacheInfo(
+            path=str(cache),
+            hits=sum(r.cache_hits or 0 for r in rows),
+            misses=sum(r.cache_misses or 0 for r in rows),
+        )
+    usage = _total(r.report.usage for r in done)
+    summary = summarize(
+        done,
+        [documents[i] for i in todo],
+        usage=usage,
+        seconds=seconds,
+        shared=bool(done) and done[0].scale is not Scale.UNCALIBRATED,
+        ray=RayInfo(
+            address=args.ray or None,
+            actors=args.actors,
+            gpus_per_actor=args.gpus_per_actor,
+            actors_built=report["actors_built"],
+            requests=report["requests"],
+            peak_in_flight=report["peak_in_flight"],
+        ),
+        backend=named if named is not None else (done[0].backend if done else None),
+        cache=cached,
+    ).model_copy(update={"resumed": len(documents) - len(todo)})
+    job = MultiResult(results=tuple(done), summary=summary)
+    print_job(job, err)
+    if cached is not None:
         print(
-            f"cache: {cache} — {cached['hits']} hits, {cached['misses']} misses "
+            f"cache: {cache} — {cached.hits} hits, {cached.misses} misses "
             "(page scores of every document × criterion)",
             file=err,
         )
-    summary = {
-        "documents": len(todo),
-        "resumed": len(documents) - len(todo),
-        "criteria": len(criteria),
-        "rows": len(rows),
-        "no_evidence": no_evidence,
-        "seconds": round(seconds, 3),
-        "documents_per_second": round(rate, 3),
-        "ray": {
-            "address": args.ray or None,
-            "actors": args.actors,
-            "gpus": args.gpus_per_actor,
-            **report,
-        },
-        "cache": cached,
-    }
-    head = {"backend": asked, "summary": summary}
-    if results is not None:
-        results.finish(head)
-        print(f"results: {folder}/ — {len(documents)} documents and summary.json", file=err)
-        return 0
-    by_document: dict[int, list[GateRow]] = {}
-    for row in rows:
-        by_document.setdefault(row.index, []).append(row)
-    files = [document_data(i, by_document[i]) for i in sorted(by_document)]
-    write_json({**head, "documents": files}, args.output, out, err)
+    _finish(job, results, folder, args, out, err)
     return 0
 
 
@@ -471,23 +510,24 @@ def duplicate_detector(
     return LexicalDetector() if threshold is None else LexicalDetector(threshold=threshold)
 
 
-def _actor_scorer(**backend: Any) -> Scorer:
-    """The backend the command line asked for, built inside a Ray actor."""
+def _actor_scorer(**backend: Any) -> BackendChoice:
+    """The backend the command line asked for, built inside a Ray actor (and named)."""
     from zerank_core.cli._common import choose_backend
 
-    scorer = choose_backend(
+    choice = choose_backend(
         backend["backend"],
         server_url=backend["server_url"],
         model=backend["model"],
         device=backend["device"],
         scale=backend.get("scale"),
         limits=backend.get("limits"),
-    ).scorer
+    )
     if backend.get("calibrator") is None:
-        return scorer
+        return choice
     from zerank_core.calibrate import CalibratedScorer, calibrator_from_dict
 
-    return CalibratedScorer(scorer, calibrator_from_dict(backend["calibrator"]))
+    calibrated = CalibratedScorer(choice.scorer, calibrator_from_dict(backend["calibrator"]))
+    return dataclasses.replace(choice, scorer=calibrated)
 
 
 def _policy_calibrator(args: argparse.Namespace) -> dict[str, Any] | None:
@@ -510,3 +550,41 @@ def _output_folder(output: str | None) -> Path | None:
             f"summary.json), got {output!r}"
         )
     return folder
+
+
+def policy_source(args: argparse.Namespace) -> PolicySource | None:
+    """What the result records of the ``--policy`` file (``None`` without one)."""
+    if args.policy is None:
+        return None
+    from zerank_core.calibrate import ThresholdPolicy
+
+    fitted = ThresholdPolicy.load(args.policy)
+    return PolicySource(
+        path=str(args.policy),
+        method=fitted.fit.method,
+        target=fitted.target,
+        fitted_on=fitted.backend.get("name"),
+    )
+
+
+def emit_result(
+    result: GateResult | MultiResult,
+    output: str | None,
+    out: TextIO,
+    err: TextIO,
+    *,
+    include_text: bool = True,
+) -> None:
+    """Write ``result`` through the one serialiser: to ``output``, or to ``out`` when piped."""
+    if output and output != "-":
+        write_result(output, result, include_text=include_text)
+        print(f"results: {output}", file=err)
+    elif output == "-" or not out.isatty():
+        out.write(dump_result(result, include_text=include_text))
+    else:
+        print("results: add -o FILE.json (or pipe stdout) for the full JSON", file=err)
+
+
+def result_names(sources: Sequence[str]) -> list[str]:
+    """One file name per document in an output folder (``summary.json`` is taken)."""
+    return file_names(sources)

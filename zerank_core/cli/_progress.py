@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from zerank_core.criteria import Criterion
+from zerank_core.results import GateResult, JobSummary, dump_result
 from zerank_core.select import SelectionPolicy
 
-__all__ = ["PROGRESS_FILE", "ResultFolder", "job_digest", "write_atomic"]
+__all__ = ["PROGRESS_FILE", "ResultFolder", "file_names", "job_digest", "write_atomic"]
 
 PROGRESS_FILE = ".zerank-progress.jsonl"
 _TEMPORARY_SUFFIX = ".partial"
@@ -56,7 +57,7 @@ def job_digest(
     """What makes a document's result valid for a rerun: criteria, policy, backend, context."""
     job = {
         "criteria": [asdict(c) for c in criteria],
-        "policy": policy.to_dict(),
+        "policy": asdict(policy),
         "backend": dict(backend),
         "context": include_context,
     }
@@ -64,7 +65,7 @@ def job_digest(
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
 
-def _names(sources: Sequence[str]) -> list[str]:
+def file_names(sources: Sequence[str]) -> list[str]:
     """One file name per document: its stem, numbered when two documents share one."""
     used = {"summary.json"}
     names = []
@@ -89,10 +90,13 @@ def _sha256(path: Path) -> str | None:
 class ResultFolder:
     """The ``-o DIR`` of a many-document job: one file per document, written as each finishes."""
 
-    def __init__(self, folder: Path, sources: Sequence[str], job: str) -> None:
+    def __init__(
+        self, folder: Path, sources: Sequence[str], job: str, *, include_text: bool = True
+    ) -> None:
         self.folder = folder
+        self.include_text = include_text
         self.sources = list(sources)
-        self.names = _names(self.sources)
+        self.names = file_names(self.sources)
         self.job = job
         folder.mkdir(parents=True, exist_ok=True)
         # Temporary files of a run that was killed while writing: never a result.
@@ -125,10 +129,10 @@ class ResultFolder:
                 done.add(index)
         return done
 
-    def write(self, index: int, data: Mapping[str, Any]) -> None:
+    def write(self, index: int, result: GateResult) -> None:
         """Write document ``index``'s result, then record it as done."""
         name = self.names[index]
-        text = json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+        text = dump_result(result, include_text=self.include_text)
         write_atomic(self.folder / name, text)
         entry = {
             "file": name,
@@ -142,9 +146,8 @@ class ResultFolder:
             os.fsync(log.fileno())
         self.done.add(index)
 
-    def finish(self, head: dict[str, Any]) -> None:
-        """Write ``summary.json``: ``head`` and which file holds which document."""
-        head["summary"]["files"] = dict(zip(self.sources, self.names, strict=True))
-        write_atomic(
-            self.folder / "summary.json", json.dumps(head, indent=2, ensure_ascii=False) + "\n"
-        )
+    def finish(self, summary: JobSummary) -> None:
+        """Write ``summary.json``: the job's summary and which file holds which document."""
+        files = dict(zip(self.sources, self.names, strict=True))
+        text = dump_result(summary.model_copy(update={"files": files}))
+        write_atomic(self.folder / "summary.json", text)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TextIO
 
 from zerank_core.cli._common import positive_arg
 from zerank_core.loaders import Document, load_document
 from zerank_core.ocr import OCR_INSTALL
 
-__all__ = ["add_reading_options", "print_reading", "read_document", "reading_dict"]
+__all__ = ["add_reading_options", "print_reading", "read_document"]
 
 
 def add_reading_options(parser: argparse.ArgumentParser) -> None:
@@ -65,11 +65,6 @@ def print_reading(document: Document, args: argparse.Namespace, err: TextIO) -> 
             f"and are not scored ({how})",
             file=err,
         )
-
-
-def reading_dict(document: Document) -> dict[str, Any] | None:
-    """The JSON view of how ``document`` was read (``None`` if it was built in memory)."""
-    return None if document.reading is None else document.reading.to_dict()
 
 
 def _numbers(pages: tuple[int, ...]) -> str:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from zerank_core.cli._common import (
+    ResumableScorer,
     add_backend_options,
     add_output_option,
     cache_line,
@@ -21,11 +22,12 @@ from zerank_core.cli._common import (
     positive_arg,
     price_arg,
     threshold_arg,
-    write_json,
 )
 from zerank_core.cli._documents import (
     add_many_options,
     duplicate_detector,
+    emit_result,
+    policy_source,
     resolve_documents,
     run_many,
 )
@@ -34,15 +36,17 @@ from zerank_core.cli._reading import (
     add_reading_options,
     print_reading,
     read_document,
-    reading_dict,
 )
+from zerank_core.cli._summary import print_result
 from zerank_core.criteria import load_criteria
 from zerank_core.dedupe import DuplicateDetector
 from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.gate import DEFAULT_PAGE_POLICY, PageGate
+from zerank_core.passages import DEFAULT_PASSAGE_POLICY, PassagePolicy
 from zerank_core.plots import plot_heatmap
-from zerank_core.results import GateResult
-from zerank_core.scorers.base import Scale, Scorer
+from zerank_core.report import write_report
+from zerank_core.results import BackendInfo
+from zerank_core.scorers.base import Scorer
 from zerank_core.select import SelectionPolicy
 
 __all__ = ["add_parser", "run"]
@@ -156,6 +160,7 @@ def add_parser(commands: Any) -> None:
         help="similarity that makes two pages duplicates (default: 0.7 word-shingle "
         "Jaccard for lexical, 0.8 probability for model)",
     )
+    _add_passage_options(parser)
     parser.add_argument(
         "--instruction", help="instruction appended to every criterion that has none"
     )
@@ -168,6 +173,15 @@ def add_parser(commands: Any) -> None:
         type=Path,
         metavar="FILE.png",
         help="save a pages × criteria picture (needs zerank-gate[eval])",
+    )
+    parser.add_argument(
+        "--html",
+        nargs="?",
+        const="",
+        metavar="PATH",
+        help="also write the evidence report, one self-contained HTML file per document: "
+        "PATH is the file (several documents: the folder); without PATH, beside the -o "
+        "output (or DOCUMENT.html in the current folder)",
     )
     parser.add_argument(
         "--price-per-million-tokens",
@@ -196,6 +210,83 @@ def add_parser(commands: Any) -> None:
     add_backend_options(parser)
 
 
+_PASSAGE_OPTIONS = {
+    "passage_threshold": "threshold",
+    "passage_top_k": "top_k",
+    "passage_max_chars": "max_chars",
+    "passage_min_keep": "min_keep",
+    "passage_chars": "passage_chars",
+}
+
+
+def _add_passage_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "evidence passages",
+        "with --passages, each criterion's kept pages are cut into sentences or short "
+        "windows, those are scored against the criterion (only passages of kept pages), and "
+        "the context becomes the passages that pass, in document order under [page N] markers",
+    )
+    default = DEFAULT_PASSAGE_POLICY
+    group.add_argument(
+        "--passages",
+        action="store_true",
+        help="trim each criterion's kept pages to their evidence passages",
+    )
+    # SUPPRESS: an option given without --passages is an error, not silently ignored.
+    group.add_argument(
+        "--passage-threshold",
+        type=threshold_arg,
+        default=argparse.SUPPRESS,
+        metavar="T",
+        help=f"keep passages scoring >= T ('none' for no floor; default {default.threshold})",
+    )
+    group.add_argument(
+        "--passage-top-k",
+        type=optional_count_arg,
+        default=argparse.SUPPRESS,
+        metavar="K",
+        help=f"keep at most K passages per kept page ('all' for no limit; default {default.top_k})",
+    )
+    group.add_argument(
+        "--passage-max-chars",
+        type=count_arg,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help="character budget for a criterion's passages, best first",
+    )
+    group.add_argument(
+        "--passage-min-keep",
+        type=count_arg,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help=f"each kept page yields at least its N best passages (default {default.min_keep})",
+    )
+    group.add_argument(
+        "--passage-chars",
+        type=positive_arg,
+        default=argparse.SUPPRESS,
+        metavar="N",
+        help=f"longest passage in characters (default {default.passage_chars})",
+    )
+
+
+def passage_policy(args: argparse.Namespace) -> PassagePolicy | None:
+    """The passage policy ``--passages`` and the ``--passage-*`` options describe."""
+    given = {name: field for name, field in _PASSAGE_OPTIONS.items() if hasattr(args, name)}
+    if not getattr(args, "passages", False):
+        if given:
+            flags = ", ".join("--" + name.replace("_", "-") for name in given)
+            raise ConfigurationError(f"{flags} needs --passages")
+        return None
+    if getattr(args, "ray", None) is not None:
+        raise ConfigurationError(
+            "--passages is not available with --ray yet: run without --ray, or gate pages only"
+        )
+    return replace(
+        DEFAULT_PASSAGE_POLICY, **{field: getattr(args, name) for name, field in given.items()}
+    )
+
+
 def _dedupe_policy(args: argparse.Namespace, policy: SelectionPolicy) -> SelectionPolicy:
     if args.dedupe_with is not None:
         policy = replace(policy, dedupe=True)
@@ -210,114 +301,10 @@ def _dedupe_policy(args: argparse.Namespace, policy: SelectionPolicy) -> Selecti
 def _detector(args: argparse.Namespace, scorer: Scorer) -> DuplicateDetector | None:
     if not args.dedupe and args.dedupe_with is None:
         return None
+    if isinstance(scorer, ResumableScorer):
+        # The detector's few model calls need no resume file; its messages name the backend.
+        scorer = scorer.scorer
     return duplicate_detector(scorer, method=args.dedupe_with, threshold=args.dedupe_threshold)
-
-
-def _duplicate_lines(result: GateResult, err: TextIO) -> None:
-    if not result.policy.dedupe:
-        return
-    found = ", ".join(
-        f"{d.page} ≈ {d.duplicate_of} ({d.method} {d.similarity:.2f})" for d in result.duplicates
-    )
-    print(f"duplicate pages: {found or 'none found'}", file=err)
-    dropped = [
-        item.criterion.id
-        + " "
-        + ", ".join(f"{d.page} (= {d.duplicate_of})" for d in item.duplicates)
-        for item in result.results
-        if item.duplicates
-    ]
-    if dropped:
-        print(f"dropped as duplicates of a kept page: {'; '.join(dropped)}", file=err)
-
-
-def _summary(result: GateResult, err: TextIO) -> None:
-    report = result.report
-    policy = result.policy
-    parts = []
-    if policy.top_k is not None:
-        parts.append(f"top {policy.top_k}")
-    if policy.threshold is not None:
-        parts.append(f"floor {policy.threshold:.4g}")
-    if policy.max_chars is not None:
-        parts.append(f"≤ {policy.max_chars:,} chars")
-    if policy.max_tokens is not None:
-        parts.append(f"≤ {policy.max_tokens:,} tokens")
-    if policy.neighbors:
-        parts.append(f"± {policy.neighbors} neighbour pages")
-    if policy.min_keep:
-        parts.append(f"at least {policy.min_keep}")
-    if policy.dedupe:
-        parts.append("one page of each set of duplicates")
-    parts.append(f"{policy.order} order")
-    empty = (
-        f", empty: {', '.join(map(str, report.empty_pages))} (not scored)"
-        if report.empty_pages
-        else ""
-    )
-    print(
-        f"document: {result.document.source} — {report.pages} pages{empty}; "
-        f"{report.criteria} criteria",
-        file=err,
-    )
-    print(f"policy: {', '.join(parts)}", file=err)
-    print(file=err)
-    width = max(8, *(len(c.id) for c in result.criteria))
-    print(f"{'criterion':<{width}}  {'kept pages':<18} {'best':>5} {'chars':>7}  text", file=err)
-    for item in result.results:
-        pages = ", ".join(map(str, item.pages)) or "—"
-        best = max(item.scores.values()) if item.scores else 0.0
-        text = " ".join(item.criterion.text.split())
-        text = text if len(text) <= 52 else text[:51] + "…"
-        print(
-            f"{item.criterion.id:<{width}}  {pages:<18} {best:5.2f} {item.chars_kept:7,}  {text}",
-            file=err,
-        )
-    _duplicate_lines(result, err)
-    print(file=err)
-    ratio = report.compression_ratio
-    saved = (
-        f"{ratio:.1f}× less than the whole document per criterion"
-        if ratio is not None
-        else "nothing kept"
-    )
-    print(
-        f"kept {report.chars_kept:,} of {report.chars_full:,} characters "
-        f"({report.kept_fraction:.1%}, {saved}); "
-        f"~{report.tokens_kept_estimate:,} of ~{report.tokens_full_estimate:,} tokens",
-        file=err,
-    )
-    reasons: dict[str, list[str]] = {}
-    for criterion_id, reason in report.kept_nothing.items():
-        reasons.setdefault(reason, []).append(criterion_id)
-    for reason, ids in reasons.items():
-        print(f"kept nothing: {reason}: {', '.join(ids)}", file=err)
-    if report.no_evidence:
-        print(
-            f"no evidence (no page above the floor): {', '.join(report.no_evidence)}",
-            file=err,
-        )
-    elif reasons:
-        print("no evidence: none (no criterion lacked a page above the floor)", file=err)
-    elif result.scale is Scale.UNCALIBRATED:
-        print(
-            "no evidence: none flagged — uncalibrated scores only flag a criterion whose "
-            "words appear on no page",
-            file=err,
-        )
-    else:
-        print("no evidence: none (every criterion kept at least one page)", file=err)
-    tokens = (
-        f"{report.model_tokens:,} tokens"
-        if report.model_tokens is not None
-        else "tokens not reported by this backend"
-    )
-    cost = f", ~${report.estimated_cost_usd:.4f}" if report.estimated_cost_usd is not None else ""
-    print(
-        f"model calls: {report.model_requests} requests, {report.model_texts} page scores, "
-        f"{tokens}{cost}",
-        file=err,
-    )
 
 
 def _gate(args: argparse.Namespace, scorer: Scorer, policy: SelectionPolicy) -> PageGate:
@@ -329,11 +316,13 @@ def _gate(args: argparse.Namespace, scorer: Scorer, policy: SelectionPolicy) -> 
         progress=args.progress,
         price_per_million_tokens=args.price_per_million_tokens,
         duplicate_detector=_detector(args, scorer),
+        passages=passage_policy(args),
     )
 
 
 def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     policy = _dedupe_policy(args, SelectionPolicy.from_attributes(args))
+    passage_policy(args)  # refuses bad passage options before anything is read or scored
     if args.heatmap is not None and importlib.util.find_spec("matplotlib") is None:
         # Fail before scoring, not after the whole run.
         raise MissingDependencyError("matplotlib", "eval")
@@ -361,13 +350,25 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         result = _gate(args, scorer, policy).run(document, criteria)
     finally:
         close_scorer(scorer, cached)
-    _summary(result, err)
+    print_result(result, err)
     report = result.report
     print(cache_line(cached, report.cache_hits, report.cache_misses), file=err)
     if args.heatmap is not None:
         print(f"heatmap: {plot_heatmap(result, args.heatmap)}", file=err)
-    data = result.to_dict(include_context=not args.no_context)
-    data["backend"] = args.backend_used
-    data["report"]["reading"] = reading_dict(document)
-    write_json(data, args.output, out, err)
+    result = result.model_copy(
+        update={"backend": BackendInfo(**args.backend_used), "policy_source": policy_source(args)}
+    )
+    emit_result(result, args.output, out, err, include_text=not args.no_context)
+    if args.html is not None:
+        html = Path(args.html) if args.html else _html_path(args.output, args.document)
+        # The report shows what the JSON holds: with --no-context, no page text either.
+        shown = result.without_text() if args.no_context else result
+        print(f"report: {write_report(html, shown)}", file=err)
     return 0
+
+
+def _html_path(output: str | None, document: Path) -> Path:
+    """Where ``--html`` without a path writes: beside -o FILE, else DOCUMENT.html here."""
+    if output and output != "-":
+        return Path(output).with_suffix(".html")
+    return Path(f"{document.stem or 'document'}.html")

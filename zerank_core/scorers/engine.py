@@ -452,9 +452,10 @@ class Engine:
                 return 0.0
             attempt = budget.rate_limited if failure.kind == "rate_limited" else budget.transient
             delay = backoff(failure, attempt=attempt, jitter=self._jitter)
+            delay = max(0.0, min(delay, budget.deadline - time.monotonic()))
             if failure.kind == "rate_limited":
                 self.pacer.pause(delay)
-            return max(0.0, min(delay, budget.deadline - time.monotonic()))
+            return delay
 
         return wait
 

@@ -38,7 +38,10 @@ class BM25Scorer:
     """
 
     model = "bm25"
-    #: A score depends on the whole call (IDF, max scaling), not on the pair alone.
+    #: A score depends on the whole call (IDF, max scaling), not on the pair alone:
+    #: caches key it by the call's texts, and the label classifier gives each input
+    #: a call of its own (against the label descriptions), so that batching never
+    #: changes an input's scores.
     pairwise = False
 
     def __init__(
