@@ -499,7 +499,7 @@ def test_an_actor_whose_scorer_is_not_the_one_described_starts_its_batch_again(
 
 
 def test_compress_ray_writes_each_document_as_it_finishes_and_a_killed_driver_resumes(
-    ray_instance: Any, tmp_path: Path
+    ray_instance: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import json
     import signal
@@ -525,7 +525,7 @@ def test_compress_ray_writes_each_document_as_it_finishes_and_a_killed_driver_re
     common = [
         *(str(tmp_path / f"packet-{i}.json") for i in range(4)), "-c", str(criteria),
         "--server-url", f"{server.url}/v1/rerank", "--cache", str(cache), "--ray", address,
-        "--documents-per-batch", "1", "--max-concurrency", "1", "-o", str(results),
+        "--documents-per-batch", "1", "-o", str(results),
     ]  # fmt: skip
     try:
         env = {
@@ -533,7 +533,8 @@ def test_compress_ray_writes_each_document_as_it_finishes_and_a_killed_driver_re
             "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
         }
         driver = subprocess.Popen(
-            [sys.executable, "-m", "zerank_core.cli", "compress", *common],
+            [sys.executable, "-m", "zerank_core.cli", "compress", *common,
+             "--max-concurrency", "1"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
         try:
@@ -560,13 +561,17 @@ def test_compress_ray_writes_each_document_as_it_finishes_and_a_killed_driver_re
 
         server.block_after = None  # the killed driver's request stays held until close
         server.reset_stats()
+        monkeypatch.setenv("ZERANK_MAX_CONCURRENCY", "1")  # the limit, from the environment
         code, _, err = call("compress", *common)
         assert code == 0, err
+        assert "limits for the whole job: max concurrency 1" in err
         assert f"resume: {len(done)} of 4 documents already done in {results}/" in err
         # What the killed run had scored came from the cache: only the rest was sent.
         assert server.served == 3
         summary = json.loads((results / "summary.json").read_text(encoding="utf-8"))
         assert summary["resumed"] == len(done)
+        # The killed driver's held request still counts at the server: ask the limiter.
+        assert summary["timings"]["ray"]["peak_in_flight"] == 1
         assert summary["cache"]["hits"] > 0
         assert len(summary["files"]) == 4
 

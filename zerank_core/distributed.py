@@ -24,6 +24,20 @@ node: on one machine all actors share the file; on several machines each node
 has its own file at that path (SQLite's WAL needs one host's shared memory, so
 do not point it at a network filesystem).
 
+A remote scorer's limits (``requests_per_minute``, ``bytes_per_minute``,
+``tokens_per_minute``, ``max_concurrency``) hold for the whole job, not per
+actor: :func:`run_on_ray` starts one :class:`~zerank_core.limits.JobLimiter`
+actor that every actor's scorer asks before each request (see
+:mod:`zerank_core.limits` for how restarts stay correct).
+
+With a cache, an actor builds its scorer (loads its model) only at its first
+cache miss: the cache file records what each scorer factory built (model,
+scale, cache identity), which is all the cache needs to answer hits, so a
+fully cached rerun loads no model. :class:`RayRun` says how many actors built
+one, and where the time went (start-up, model load, gating).
+:func:`run_on_ray`'s ``on_document`` sees each document's rows as soon as
+they are all in, so the command line writes each result as it finishes.
+
 Needs the ``ray`` extra (``pip install 'zerank-gate[ray]'``).
 """
 

@@ -37,6 +37,7 @@ from zerank_core.criteria import Criterion, load_criteria
 from zerank_core.dedupe import DuplicateDetector, LexicalDetector, ModelDetector
 from zerank_core.errors import ConfigurationError
 from zerank_core.gate import PageGate, progress_bar
+from zerank_core.limits import limits_from_env
 from zerank_core.loaders import TEXT_SUFFIXES, Document
 from zerank_core.multi import gate_documents, summarize
 from zerank_core.redaction import redact_url
@@ -337,7 +338,9 @@ def _run_ray(
         "device": args.device,
         "scale": args.scale,
         "calibrator": _policy_calibrator(args),
-        "limits": limits_of(args),
+        # This process's limits (flags over $ZERANK_*) go to every actor: they hold
+        # for the job whatever the nodes' environments say.
+        "limits": {**limits_from_env(), **limits_of(args)},
     }
     # Settings and credentials are checked here, before Ray starts (seconds).
     checked = check_backend(**{k: v for k, v in backend.items() if k != "calibrator"})
