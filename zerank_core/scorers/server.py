@@ -64,8 +64,8 @@ class RerankServerScorer(BatchedScorer):
 
     ``url`` is the full endpoint, e.g. ``http://localhost:8000/v1/rerank``
     (default ``ZERANK_SERVER_URL``). ``scale`` is what the server returns
-    (default ``ZERANK_SERVER_SCALE`` or ``"probability"``): see the README's
-    table for which fits which server. ``api_key`` is sent as a bearer token
+    (default ``ZERANK_SERVER_SCALE`` or ``"probability"``); which scale
+    fits which server: docs/guides/backends.md. ``api_key`` is sent as a bearer token
     (default ``ZERANK_SERVER_API_KEY``); userinfo in the URL
     (``https://user:pw@host/v1/rerank``, for a gateway with basic auth) is sent
     as HTTP Basic auth. Both go in the one ``Authorization`` header, so a URL
