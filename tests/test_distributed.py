@@ -154,9 +154,14 @@ def test_an_actor_killed_mid_run_loses_no_page_or_criterion(
     )
 
     assert marker.exists()  # an actor did die in the middle of the run
-    pids = starts.read_text().split()
-    assert len(pids) >= 3  # two actors, and at least one restart
-    assert int(marker.read_text()) in map(int, pids)
+    pids = [int(pid) for pid in starts.read_text().split()]
+    # Actors build their scorer at their first cache miss, so which processes
+    # build one depends on how Ray hands out the batches: the one that died did,
+    # and at least one other process (its restart, or the other actor) finished
+    # the rest; the rows below show that nothing was lost.
+    dead = int(marker.read_text())
+    assert dead in pids
+    assert any(pid != dead for pid in pids)
     # Ray restarted the actor and resubmitted its batch: every row, same results.
     assert_same_rows(rows, single_process_rows(model_dir, docs))
     for row in rows:
