@@ -11,8 +11,10 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 
+import zerank_core
 from tests.cli_run import call
 from zerank_core.calibrate import (
     CriterionFit,
@@ -243,6 +245,10 @@ def test_calibrate_then_compress_with_the_policy_on_the_packet(tmp_path: Path) -
     assert saved["backend"]["scale"] == "uncalibrated"
     assert saved["fit"]["recall"] >= 0.8
     threshold = saved["threshold"]
+    # The policy file is one of the files the package writes: it follows its
+    # committed schema, like the results.
+    schema_path = Path(zerank_core.__file__).parent / "schema" / "threshold-policy.schema.json"
+    jsonschema.validate(saved, json.loads(schema_path.read_text(encoding="utf-8")))
 
     code, out, err = call(
         "compress", str(PACKET), "-c", str(CRITERIA), "--policy", str(policy_path),

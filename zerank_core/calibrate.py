@@ -39,6 +39,7 @@ from typing import Any, Literal, Protocol, Self
 
 import numpy as np
 import numpy.typing as npt
+from pydantic import BaseModel, ConfigDict, Field
 
 from zerank_core.errors import ConfigurationError, MissingDependencyError
 from zerank_core.evaluate import LabelledQuery
@@ -50,6 +51,7 @@ __all__ = [
     "Calibrator",
     "IsotonicCalibrator",
     "PlattCalibrator",
+    "PolicyFile",
     "ReliabilityBins",
     "ThresholdFit",
     "ThresholdPolicy",
@@ -222,11 +224,66 @@ def _fit(
 
 # --- threshold policies ------------------------------------------------------------
 
-POLICY_FORMAT = "zerank-gate/threshold-policy"
-POLICY_VERSION = 1
+POLICY_FORMAT: Literal["zerank-gate/threshold-policy"] = "zerank-gate/threshold-policy"
+POLICY_VERSION: Literal[1] = 1
 #: A policy with a calibrator: a reader that ignored it would apply the
 #: thresholds to uncalibrated scores, so such files carry a version of their own.
-CALIBRATED_POLICY_VERSION = 2
+CALIBRATED_POLICY_VERSION: Literal[2] = 2
+
+
+class _FitRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    n_queries: int
+    n: int
+    recall: float
+    corrected_risk: float
+
+
+class _CriterionRecord(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    threshold: float
+    n_queries: int
+    n: int
+    recall: float
+
+
+class PolicyFile(BaseModel):
+    """The JSON shape of a threshold policy file, the one serialiser for it.
+
+    :meth:`ThresholdPolicy.save` writes it and :meth:`ThresholdPolicy.load`
+    reads it back; its JSON Schema is committed beside the result schemas
+    (``zerank_core/schema/threshold-policy.schema.json``). ``version`` is 2
+    exactly when the file carries a ``calibrator`` (the thresholds are on the
+    calibrator's probabilities, so a reader that ignored it would be wrong).
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    format: Literal["zerank-gate/threshold-policy"]
+    version: Literal[1, 2]
+    method: Literal["empirical", "conformal"]
+    target: float
+    #: ``1 - target``, written for readers; derived again when absent.
+    alpha: float | None = None
+    threshold: float
+    thresholds: dict[str, float] = Field(default_factory=dict)
+    grouped_by: Literal["query", "document"] = "query"
+    fit: _FitRecord
+    criteria: dict[str, _CriterionRecord] = Field(default_factory=dict)
+    fallback: dict[str, str] = Field(default_factory=dict)
+    backend: dict[str, Any] = Field(default_factory=dict)
+    data: dict[str, Any] = Field(default_factory=dict)
+    calibrator: dict[str, Any] | None = None
+    #: What ``zerank calibrate`` adds: recall against characters kept at each
+    #: candidate threshold, and what the fitted policy did on the fitting set.
+    recall_curve: list[dict[str, float]] | None = None
+    on_fitting_set: dict[str, float] | None = None
+
+    def dump(self) -> dict[str, Any]:
+        """The file's content (optional parts that are absent are left out)."""
+        return self.model_dump(mode="json", exclude_none=True)
 
 
 @dataclass(frozen=True)
@@ -294,41 +351,34 @@ class ThresholdPolicy:
         return own.threshold if own is not None else self.fit.threshold
 
     def to_dict(self) -> dict[str, Any]:
-        data = self._fields()
-        if self.calibrator is not None:
-            data["version"] = CALIBRATED_POLICY_VERSION
-            data["calibrator"] = self.calibrator.to_dict()
-        return data
-
-    def _fields(self) -> dict[str, Any]:
-        return {
-            "format": POLICY_FORMAT,
-            "version": POLICY_VERSION,
-            "method": self.fit.method,
-            "target": self.fit.target,
-            "alpha": round(self.alpha, 12),
-            "threshold": self.fit.threshold,
-            "thresholds": {k: v.threshold for k, v in self.criteria.items()},
-            "grouped_by": self.grouped_by,
-            "fit": {
-                "n_queries": self.fit.n_queries,
-                "n": self.fit.n,
-                "recall": self.fit.recall,
-                "corrected_risk": self.fit.corrected_risk,
-            },
-            "criteria": {
-                k: {
-                    "threshold": v.threshold,
-                    "n_queries": v.n_queries,
-                    "n": v.n,
-                    "recall": v.recall,
-                }
+        """The policy file's content, through :class:`PolicyFile`."""
+        record = PolicyFile(
+            format=POLICY_FORMAT,
+            version=POLICY_VERSION if self.calibrator is None else CALIBRATED_POLICY_VERSION,
+            method=self.fit.method,
+            target=self.fit.target,
+            alpha=round(self.alpha, 12),
+            threshold=self.fit.threshold,
+            thresholds={k: v.threshold for k, v in self.criteria.items()},
+            grouped_by=self.grouped_by,
+            fit=_FitRecord(
+                n_queries=self.fit.n_queries,
+                n=self.fit.n,
+                recall=self.fit.recall,
+                corrected_risk=self.fit.corrected_risk,
+            ),
+            criteria={
+                k: _CriterionRecord(
+                    threshold=v.threshold, n_queries=v.n_queries, n=v.n, recall=v.recall
+                )
                 for k, v in self.criteria.items()
             },
-            "fallback": dict(self.fallback),
-            "backend": dict(self.backend),
-            "data": dict(self.data),
-        }
+            fallback=dict(self.fallback),
+            backend=dict(self.backend),
+            data=dict(self.data),
+            calibrator=None if self.calibrator is None else self.calibrator.to_dict(),
+        )
+        return record.dump()
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the policy as JSON (no document text: thresholds, counts, names)."""
@@ -355,37 +405,35 @@ class ThresholdPolicy:
                 + " a calibrator"
             )
         try:
+            record = PolicyFile.model_validate(data)
             fit = ThresholdFit(
-                method=data["method"],
-                target=float(data["target"]),
-                threshold=_finite(data["threshold"], f"{source}: threshold"),
-                n_queries=int(data["fit"]["n_queries"]),
-                n=int(data["fit"]["n"]),
-                recall=float(data["fit"]["recall"]),
-                corrected_risk=float(data["fit"]["corrected_risk"]),
+                method=record.method,
+                target=record.target,
+                threshold=_finite(record.threshold, f"{source}: threshold"),
+                n_queries=record.fit.n_queries,
+                n=record.fit.n,
+                recall=record.fit.recall,
+                corrected_risk=record.fit.corrected_risk,
             )
             criteria = {
-                str(k): CriterionFit(
-                    threshold=_finite(v["threshold"], f"{source}: threshold of {k}"),
-                    n_queries=int(v["n_queries"]),
-                    n=int(v["n"]),
-                    recall=float(v["recall"]),
+                k: CriterionFit(
+                    threshold=_finite(v.threshold, f"{source}: threshold of {k}"),
+                    n_queries=v.n_queries,
+                    n=v.n,
+                    recall=v.recall,
                 )
-                for k, v in data.get("criteria", {}).items()
+                for k, v in record.criteria.items()
             }
-            grouped_by = data.get("grouped_by", "query")
-            if grouped_by not in ("query", "document"):
-                raise ValueError(f"grouped_by is {grouped_by!r}")
             return cls(
                 fit=fit,
                 criteria=criteria,
-                fallback={str(k): str(v) for k, v in data.get("fallback", {}).items()},
-                grouped_by=grouped_by,
-                backend=dict(data.get("backend", {})),
-                data=dict(data.get("data", {})),
+                fallback=record.fallback,
+                grouped_by=record.grouped_by,
+                backend=record.backend,
+                data=record.data,
                 calibrator=(
-                    calibrator_from_dict(data["calibrator"], f"{source}: calibrator")
-                    if "calibrator" in data
+                    calibrator_from_dict(record.calibrator, f"{source}: calibrator")
+                    if record.calibrator is not None
                     else None
                 ),
             )

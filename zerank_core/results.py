@@ -588,10 +588,15 @@ def read_result(
 
 def result_schemas() -> dict[str, dict[str, Any]]:
     """The JSON Schema of every file the package writes, by file name."""
+    # Imported here: the calibration module needs numpy and the scorers, which
+    # reading a result does not.
+    from zerank_core.calibrate import PolicyFile
+
     return {
         "gate-result.schema.json": GateResult.model_json_schema(mode="serialization"),
         "job-summary.schema.json": JobSummary.model_json_schema(mode="serialization"),
         "multi-result.schema.json": MultiResult.model_json_schema(mode="serialization"),
+        "threshold-policy.schema.json": PolicyFile.model_json_schema(mode="serialization"),
     }
 
 

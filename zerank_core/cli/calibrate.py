@@ -23,6 +23,7 @@ from typing import Any, TextIO
 from zerank_core.calibrate import (
     IsotonicCalibrator,
     PlattCalibrator,
+    PolicyFile,
     ThresholdPolicy,
     expected_calibration_error,
     fit_policy,
@@ -319,12 +320,16 @@ def run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             "--calibrator platt|isotonic makes its scores probabilities",
             file=err,
         )
-    data = policy.to_dict()
-    data["recall_curve"] = rows
-    data["on_fitting_set"] = {
-        "mean_recall": round(overall.mean_recall, 6),
-        "full_recall_rate": round(overall.full_recall_rate, 6),
-        "chars_kept": round(overall.chars_kept, 6),
-    }
-    write_json(data, args.output, out, err)
+    record = PolicyFile.model_validate(
+        {
+            **policy.to_dict(),
+            "recall_curve": rows,
+            "on_fitting_set": {
+                "mean_recall": round(overall.mean_recall, 6),
+                "full_recall_rate": round(overall.full_recall_rate, 6),
+                "chars_kept": round(overall.chars_kept, 6),
+            },
+        }
+    )
+    write_json(record.dump(), args.output, out, err)
     return 0
