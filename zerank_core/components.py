@@ -26,7 +26,7 @@ from pydantic import SecretStr
 
 from zerank_core.errors import ConfigurationError
 from zerank_core.redaction import has_credentials, redact_url
-from zerank_core.scorers.auto import THROUGHPUT_SETTINGS, resolve_backend
+from zerank_core.scorers.auto import SETTINGS, resolve_backend
 from zerank_core.scorers.base import Scale, Scorer, require_scorer
 
 __all__ = [
@@ -42,16 +42,7 @@ __all__ = [
 ]
 
 #: The settings every component takes to choose and pace its backend, besides ``scorer``.
-BACKEND_SETTINGS = (
-    "backend",
-    "model",
-    "device",
-    "api_key",
-    "base_url",
-    "server_url",
-    "scale",
-    *THROUGHPUT_SETTINGS,
-)
+BACKEND_SETTINGS = tuple(name for name in SETTINGS if name != "scorer")
 
 
 def check_arguments(owner: str, given: Iterable[str], accepted: Iterable[str]) -> None:

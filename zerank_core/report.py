@@ -178,7 +178,7 @@ def _context(result: GateResult) -> dict[str, Any]:
         "kept_nothing": kept_nothing,
         "appendix": appendix,
         "empty_pages": _ranges(list(document.empty_pages)),
-        "policy_line": _policy_line(result),
+        "policy_line": result.policy.describe(),
         "slug": _slug,
         "ranges": _ranges,
     }
@@ -232,27 +232,6 @@ def _criterion(item: CriterionResult, pages: dict[int, PageRecord]) -> dict[str,
 
 def _slug(text: str) -> str:
     return "c-" + "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in text)
-
-
-def _policy_line(result: GateResult) -> str:
-    policy = result.policy
-    parts = []
-    if policy.top_k is not None:
-        parts.append(f"top {policy.top_k}")
-    if policy.threshold is not None:
-        parts.append(f"floor {policy.threshold:.4g}")
-    if policy.max_chars is not None:
-        parts.append(f"≤ {policy.max_chars:,} characters")
-    if policy.max_tokens is not None:
-        parts.append(f"≤ {policy.max_tokens:,} tokens")
-    if policy.neighbors:
-        parts.append(f"± {policy.neighbors} neighbour pages")
-    if policy.min_keep:
-        parts.append(f"at least {policy.min_keep}")
-    if policy.dedupe:
-        parts.append("one page of each set of duplicates")
-    parts.append(f"{policy.order} order")
-    return ", ".join(parts)
 
 
 def _environment() -> Any:

@@ -137,6 +137,26 @@ class SelectionPolicy:
         if not isinstance(self.dedupe, bool):
             raise ConfigurationError(f"dedupe must be True or False, got {self.dedupe!r}")
 
+    def describe(self) -> str:
+        """The policy in words, as the command line and the report print it."""
+        parts = []
+        if self.top_k is not None:
+            parts.append(f"top {self.top_k}")
+        if self.threshold is not None:
+            parts.append(f"floor {self.threshold:.4g}")
+        if self.max_chars is not None:
+            parts.append(f"≤ {self.max_chars:,} characters")
+        if self.max_tokens is not None:
+            parts.append(f"≤ {self.max_tokens:,} tokens")
+        if self.neighbors:
+            parts.append(f"± {self.neighbors} neighbour pages")
+        if self.min_keep:
+            parts.append(f"at least {self.min_keep}")
+        if self.dedupe:
+            parts.append("one page of each set of duplicates")
+        parts.append(f"{self.order} order")
+        return ", ".join(parts)
+
     @classmethod
     def from_attributes(cls, source: object) -> SelectionPolicy:
         """The policy described by ``source``'s attributes of the same names.

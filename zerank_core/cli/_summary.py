@@ -51,27 +51,6 @@ def kept_line(chars_kept: int, chars_total: int, criteria: int, documents: int =
     )
 
 
-def _policy_text(result: GateResult) -> str:
-    policy = result.policy
-    parts = []
-    if policy.top_k is not None:
-        parts.append(f"top {policy.top_k}")
-    if policy.threshold is not None:
-        parts.append(f"floor {policy.threshold:.4g}")
-    if policy.max_chars is not None:
-        parts.append(f"≤ {policy.max_chars:,} chars")
-    if policy.max_tokens is not None:
-        parts.append(f"≤ {policy.max_tokens:,} tokens")
-    if policy.neighbors:
-        parts.append(f"± {policy.neighbors} neighbour pages")
-    if policy.min_keep:
-        parts.append(f"at least {policy.min_keep}")
-    if policy.dedupe:
-        parts.append("one page of each set of duplicates")
-    parts.append(f"{policy.order} order")
-    return ", ".join(parts)
-
-
 def _header(result: GateResult) -> str:
     report = result.report
     empty = empty_pages_text(report.empty_pages)
@@ -164,7 +143,7 @@ def print_result(result: GateResult, err: TextIO) -> None:
     """One document's summary: header, policy, criterion table, totals and model calls."""
     report = result.report
     print(_header(result), file=err)
-    print(f"policy: {_policy_text(result)}", file=err)
+    print(f"policy: {result.policy.describe()}", file=err)
     print(file=err)
     _table(result, err)
     _duplicate_lines(result, err)
@@ -203,7 +182,7 @@ def _compact(result: GateResult) -> list[str]:
 
 def print_job(job: MultiResult, err: TextIO) -> None:
     """Several documents: per document its header, kept pages per criterion and totals."""
-    print(f"policy: {_policy_text(job.results[0])}" if job.results else "", file=err)
+    print(f"policy: {job.results[0].policy.describe()}" if job.results else "", file=err)
     for result in job.results:
         report = result.report
         print(file=err)
