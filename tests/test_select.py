@@ -322,3 +322,13 @@ def test_dedupe_properties_on_random_relations() -> None:
             scores, lengths=lengths, duplicates=Duplicates(n)
         )
         assert empty == plain
+
+
+def test_a_policy_describes_itself_as_the_cli_and_the_report_print_it() -> None:
+    assert SelectionPolicy().describe() == "score order"
+    policy = SelectionPolicy(
+        threshold=0.5, top_k=3, max_chars=12000, neighbors=1, min_keep=1, order="original"
+    )
+    assert policy.describe() == (
+        "top 3, floor 0.5, ≤ 12,000 characters, ± 1 neighbour pages, at least 1, original order"
+    )
